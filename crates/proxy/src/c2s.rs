@@ -1,0 +1,802 @@
+//! The client-to-server front: one task per client connection.
+//!
+//! A thin tokio shell around [`crate::session`]: it reads, frames, asks the session
+//! what to do, and writes. The phases (see `LIFECYCLE.md`): STARTTLS answered by
+//! xmppwall itself (or direct TLS, XEP-0368), the client's post-TLS stream header,
+//! the server connection (PROXY header, then the client's header replayed), and the
+//! relay in both directions until either side ends the stream.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_rustls::{LazyConfigAcceptor, TlsConnector};
+use tracing::{debug, info, warn};
+use xmppwall_xml::view::StartTag;
+use xmppwall_xml::{Error as FramerError, Framer, Limit, Token};
+
+use crate::config::{Config, Listener, ListenerTls};
+use crate::io::{read_into, BoxIo, Rewind};
+use crate::proxy_header;
+use crate::server::Shared;
+use crate::session::{
+    self, namespace, C2sSession, ClientAction, ClientHeader, SaslOutcome, ServerAction, CLIENT_NS,
+    TLS_NS,
+};
+use crate::stats::Stats;
+use crate::stream_error::{StreamCondition, StreamError};
+use crate::tls::describe_handshake_error;
+
+/// The largest element accepted from the server (a big roster or MAM page).
+const SERVER_ELEMENT_BYTES: usize = 8 * 1024 * 1024;
+/// Messages from the client direction to the client writer: bounded, so a client
+/// that does not read stops being read.
+const TO_CLIENT_QUEUE: usize = 32;
+
+/// How a connection ended, for the log.
+#[derive(Debug)]
+enum End {
+    /// The client closed the connection or its stream.
+    ClientClosed,
+    /// The server closed the connection or its stream.
+    ServerClosed,
+    /// xmppwall ended the stream with this error.
+    Refused(StreamCondition),
+    /// xmppwall ended the stream with a protocol-specific failure.
+    RefusedOther,
+    Shutdown,
+    ClientIo(io::Error),
+    ServerIo(io::Error),
+}
+
+impl End {
+    fn reason(&self) -> &'static str {
+        match self {
+            End::ClientClosed => "client closed",
+            End::ServerClosed => "server closed",
+            End::Refused(condition) => condition.name(),
+            End::RefusedOther => "refused",
+            End::Shutdown => "shutdown",
+            End::ClientIo(_) => "client i/o error",
+            End::ServerIo(_) => "server i/o error",
+        }
+    }
+}
+
+/// Serves one accepted client connection to its end.
+pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, listener: Listener) {
+    Stats::add(&shared.stats.connections_accepted, 1);
+    let config = shared.config.load_full();
+    let _ = tcp.set_nodelay(true);
+    let local = tcp.local_addr().unwrap_or(listener.address);
+    let accepted = Instant::now();
+    let conn = Connection {
+        preauth_deadline: accepted + config.timeouts.preauth,
+        shared: shared.clone(),
+        config,
+        peer,
+        local,
+        shutdown: shared.shutdown_signal(),
+    };
+    let end = conn.run(tcp, listener.tls).await;
+    Stats::add(&shared.stats.connections_closed, 1);
+    let elapsed_ms = accepted.elapsed().as_millis() as u64;
+    match &end {
+        End::ClientIo(e) | End::ServerIo(e) => {
+            info!(end = end.reason(), error = %e, elapsed_ms, "connection closed")
+        }
+        _ => info!(end = end.reason(), elapsed_ms, "connection closed"),
+    }
+}
+
+struct Connection {
+    shared: Arc<Shared>,
+    config: Arc<Config>,
+    peer: SocketAddr,
+    local: SocketAddr,
+    preauth_deadline: Instant,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// Reads frames from one side before the relay starts.
+struct FrameReader {
+    framer: Framer,
+    buf: BytesMut,
+}
+
+enum ReadOutcome {
+    Frame(Token, usize),
+    Closed,
+    TimedOut,
+    Shutdown,
+    Framing(FramerError),
+    Io(io::Error),
+}
+
+impl FrameReader {
+    fn new(limits: xmppwall_xml::Limits) -> Self {
+        FrameReader {
+            framer: Framer::new(limits),
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// The next frame found at `offset` in the buffer; its bytes are
+    /// `self.buf[offset..offset + len]` until [`Self::consume`]. Bytes before
+    /// `offset` are kept (the stream header, to be replayed to the server).
+    async fn next<R: AsyncRead + Unpin>(
+        &mut self,
+        io: &mut R,
+        offset: usize,
+        deadline: Instant,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> ReadOutcome {
+        loop {
+            match self.framer.next(&self.buf[offset..]) {
+                Ok(Some(frame)) => return ReadOutcome::Frame(frame.token, frame.len),
+                Ok(None) => {}
+                Err(e) => return ReadOutcome::Framing(e),
+            }
+            let read = tokio::select! {
+                r = tokio::time::timeout_at(deadline, read_into(io, &mut self.buf)) => r,
+                _ = shutdown.changed() => return ReadOutcome::Shutdown,
+            };
+            match read {
+                Err(_) => return ReadOutcome::TimedOut,
+                Ok(Ok(0)) => return ReadOutcome::Closed,
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return ReadOutcome::Io(e),
+            }
+        }
+    }
+
+    fn consume(&mut self, len: usize) {
+        self.buf.advance(len);
+    }
+}
+
+/// Maps a framing error to the stream error of RFC 6120 §4.9.3 that reports it.
+fn framing_error(e: FramerError) -> StreamError {
+    match e {
+        FramerError::RestrictedXml(what) => {
+            StreamError::new(StreamCondition::RestrictedXml).with_text(what)
+        }
+        FramerError::NotWellFormed(what) => {
+            StreamError::new(StreamCondition::NotWellFormed).with_text(what)
+        }
+        FramerError::TextAtStreamLevel => StreamError::new(StreamCondition::BadFormat)
+            .with_text("character data is not allowed between stanzas"),
+        FramerError::LimitExceeded(Limit::ElementBytes) => {
+            // XEP-0205 §2.5: a seriously large stanza may close the stream.
+            StreamError::new(StreamCondition::PolicyViolation)
+                .with_app_condition("stanza-too-big")
+                .with_text("stanza too large")
+        }
+        FramerError::LimitExceeded(limit) => StreamError::new(StreamCondition::PolicyViolation)
+            .with_text(match limit {
+                Limit::Depth => "elements nested too deeply",
+                Limit::Attributes => "too many attributes on one element",
+                Limit::NameBytes => "element or attribute name too long",
+                Limit::AttributeValueBytes => "attribute value too long",
+                Limit::ElementBytes => "stanza too large",
+            }),
+        #[allow(unreachable_patterns)]
+        _ => StreamError::new(StreamCondition::NotWellFormed),
+    }
+}
+
+impl Connection {
+    fn domain<'a>(&'a self, header: Option<&'a ClientHeader>) -> Option<&'a str> {
+        header
+            .and_then(|h| h.to.as_deref())
+            .or(self.config.domains.first().map(String::as_str))
+    }
+
+    /// Sends a stream header (this side has not sent one on this stream yet) and
+    /// the error, then closes.
+    async fn refuse_before_header<W: AsyncWrite + Unpin>(
+        &self,
+        io: &mut W,
+        header: Option<&ClientHeader>,
+        error: StreamError,
+    ) -> End {
+        let mut out = session::response_header(self.domain(header), &session::new_stream_id());
+        out.extend_from_slice(&error.to_bytes(Some("stream")));
+        self.refuse(io, out, error.condition).await
+    }
+
+    async fn refuse<W: AsyncWrite + Unpin>(
+        &self,
+        io: &mut W,
+        bytes: Vec<u8>,
+        condition: StreamCondition,
+    ) -> End {
+        debug!(condition = condition.name(), "refusing stream");
+        Stats::add(&self.shared.stats.streams_closed_by_error, 1);
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            let _ = io.write_all(&bytes).await;
+            let _ = io.shutdown().await;
+        })
+        .await;
+        End::Refused(condition)
+    }
+
+    async fn run(mut self, tcp: TcpStream, tls: ListenerTls) -> End {
+        let budgets = self.config.limits.framer_budgets();
+        match tls {
+            ListenerTls::None => self.after_tls(Box::new(tcp), tls).await,
+            ListenerTls::Direct => match self
+                .accept_tls(Rewind::new(BytesMut::new(), tcp), None)
+                .await
+            {
+                Ok(io) => self.after_tls(io, tls).await,
+                Err(end) => end,
+            },
+            ListenerTls::Starttls => {
+                let mut tcp = tcp;
+                let mut reader = FrameReader::new(budgets.before);
+                let header = match self.read_header(&mut tcp, &mut reader, false).await {
+                    Ok((header, _)) => header,
+                    Err(end) => return end,
+                };
+                // RFC 6120 §5.3.1: xmppwall answers the stream itself and offers only
+                // STARTTLS, as mandatory-to-negotiate.
+                let mut out =
+                    session::response_header(self.domain(Some(&header)), &session::new_stream_id());
+                out.extend_from_slice(session::STARTTLS_FEATURES);
+                if let Err(e) = tcp.write_all(&out).await {
+                    return End::ClientIo(e);
+                }
+                loop {
+                    match reader
+                        .next(&mut tcp, 0, self.preauth_deadline, &mut self.shutdown)
+                        .await
+                    {
+                        ReadOutcome::Frame(Token::Whitespace, len) => reader.consume(len),
+                        ReadOutcome::Frame(Token::Element, len) => {
+                            let verdict = starttls_request(&reader.buf[..len]);
+                            reader.consume(len);
+                            match verdict {
+                                Ok(()) => break,
+                                Err(error) => {
+                                    let bytes = error.to_bytes(Some("stream"));
+                                    return self.refuse(&mut tcp, bytes, error.condition).await;
+                                }
+                            }
+                        }
+                        ReadOutcome::Frame(_, _) | ReadOutcome::Closed => {
+                            let _ = tcp.write_all(b"</stream:stream>").await;
+                            return End::ClientClosed;
+                        }
+                        other => return self.end_before_relay(&mut tcp, other, true).await,
+                    }
+                }
+                if let Err(e) = tcp.write_all(session::STARTTLS_PROCEED).await {
+                    return End::ClientIo(e);
+                }
+                // Whatever the client sent after <starttls/> is the start of its TLS
+                // handshake (RFC 6120 §5.4.3.3).
+                let rest = std::mem::take(&mut reader.buf);
+                match self
+                    .accept_tls(Rewind::new(rest, tcp), header.to.as_deref())
+                    .await
+                {
+                    Ok(io) => self.after_tls(io, tls).await,
+                    Err(end) => end,
+                }
+            }
+        }
+    }
+
+    /// Ends a connection whose relay has not started, for a reason other than a frame.
+    async fn end_before_relay<W: AsyncWrite + Unpin>(
+        &self,
+        io: &mut W,
+        outcome: ReadOutcome,
+        header_sent: bool,
+    ) -> End {
+        let error = match outcome {
+            ReadOutcome::TimedOut => StreamError::new(StreamCondition::ConnectionTimeout)
+                .with_text("authentication did not complete in time"),
+            ReadOutcome::Shutdown => StreamError::new(StreamCondition::SystemShutdown),
+            ReadOutcome::Framing(e) => framing_error(e),
+            ReadOutcome::Closed => return End::ClientClosed,
+            ReadOutcome::Io(e) => return End::ClientIo(e),
+            ReadOutcome::Frame(..) => StreamError::new(StreamCondition::BadFormat),
+        };
+        let end_shutdown = error.condition == StreamCondition::SystemShutdown;
+        let end = if header_sent {
+            let bytes = error.to_bytes(Some("stream"));
+            self.refuse(io, bytes, error.condition).await
+        } else {
+            self.refuse_before_header(io, None, error).await
+        };
+        if end_shutdown {
+            End::Shutdown
+        } else {
+            end
+        }
+    }
+
+    /// Reads the optional XML declaration and the stream header, and checks it.
+    /// Returns the header and how many bytes (declaration included) it took, which
+    /// stay in `reader.buf` when `keep` is set, to be replayed to the server.
+    async fn read_header<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut S,
+        reader: &mut FrameReader,
+        keep: bool,
+    ) -> Result<(ClientHeader, usize), End> {
+        let mut offset = 0;
+        loop {
+            let outcome = reader
+                .next(io, offset, self.preauth_deadline, &mut self.shutdown)
+                .await;
+            match outcome {
+                ReadOutcome::Frame(Token::XmlDeclaration, len) => {
+                    if keep {
+                        offset += len;
+                    } else {
+                        reader.consume(len);
+                    }
+                }
+                ReadOutcome::Frame(Token::StreamOpen, len) => {
+                    let parsed = ClientHeader::parse(
+                        &reader.buf[offset..offset + len],
+                        &self.config.domains,
+                    );
+                    match parsed {
+                        Ok(header) => {
+                            if keep {
+                                offset += len;
+                            } else {
+                                reader.consume(len);
+                            }
+                            return Ok((header, offset));
+                        }
+                        Err(error) => {
+                            return Err(self.refuse_before_header(io, None, error).await);
+                        }
+                    }
+                }
+                ReadOutcome::Frame(..) => {
+                    let error = StreamError::new(StreamCondition::NotWellFormed)
+                        .with_text("expected a stream header");
+                    return Err(self.refuse_before_header(io, None, error).await);
+                }
+                other => return Err(self.end_before_relay(io, other, false).await),
+            }
+        }
+    }
+
+    async fn accept_tls(
+        &mut self,
+        tcp: Rewind<TcpStream>,
+        fallback_name: Option<&str>,
+    ) -> Result<BoxIo, End> {
+        let handshake = async {
+            let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp).await?;
+            let name = start
+                .client_hello()
+                .server_name()
+                .map(str::to_owned)
+                .or_else(|| fallback_name.map(str::to_owned));
+            let Some(config) = self.shared.certs.config_for(name.as_deref()) else {
+                return Err(io::Error::other("no certificate configured"));
+            };
+            start.into_stream(config).await
+        };
+        match tokio::time::timeout_at(self.preauth_deadline, handshake).await {
+            Ok(Ok(tls)) => Ok(Box::new(tls)),
+            Ok(Err(e)) => {
+                Stats::add(&self.shared.stats.tls_handshake_failures, 1);
+                info!(error = %describe_handshake_error(&e), "TLS handshake failed");
+                Err(End::ClientIo(e))
+            }
+            Err(_) => {
+                Stats::add(&self.shared.stats.tls_handshake_failures, 1);
+                Err(End::Refused(StreamCondition::ConnectionTimeout))
+            }
+        }
+    }
+
+    /// From the client's (post-TLS) stream header on.
+    async fn after_tls(mut self, mut client: BoxIo, tls: ListenerTls) -> End {
+        let budgets = self.config.limits.framer_budgets();
+        let mut reader = FrameReader::new(budgets.before);
+        let (header, header_len) = match self.read_header(&mut client, &mut reader, true).await {
+            Ok(h) => h,
+            Err(end) => return end,
+        };
+        debug!(to = ?header.to, version = ?header.version, "client stream header");
+
+        let mut server = match self.connect_upstream().await {
+            Ok(s) => s,
+            Err(e) => {
+                Stats::add(&self.shared.stats.upstream_connect_failures, 1);
+                warn!(upstream = %self.config.upstream.address, error = %e, "cannot reach the server");
+                let error = StreamError::new(StreamCondition::RemoteConnectionFailed)
+                    .with_text("the server is not reachable");
+                return self
+                    .refuse_before_header(&mut client, Some(&header), error)
+                    .await;
+            }
+        };
+        let mut first =
+            proxy_header::header(self.config.upstream.proxy_protocol, self.peer, self.local);
+        first.extend_from_slice(&reader.buf[..header_len]);
+        reader.consume(header_len);
+        if let Err(e) = server.write_all(&first).await {
+            let error = StreamError::new(StreamCondition::RemoteConnectionFailed);
+            let _ = self
+                .refuse_before_header(&mut client, Some(&header), error)
+                .await;
+            return End::ServerIo(e);
+        }
+
+        let session = Mutex::new(C2sSession::new(self.config.limits, tls));
+        self.relay(client, server, reader, &session, header).await
+    }
+
+    async fn connect_upstream(&self) -> io::Result<BoxIo> {
+        let upstream = &self.config.upstream;
+        let connect = async {
+            let tcp = TcpStream::connect(upstream.address).await?;
+            let _ = tcp.set_nodelay(true);
+            let tls = self.shared.upstream_tls.load_full();
+            match tls.as_ref() {
+                None => Ok::<BoxIo, io::Error>(Box::new(tcp)),
+                Some((config, name)) => {
+                    let tls = TlsConnector::from(config.clone())
+                        .connect(name.clone(), tcp)
+                        .await?;
+                    Ok(Box::new(tls) as BoxIo)
+                }
+            }
+        };
+        tokio::time::timeout(upstream.connect_timeout, connect)
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))?
+    }
+
+    async fn relay(
+        &self,
+        client: BoxIo,
+        server: BoxIo,
+        client_reader: FrameReader,
+        session: &Mutex<C2sSession>,
+        header: ClientHeader,
+    ) -> End {
+        let (client_rd, client_wr) = tokio::io::split(client);
+        let (server_rd, server_wr) = tokio::io::split(server);
+        let (to_client, from_c2s) = mpsc::channel(TO_CLIENT_QUEUE);
+        let c2s = self.client_to_server(client_rd, server_wr, client_reader, session, to_client);
+        let s2c = self.server_to_client(server_rd, client_wr, session, from_c2s, &header);
+        tokio::pin!(c2s, s2c);
+        let grace = self.config.timeouts.shutdown_grace;
+        tokio::select! {
+            end = &mut c2s => {
+                let _ = tokio::time::timeout(grace, &mut s2c).await;
+                end
+            }
+            end = &mut s2c => {
+                let _ = tokio::time::timeout(grace, &mut c2s).await;
+                end
+            }
+        }
+    }
+
+    /// The client → server direction: frames, checks, forwards.
+    ///
+    /// Forwarded frames are written straight from the read buffer: a run of
+    /// consecutive passes is one write, broken only where something is refused.
+    async fn client_to_server(
+        &self,
+        mut rd: ReadHalf<BoxIo>,
+        mut wr: WriteHalf<BoxIo>,
+        reader: FrameReader,
+        session: &Mutex<C2sSession>,
+        to_client: mpsc::Sender<ToClient>,
+    ) -> End {
+        let budgets = self.config.limits.framer_budgets();
+        let stats = &self.shared.stats;
+        let FrameReader {
+            mut framer,
+            mut buf,
+        } = reader;
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            // Frame what is buffered first: the header read may have left bytes.
+            let mut stanzas = 0u64;
+            let mut pos = 0;
+            let mut run_start = 0;
+            // After the server's SASL success the client starts a new stream. The
+            // client can only do so once it has read that success, so whatever was
+            // buffered before this read still belongs to the old stream.
+            if lock(session).take_client_restart() {
+                framer.reset();
+                framer.set_limits(budgets.after);
+            }
+            loop {
+                let frame = match framer.next(&buf[pos..]) {
+                    Ok(Some(f)) => f,
+                    Ok(None) => break,
+                    Err(e) => {
+                        let _ = wr.write_all(&buf[run_start..pos]).await;
+                        return close_both(&mut wr, &to_client, framing_error(e)).await;
+                    }
+                };
+                let bytes = &buf[pos..pos + frame.len];
+                let action = lock(session).on_client_frame(frame.token, bytes);
+                if action == ClientAction::Forward {
+                    pos += frame.len;
+                    stanzas += u64::from(frame.token == Token::Element);
+                    continue;
+                }
+                if let Err(e) = wr.write_all(&buf[run_start..pos]).await {
+                    return End::ServerIo(e);
+                }
+                pos += frame.len;
+                run_start = pos;
+                match action {
+                    ClientAction::Forward => {}
+                    ClientAction::Reply(reply) => {
+                        Stats::add(&stats.stanzas_bounced, 1);
+                        if to_client.send(ToClient::Bytes(reply)).await.is_err() {
+                            return End::ClientClosed;
+                        }
+                    }
+                    ClientAction::Drop => {}
+                    ClientAction::Close(error) => {
+                        return close_both(&mut wr, &to_client, error).await;
+                    }
+                    ClientAction::CloseWith(bytes) => {
+                        let _ = wr.write_all(b"</stream:stream>").await;
+                        let _ = to_client.send(ToClient::CloseWith(bytes)).await;
+                        return End::RefusedOther;
+                    }
+                }
+            }
+            Stats::add(&stats.stanzas_to_server, stanzas);
+            if let Err(e) = wr.write_all(&buf[run_start..pos]).await {
+                return End::ServerIo(e);
+            }
+            release_consumed(&mut buf, pos);
+
+            let deadline = if lock(session).is_authenticated() {
+                Instant::now() + self.config.timeouts.idle
+            } else {
+                self.preauth_deadline
+                    .min(Instant::now() + self.config.timeouts.idle)
+            };
+            let read = tokio::select! {
+                r = tokio::time::timeout_at(deadline, read_into(&mut rd, &mut buf)) => r,
+                _ = shutdown.changed() => {
+                    // The server direction tells the client; the server hears the
+                    // stream end from here.
+                    let _ = wr.write_all(b"</stream:stream>").await;
+                    let _ = wr.shutdown().await;
+                    return End::Shutdown;
+                }
+            };
+            match read {
+                Ok(Ok(0)) => {
+                    let _ = wr.shutdown().await;
+                    return End::ClientClosed;
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    let _ = wr.shutdown().await;
+                    return End::ClientIo(e);
+                }
+                Err(_) => {
+                    let text = if lock(session).is_authenticated() {
+                        "idle timeout"
+                    } else {
+                        "authentication did not complete in time"
+                    };
+                    let error =
+                        StreamError::new(StreamCondition::ConnectionTimeout).with_text(text);
+                    return close_both(&mut wr, &to_client, error).await;
+                }
+            }
+        }
+    }
+
+    /// The server → client direction: frames, observes (SASL, bind), rewrites
+    /// features, forwards; also writes what the client direction sends back.
+    async fn server_to_client(
+        &self,
+        mut rd: ReadHalf<BoxIo>,
+        mut wr: WriteHalf<BoxIo>,
+        session: &Mutex<C2sSession>,
+        mut from_c2s: mpsc::Receiver<ToClient>,
+        header: &ClientHeader,
+    ) -> End {
+        let budgets = self.config.limits.framer_budgets();
+        let stats = &self.shared.stats;
+        // The server is trusted to send well-formed XML, but not to send unbounded
+        // elements: the post-authentication limits apply in both directions, with
+        // room for roster results and MAM pages, which may legitimately be large.
+        let mut framer = Framer::new(xmppwall_xml::Limits {
+            max_element_bytes: budgets.after.max_element_bytes.max(SERVER_ELEMENT_BYTES),
+            ..budgets.after
+        });
+        let mut buf = BytesMut::new();
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            tokio::select! {
+                read = read_into(&mut rd, &mut buf) => {
+                    match read {
+                        Ok(0) => {
+                            let _ = wr.shutdown().await;
+                            return End::ServerClosed;
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            let error = StreamError::new(StreamCondition::RemoteConnectionFailed);
+                            let bytes = lock(session).stream_error_bytes(&error, self.domain(Some(header)));
+                            let _ = wr.write_all(&bytes).await;
+                            let _ = wr.shutdown().await;
+                            return End::ServerIo(e);
+                        }
+                    }
+                    let mut stanzas = 0u64;
+                    let mut pos = 0;
+                    let mut run_start = 0;
+                    loop {
+                        let frame = match framer.next(&buf[pos..]) {
+                            Ok(Some(f)) => f,
+                            Ok(None) => break,
+                            Err(e) => {
+                                warn!(error = %e, "the server sent XML xmppwall cannot frame");
+                                let _ = wr.write_all(&buf[run_start..pos]).await;
+                                let error = StreamError::new(StreamCondition::InternalServerError);
+                                let bytes = lock(session).stream_error_bytes(&error, self.domain(Some(header)));
+                                let _ = wr.write_all(&bytes).await;
+                                let _ = wr.shutdown().await;
+                                return End::ServerIo(io::Error::other(e));
+                            }
+                        };
+                        let bytes = &buf[pos..pos + frame.len];
+                        let (action, sasl, restart) = {
+                            let mut s = lock(session);
+                            let action = s.on_server_frame(frame.token, bytes);
+                            (action, s.take_sasl_outcome(), s.take_server_restart())
+                        };
+                        stanzas += u64::from(frame.token == Token::Element);
+                        match action {
+                            ServerAction::Forward => pos += frame.len,
+                            ServerAction::Rewrite(rewritten) => {
+                                let written = async {
+                                    wr.write_all(&buf[run_start..pos]).await?;
+                                    wr.write_all(&rewritten).await
+                                };
+                                if let Err(e) = written.await {
+                                    return End::ClientIo(e);
+                                }
+                                pos += frame.len;
+                                run_start = pos;
+                            }
+                        }
+                        match sasl {
+                            Some(SaslOutcome::Success) => {
+                                Stats::add(&stats.sasl_successes, 1);
+                                info!(auth = ?lock(session).auth(), "authenticated");
+                            }
+                            Some(SaslOutcome::Failure) => {
+                                Stats::add(&stats.sasl_failures, 1);
+                                info!("authentication failed");
+                            }
+                            None => {}
+                        }
+                        if restart {
+                            framer.reset();
+                        }
+                    }
+                    Stats::add(&stats.stanzas_to_client, stanzas);
+                    if let Err(e) = wr.write_all(&buf[run_start..pos]).await {
+                        return End::ClientIo(e);
+                    }
+                    release_consumed(&mut buf, pos);
+                }
+                message = from_c2s.recv() => {
+                    match message {
+                        Some(ToClient::Bytes(bytes)) => {
+                            if let Err(e) = wr.write_all(&bytes).await {
+                                return End::ClientIo(e);
+                            }
+                        }
+                        Some(ToClient::Close(error)) => {
+                            let condition = error.condition;
+                            let bytes = lock(session).stream_error_bytes(&error, self.domain(Some(header)));
+                            return self.refuse(&mut wr, bytes, condition).await;
+                        }
+                        Some(ToClient::CloseWith(bytes)) => {
+                            let _ = self.refuse(&mut wr, bytes, StreamCondition::UndefinedCondition).await;
+                            return End::RefusedOther;
+                        }
+                        None => {
+                            // The client direction ended; keep relaying what the
+                            // server still says until it closes (bounded by the caller).
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                }
+                _ = shutdown.changed() => {
+                    let error = StreamError::new(StreamCondition::SystemShutdown)
+                        .with_text("the server is shutting down");
+                    let bytes = lock(session).stream_error_bytes(&error, self.domain(Some(header)));
+                    let _ = self.refuse(&mut wr, bytes, StreamCondition::SystemShutdown).await;
+                    return End::Shutdown;
+                }
+            }
+        }
+    }
+}
+
+/// Drops the first `consumed` bytes; an emptied buffer is released entirely, so a
+/// connection between stanzas holds no read memory.
+fn release_consumed(buf: &mut BytesMut, consumed: usize) {
+    if consumed == buf.len() {
+        *buf = BytesMut::new();
+    } else {
+        buf.advance(consumed);
+    }
+}
+
+/// Accepts `<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>` and refuses anything
+/// else before TLS.
+fn starttls_request(element: &[u8]) -> Result<(), StreamError> {
+    let Some(tag) = StartTag::parse(element) else {
+        return Err(StreamError::new(StreamCondition::NotWellFormed));
+    };
+    let ns = namespace(&tag, CLIENT_NS);
+    if tag.local_name() == b"starttls" && ns == TLS_NS {
+        return Ok(());
+    }
+    if ns == CLIENT_NS && matches!(tag.local_name(), b"message" | b"presence" | b"iq") {
+        // RFC 6120 §6.4 / XEP-0205 §2.3: no stanzas before authentication.
+        return Err(StreamError::new(StreamCondition::NotAuthorized)
+            .with_text("stanzas are not accepted before authentication"));
+    }
+    // RFC 6120 §5.3.1: TLS is mandatory-to-negotiate here.
+    Err(StreamError::new(StreamCondition::PolicyViolation)
+        .with_text("STARTTLS is required before anything else"))
+}
+
+/// What the client direction asks the client writer to send.
+enum ToClient {
+    /// A stanza (e.g. an error reply).
+    Bytes(Vec<u8>),
+    /// A stream error; then the connection closes.
+    Close(StreamError),
+    /// Raw bytes that end the stream; then the connection closes.
+    CloseWith(Vec<u8>),
+}
+
+/// Ends both streams: the client gets `error`, the server the end of its stream.
+async fn close_both(
+    server: &mut WriteHalf<BoxIo>,
+    to_client: &mpsc::Sender<ToClient>,
+    error: StreamError,
+) -> End {
+    let condition = error.condition;
+    let _ = to_client.send(ToClient::Close(error)).await;
+    let _ = server.write_all(b"</stream:stream>").await;
+    let _ = server.shutdown().await;
+    End::Refused(condition)
+}
+
+/// The session lock is only ever held for a few instructions and never across an
+/// await; a panic while holding it cannot leave it half-updated in a way that
+/// matters more than the panic itself, so a poisoned lock is simply taken.
+fn lock(session: &Mutex<C2sSession>) -> MutexGuard<'_, C2sSession> {
+    session.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -1,0 +1,616 @@
+//! The configuration file: its model, loading, and validation.
+//!
+//! Owns turning TOML text into a [`Config`] that the rest of the proxy can trust, and
+//! reporting every problem as `FILE:LINE:COLUMN: what; what to do`. It reads the
+//! certificate files only to check they exist and parse; loading them for use is
+//! [`crate::tls`]'s job. It must not open sockets.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::session::FramerBudgets;
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the configuration was read from; relative paths inside it are resolved
+    /// against this file's directory.
+    pub source: PathBuf,
+    pub domains: Vec<String>,
+    pub upstream: Upstream,
+    pub listeners: Vec<Listener>,
+    pub tls: TlsFiles,
+    pub limits: Limits,
+    pub timeouts: Timeouts,
+    pub log: Log,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub address: SocketAddr,
+    pub proxy_protocol: ProxyProtocol,
+    pub connect_timeout: Duration,
+    pub tls: Option<UpstreamTls>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// The name sent as SNI and checked against the server's certificate.
+    pub server_name: String,
+    /// PEM file of trusted roots; `None` uses the bundled web PKI roots.
+    pub ca: Option<PathBuf>,
+    /// Accept any certificate. For test set-ups only.
+    pub insecure_skip_verify: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyProtocol {
+    None,
+    V1,
+    V2,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Front {
+    /// Client-to-server (RFC 6120 with `jabber:client`).
+    C2s,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerTls {
+    /// Plaintext stream, TLS negotiated with STARTTLS (RFC 6120 §5).
+    Starttls,
+    /// TLS from the first byte (XEP-0368).
+    Direct,
+    /// No TLS at all; only for trusted networks and measurements.
+    None,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    pub front: Front,
+    pub tls: ListenerTls,
+    pub address: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateFiles {
+    pub domains: Vec<String>,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub default: Option<CertificateFiles>,
+    pub certificates: Vec<CertificateFiles>,
+}
+
+/// Stream limits (XEP-0205 §2.5 and the framer's hard limits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub stanza_bytes: usize,
+    pub stanza_bytes_close: usize,
+    pub preauth_stanza_bytes: usize,
+    pub max_depth: usize,
+    pub max_attributes: usize,
+    pub max_name_bytes: usize,
+    pub max_attribute_value_bytes: usize,
+}
+
+impl Limits {
+    /// The framer's budgets before and after authentication.
+    pub fn framer_budgets(&self) -> FramerBudgets {
+        let after = xmppwall_xml::Limits {
+            max_element_bytes: self.stanza_bytes_close,
+            max_depth: self.max_depth,
+            max_attributes: self.max_attributes,
+            max_name_bytes: self.max_name_bytes,
+            max_attribute_value_bytes: self.max_attribute_value_bytes,
+        };
+        let before = xmppwall_xml::Limits {
+            max_element_bytes: self.preauth_stanza_bytes,
+            max_attribute_value_bytes: self
+                .max_attribute_value_bytes
+                .min(self.preauth_stanza_bytes),
+            ..after
+        };
+        FramerBudgets { before, after }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            // Prosody's c2s_stanza_size_limit and ejabberd's c2s max_stanza_size: 256 KiB.
+            stanza_bytes: 256 * 1024,
+            stanza_bytes_close: 1024 * 1024,
+            preauth_stanza_bytes: 16 * 1024,
+            max_depth: 32,
+            max_attributes: 64,
+            max_name_bytes: 256,
+            max_attribute_value_bytes: 8192,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub preauth: Duration,
+    pub idle: Duration,
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            preauth: Duration::from_secs(30),
+            idle: Duration::from_secs(600),
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Log {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+/// One problem found in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file.display(),
+            self.line,
+            self.column,
+            self.message
+        )
+    }
+}
+
+/// Every problem found in a configuration file, in file order.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            problems: vec![Problem {
+                file: path.to_owned(),
+                line: 0,
+                column: 0,
+                message: format!("cannot read the configuration file: {e}"),
+            }],
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Validates `text` as if read from `path`.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let mut check = Checker {
+            file: path,
+            text,
+            problems: Vec::new(),
+        };
+        let raw: RawConfig = match toml::from_str(text) {
+            Ok(raw) => raw,
+            Err(e) => {
+                let span = e.span().unwrap_or(0..0);
+                check.problem(span, e.message().trim_end().to_owned());
+                return Err(check.finish());
+            }
+        };
+        let config = check.validate(raw);
+        if check.problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(check.finish())
+        }
+    }
+
+    /// The directory relative paths in the file are resolved against.
+    pub fn base_dir(&self) -> &Path {
+        self.source.parent().unwrap_or_else(|| Path::new("."))
+    }
+}
+
+struct Checker<'a> {
+    file: &'a Path,
+    text: &'a str,
+    problems: Vec<Problem>,
+}
+
+impl Checker<'_> {
+    fn problem(&mut self, span: Range<usize>, message: String) {
+        let (line, column) = line_column(self.text, span.start);
+        self.problems.push(Problem {
+            file: self.file.to_owned(),
+            line,
+            column,
+            message,
+        });
+    }
+
+    fn finish(mut self) -> ConfigError {
+        self.problems.sort_by_key(|p| (p.line, p.column));
+        ConfigError {
+            problems: self.problems,
+        }
+    }
+
+    fn duration(&mut self, value: &Option<Spanned<String>>, default: Duration) -> Duration {
+        let Some(value) = value else { return default };
+        match humantime::parse_duration(value.get_ref()) {
+            Ok(d) if !d.is_zero() => d,
+            Ok(_) => {
+                self.problem(
+                    value.span(),
+                    "a duration of zero is not allowed; give a positive duration such as \"30s\""
+                        .into(),
+                );
+                default
+            }
+            Err(e) => {
+                self.problem(
+                    value.span(),
+                    format!(
+                        "invalid duration {:?}: {e}; write a number with a unit, e.g. \"500ms\", \"30s\", \"10m\"",
+                        value.get_ref()
+                    ),
+                );
+                default
+            }
+        }
+    }
+
+    fn address(&mut self, value: &Spanned<String>) -> Option<SocketAddr> {
+        match value.get_ref().parse() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.problem(
+                    value.span(),
+                    format!(
+                        "invalid socket address {:?}; write IP:PORT, e.g. \"127.0.0.1:5222\" or \"[::]:5222\"",
+                        value.get_ref()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn path(&self, value: &str) -> PathBuf {
+        let p = Path::new(value);
+        if p.is_absolute() {
+            p.to_owned()
+        } else {
+            self.file.parent().unwrap_or_else(|| Path::new(".")).join(p)
+        }
+    }
+
+    fn readable_file(&mut self, value: &Spanned<String>, what: &str) -> PathBuf {
+        let path = self.path(value.get_ref());
+        if let Err(e) = std::fs::metadata(&path) {
+            self.problem(
+                value.span(),
+                format!(
+                    "cannot read the {what} {}: {e}; check the path (relative paths are taken from the configuration file's directory)",
+                    path.display()
+                ),
+            );
+        }
+        path
+    }
+
+    fn size(&mut self, value: &Option<Spanned<i64>>, default: usize, min: usize) -> usize {
+        let Some(value) = value else { return default };
+        match usize::try_from(*value.get_ref()) {
+            Ok(n) if n >= min => n,
+            _ => {
+                self.problem(
+                    value.span(),
+                    format!("must be a whole number of at least {min}"),
+                );
+                default
+            }
+        }
+    }
+
+    fn certificate(&mut self, raw: &RawCertificate) -> CertificateFiles {
+        let cert = self.readable_file(&raw.cert, "certificate file");
+        let key = self.readable_file(&raw.key, "private key file");
+        CertificateFiles {
+            domains: raw
+                .domains
+                .iter()
+                .map(|d| d.get_ref().to_ascii_lowercase())
+                .collect(),
+            cert,
+            key,
+        }
+    }
+
+    fn validate(&mut self, raw: RawConfig) -> Config {
+        let source = self.file.to_owned();
+        let domains: Vec<String> = raw
+            .domains
+            .iter()
+            .map(|d| d.get_ref().to_ascii_lowercase())
+            .collect();
+        for d in &raw.domains {
+            if d.get_ref().is_empty() || d.get_ref().contains(['@', '/', ' ']) {
+                self.problem(d.span(), format!("{:?} is not a domain name", d.get_ref()));
+            }
+        }
+
+        let upstream = match &raw.upstream {
+            None => {
+                self.problem(
+                    0..0,
+                    "missing [upstream] section; add one with address = \"IP:PORT\" of the XMPP server to protect".into(),
+                );
+                None
+            }
+            Some(u) => {
+                let address = self.address(&u.address);
+                let connect_timeout = self.duration(&u.connect_timeout, Duration::from_secs(5));
+                let tls = u.tls.as_ref().map(|t| UpstreamTls {
+                    server_name: t.server_name.clone(),
+                    ca: t.ca.as_ref().map(|ca| self.readable_file(ca, "CA file")),
+                    insecure_skip_verify: t.insecure_skip_verify,
+                });
+                address.map(|address| Upstream {
+                    address,
+                    proxy_protocol: u.proxy_protocol.unwrap_or(ProxyProtocol::None),
+                    connect_timeout,
+                    tls,
+                })
+            }
+        };
+
+        let tls = TlsFiles {
+            default: raw
+                .tls
+                .as_ref()
+                .and_then(|t| t.default.as_ref())
+                .map(|c| self.certificate(c)),
+            certificates: raw
+                .tls
+                .as_ref()
+                .map(|t| t.certificate.iter().map(|c| self.certificate(c)).collect())
+                .unwrap_or_default(),
+        };
+        let have_cert = tls.default.is_some() || !tls.certificates.is_empty();
+
+        let mut listeners = Vec::new();
+        if raw.listen.is_empty() {
+            self.problem(
+                0..0,
+                "no [[listen]] section; add at least one, e.g. front = \"c2s\", address = \"[::]:5222\"".into(),
+            );
+        }
+        for l in &raw.listen {
+            let tls_mode = l.tls.unwrap_or(ListenerTls::Starttls);
+            if tls_mode != ListenerTls::None && !have_cert {
+                self.problem(
+                    l.address.span(),
+                    "this listener uses TLS but no certificate is configured; add [tls] default = { cert = \"...\", key = \"...\" }".into(),
+                );
+            }
+            if let Some(address) = self.address(&l.address) {
+                if listeners.iter().any(|x: &Listener| x.address == address) {
+                    self.problem(
+                        l.address.span(),
+                        format!("address {address} is used by two listeners"),
+                    );
+                }
+                listeners.push(Listener {
+                    front: l.front,
+                    tls: tls_mode,
+                    address,
+                });
+            }
+        }
+
+        let d = Limits::default();
+        let rl = raw.limits.unwrap_or_default();
+        let limits = Limits {
+            stanza_bytes: self.size(&rl.stanza_bytes, d.stanza_bytes, 512),
+            stanza_bytes_close: self.size(&rl.stanza_bytes_close, d.stanza_bytes_close, 512),
+            preauth_stanza_bytes: self.size(&rl.preauth_stanza_bytes, d.preauth_stanza_bytes, 512),
+            max_depth: self.size(&rl.max_depth, d.max_depth, 2),
+            max_attributes: self.size(&rl.max_attributes, d.max_attributes, 4),
+            max_name_bytes: self.size(&rl.max_name_bytes, d.max_name_bytes, 16),
+            max_attribute_value_bytes: self.size(
+                &rl.max_attribute_value_bytes,
+                d.max_attribute_value_bytes,
+                64,
+            ),
+        };
+        if limits.stanza_bytes_close < limits.stanza_bytes {
+            let span = rl
+                .stanza_bytes_close
+                .as_ref()
+                .or(rl.stanza_bytes.as_ref())
+                .map(|s| s.span())
+                .unwrap_or(0..0);
+            self.problem(
+                span,
+                format!(
+                    "stanza_bytes_close ({}) must be at least stanza_bytes ({}): larger stanzas are bounced first, far larger ones close the stream",
+                    limits.stanza_bytes_close, limits.stanza_bytes
+                ),
+            );
+        }
+
+        let dt = Timeouts::default();
+        let rt = raw.timeouts.unwrap_or_default();
+        let timeouts = Timeouts {
+            preauth: self.duration(&rt.preauth, dt.preauth),
+            idle: self.duration(&rt.idle, dt.idle),
+            shutdown_grace: self.duration(&rt.shutdown_grace, dt.shutdown_grace),
+        };
+
+        let rlog = raw.log.unwrap_or_default();
+        let log = Log {
+            format: rlog.format.unwrap_or_default(),
+            level: rlog.level.unwrap_or_else(|| "info".into()),
+        };
+
+        Config {
+            source,
+            domains,
+            upstream: upstream.unwrap_or(Upstream {
+                address: SocketAddr::from(([127, 0, 0, 1], 5222)),
+                proxy_protocol: ProxyProtocol::None,
+                connect_timeout: Duration::from_secs(5),
+                tls: None,
+            }),
+            listeners,
+            tls,
+            limits,
+            timeouts,
+            log,
+        }
+    }
+}
+
+/// 1-based line and column (in characters) of byte `offset` in `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or("");
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let column = before[line_start..].chars().count() + 1;
+    (line, column)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    domains: Vec<Spanned<String>>,
+    upstream: Option<RawUpstream>,
+    #[serde(default)]
+    listen: Vec<RawListener>,
+    tls: Option<RawTls>,
+    limits: Option<RawLimits>,
+    timeouts: Option<RawTimeouts>,
+    log: Option<RawLog>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    address: Spanned<String>,
+    proxy_protocol: Option<ProxyProtocol>,
+    connect_timeout: Option<Spanned<String>>,
+    tls: Option<RawUpstreamTls>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstreamTls {
+    server_name: String,
+    ca: Option<Spanned<String>>,
+    #[serde(default)]
+    insecure_skip_verify: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    front: Front,
+    tls: Option<ListenerTls>,
+    address: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    default: Option<RawCertificate>,
+    #[serde(default)]
+    certificate: Vec<RawCertificate>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCertificate {
+    #[serde(default)]
+    domains: Vec<Spanned<String>>,
+    cert: Spanned<String>,
+    key: Spanned<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    stanza_bytes: Option<Spanned<i64>>,
+    stanza_bytes_close: Option<Spanned<i64>>,
+    preauth_stanza_bytes: Option<Spanned<i64>>,
+    max_depth: Option<Spanned<i64>>,
+    max_attributes: Option<Spanned<i64>>,
+    max_name_bytes: Option<Spanned<i64>>,
+    max_attribute_value_bytes: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawTimeouts {
+    preauth: Option<Spanned<String>>,
+    idle: Option<Spanned<String>>,
+    shutdown_grace: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    format: Option<LogFormat>,
+    level: Option<String>,
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,15 @@
+//! xmppwall's proxy: the fronts, TLS, sessions, and the connection to the server.
+//!
+//! The sans-IO parts ([`session`], [`stream_error`], [`config`], [`proxy_header`])
+//! hold the protocol logic; [`c2s`] and [`server`] are the tokio shell around them.
+#![forbid(unsafe_code)]
+
+pub mod c2s;
+pub mod config;
+pub mod io;
+pub mod proxy_header;
+pub mod server;
+pub mod session;
+pub mod stats;
+pub mod stream_error;
+pub mod tls;

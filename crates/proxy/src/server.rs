@@ -1,0 +1,158 @@
+//! The running proxy: listeners, the state every connection shares, reload, and
+//! graceful shutdown.
+//!
+//! Owns the lifetime of sockets and connection tasks. A reload swaps the
+//! configuration snapshot and certificates atomically; connections already open
+//! keep the snapshot they started with. Shutdown stops accepting, tells every open
+//! stream `<system-shutdown/>` (RFC 6120 §4.9.3.22), and waits a bounded time.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn, Instrument};
+
+use crate::c2s;
+use crate::config::{Config, Front, Listener};
+use crate::stats::Stats;
+use crate::tls::{self, CertStore, TlsError};
+
+/// TLS towards the server, when configured.
+pub type UpstreamTlsConfig = Option<(Arc<ClientConfig>, ServerName<'static>)>;
+
+/// What every connection task can reach.
+pub struct Shared {
+    pub config: ArcSwap<Config>,
+    pub certs: CertStore,
+    pub upstream_tls: ArcSwap<UpstreamTlsConfig>,
+    pub stats: Stats,
+    shutdown: watch::Sender<bool>,
+    next_id: AtomicU64,
+}
+
+impl Shared {
+    pub fn new(config: Config) -> Result<Arc<Shared>, TlsError> {
+        let certs = CertStore::load(&config.tls)?;
+        let upstream_tls = upstream_tls(&config)?;
+        Ok(Arc::new(Shared {
+            config: ArcSwap::from_pointee(config),
+            certs,
+            upstream_tls: ArcSwap::from_pointee(upstream_tls),
+            stats: Stats::default(),
+            shutdown: watch::channel(false).0,
+            next_id: AtomicU64::new(1),
+        }))
+    }
+
+    /// A receiver that changes to `true` once shutdown begins.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    pub fn connection_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Applies a new configuration to new connections and reloads certificates.
+    /// Listener addresses are fixed at start; a change to them is reported and
+    /// needs a restart.
+    pub fn reload(&self, config: Config) -> Result<(), TlsError> {
+        let upstream = upstream_tls(&config)?;
+        self.certs.reload(&config.tls)?;
+        let old = self.config.load();
+        if old.listeners != config.listeners {
+            warn!("listener changes take effect only after a restart");
+        }
+        self.upstream_tls.store(Arc::new(upstream));
+        self.config.store(Arc::new(config));
+        Ok(())
+    }
+}
+
+fn upstream_tls(config: &Config) -> Result<UpstreamTlsConfig, TlsError> {
+    config
+        .upstream
+        .tls
+        .as_ref()
+        .map(tls::upstream_config)
+        .transpose()
+}
+
+/// Binds every configured listener. Fails before anything is served if one
+/// address cannot be bound.
+pub async fn bind(config: &Config) -> std::io::Result<Vec<(Listener, TcpListener)>> {
+    let mut bound = Vec::new();
+    for l in &config.listeners {
+        let socket = match l.address {
+            SocketAddr::V4(_) => TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => TcpSocket::new_v6()?,
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(l.address).map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", l.address))
+        })?;
+        bound.push((l.clone(), socket.listen(1024)?));
+    }
+    Ok(bound)
+}
+
+/// Serves until `stop` resolves, then shuts down gracefully.
+pub async fn serve(
+    shared: Arc<Shared>,
+    listeners: Vec<(Listener, TcpListener)>,
+    stop: impl std::future::Future<Output = ()>,
+) {
+    let tracker = TaskTracker::new();
+    for (listener, socket) in listeners {
+        let shared = shared.clone();
+        let tracker2 = tracker.clone();
+        let mut shutdown = shared.shutdown_signal();
+        tracker.spawn(async move {
+            info!(address = %listener.address, front = ?listener.front, tls = ?listener.tls, "listening");
+            loop {
+                let accepted = tokio::select! {
+                    a = socket.accept() => a,
+                    _ = shutdown.changed() => break,
+                };
+                let (tcp, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of descriptors and similar: keep serving the open streams.
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let id = shared.connection_id();
+                let span = tracing::info_span!("conn", id, peer = %peer, front = ?listener.front);
+                let shared = shared.clone();
+                let listener = listener.clone();
+                tracker2.spawn(
+                    async move {
+                        match listener.front {
+                            Front::C2s => c2s::serve(shared, tcp, peer, listener).await,
+                        }
+                    }
+                    .instrument(span),
+                );
+            }
+        });
+    }
+    stop.await;
+    let grace = shared.config.load().timeouts.shutdown_grace;
+    info!(open = shared.stats.open_connections(), "shutting down");
+    shared.shutdown.send_replace(true);
+    tracker.close();
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        warn!(
+            open = shared.stats.open_connections(),
+            "connections still open after the shutdown grace period; closing them"
+        );
+    }
+}

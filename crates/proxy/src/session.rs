@@ -1,0 +1,563 @@
+//! The client-to-server session: what xmppwall knows of one stream and what it does
+//! with each element, in both directions.
+//!
+//! Sans-IO: it takes frames the framer cut and returns actions; the connection driver
+//! ([`crate::c2s`]) does the reading and writing. Both directions of one connection
+//! share one `C2sSession`. It owns the stream's state machine (see `LIFECYCLE.md`):
+//! authentication (RFC 6120 §6), resource binding (§7), stream restarts, and the
+//! checks that belong to the stream itself (no stanza before authentication,
+//! XEP-0205 §2.3; stanza size, XEP-0205 §2.5). Operator policy lives elsewhere.
+
+use std::borrow::Cow;
+
+use xmppwall_xml::view::{self, StartTag};
+use xmppwall_xml::Token;
+
+use crate::config::{Limits, ListenerTls};
+use crate::stream_error::{StanzaError, StreamCondition, StreamError};
+
+pub const STREAMS_NS: &str = "http://etherx.jabber.org/streams";
+pub const CLIENT_NS: &str = "jabber:client";
+pub const TLS_NS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
+pub const SASL_NS: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
+pub const SASL2_NS: &str = "urn:xmpp:sasl:2";
+pub const BIND_NS: &str = "urn:ietf:params:xml:ns:xmpp-bind";
+pub const REGISTER_NS: &str = "jabber:iq:register";
+pub const COMPRESS_FEATURE_NS: &str = "http://jabber.org/features/compress";
+pub const COMPRESS_NS: &str = "http://jabber.org/protocol/compress";
+/// XEP-0440: the channel-binding types a server supports.
+pub const CHANNEL_BINDING_NS: &str = "urn:xmpp:sasl-cb:0";
+
+/// The framer's limits before and after authentication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FramerBudgets {
+    pub before: xmppwall_xml::Limits,
+    pub after: xmppwall_xml::Limits,
+}
+
+/// What to do with an element the client sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientAction {
+    /// Send the original bytes to the server.
+    Forward,
+    /// Send nothing to the server; send these bytes to the client.
+    Reply(Vec<u8>),
+    /// Send nothing to anyone.
+    Drop,
+    /// End the stream with this error.
+    Close(StreamError),
+    /// Send these bytes to the client, then close the connection (for protocols that
+    /// define their own failure element, e.g. STARTTLS `<failure/>`, RFC 6120 §5.4.2.2).
+    CloseWith(Vec<u8>),
+}
+
+/// What to do with an element the server sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerAction {
+    /// Send the original bytes to the client.
+    Forward,
+    /// Send these bytes instead (e.g. features without SCRAM-*-PLUS).
+    Rewrite(Vec<u8>),
+}
+
+/// How far authentication has got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Auth {
+    None,
+    /// `<auth/>` sent with this mechanism, no outcome yet.
+    InProgress {
+        mechanism: String,
+    },
+    Authenticated {
+        mechanism: String,
+    },
+}
+
+/// A counted SASL outcome, for metrics and the per-IP failure counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SaslOutcome {
+    Success,
+    Failure,
+}
+
+#[derive(Debug)]
+pub struct C2sSession {
+    limits: Limits,
+    auth: Auth,
+    pending_bind: Option<String>,
+    bound_jid: Option<String>,
+    /// The prefix the server's stream header binds to the streams namespace.
+    server_stream_prefix: Option<String>,
+    /// The client opened a stream the server has not answered yet: an error sent to
+    /// the client now must be preceded by a stream header (RFC 6120 §4.9.1.2).
+    client_awaits_header: bool,
+    /// The client's framer must start a new stream before it reads more (set when
+    /// the server's SASL `<success/>` passes).
+    client_restart: bool,
+    /// The server's framer must start a new stream after the element just passed.
+    server_restart: bool,
+    /// Whether the stream to the client is TLS, to refuse a second STARTTLS.
+    pub tls: ListenerTls,
+    last_sasl: Option<SaslOutcome>,
+}
+
+impl C2sSession {
+    pub fn new(limits: Limits, tls: ListenerTls) -> Self {
+        C2sSession {
+            limits,
+            auth: Auth::None,
+            pending_bind: None,
+            bound_jid: None,
+            server_stream_prefix: None,
+            client_awaits_header: true,
+            client_restart: false,
+            server_restart: false,
+            tls,
+            last_sasl: None,
+        }
+    }
+
+    pub fn auth(&self) -> &Auth {
+        &self.auth
+    }
+
+    pub fn is_authenticated(&self) -> bool {
+        matches!(self.auth, Auth::Authenticated { .. })
+    }
+
+    pub fn bound_jid(&self) -> Option<&str> {
+        self.bound_jid.as_deref()
+    }
+
+    pub fn client_awaits_header(&self) -> bool {
+        self.client_awaits_header
+    }
+
+    pub fn server_stream_prefix(&self) -> Option<&str> {
+        self.server_stream_prefix.as_deref()
+    }
+
+    /// True once after the server's SASL success: the caller resets the client's framer.
+    pub fn take_client_restart(&mut self) -> bool {
+        std::mem::take(&mut self.client_restart)
+    }
+
+    /// True once after the server's SASL success: the caller resets the server's
+    /// framer before it reads the next frame.
+    pub fn take_server_restart(&mut self) -> bool {
+        std::mem::take(&mut self.server_restart)
+    }
+
+    /// The SASL outcome the last server element carried, if any (taken once).
+    pub fn take_sasl_outcome(&mut self) -> Option<SaslOutcome> {
+        self.last_sasl.take()
+    }
+
+    /// The bytes that end the client's stream with `error`, preceded by a stream
+    /// header when the client is waiting for one.
+    pub fn stream_error_bytes(&self, error: &StreamError, domain: Option<&str>) -> Vec<u8> {
+        if self.client_awaits_header {
+            let mut out = response_header(domain, &new_stream_id());
+            out.extend_from_slice(&error.to_bytes(Some("stream")));
+            out
+        } else {
+            error.to_bytes(self.server_stream_prefix.as_deref())
+        }
+    }
+
+    /// Decides what happens to one frame the client sent.
+    pub fn on_client_frame(&mut self, token: Token, bytes: &[u8]) -> ClientAction {
+        match token {
+            Token::StreamOpen => {
+                self.client_awaits_header = true;
+                ClientAction::Forward
+            }
+            Token::Element => self.on_client_element(bytes),
+            Token::XmlDeclaration | Token::Whitespace | Token::StreamClose => ClientAction::Forward,
+        }
+    }
+
+    fn on_client_element(&mut self, bytes: &[u8]) -> ClientAction {
+        let Some(tag) = StartTag::parse(bytes) else {
+            return ClientAction::Close(StreamError::new(StreamCondition::NotWellFormed));
+        };
+        let ns = namespace(&tag, CLIENT_NS);
+        let name = tag.local_name();
+        let is_stanza = ns == CLIENT_NS && matches!(name, b"message" | b"presence" | b"iq");
+
+        match (name, ns.as_ref()) {
+            (b"starttls", TLS_NS) => {
+                // TLS is already in place (or deliberately absent): a second STARTTLS
+                // fails, and RFC 6120 §5.4.2.2 says the stream then closes.
+                return ClientAction::CloseWith(
+                    format!("<failure xmlns='{TLS_NS}'/></stream:stream>").into_bytes(),
+                );
+            }
+            (b"compress", COMPRESS_NS) => {
+                // Compression would hide the stream from inspection; xmppwall removes
+                // the feature (XEP-0138), so a client asking anyway is told it failed.
+                return ClientAction::Reply(
+                    format!("<failure xmlns='{COMPRESS_NS}'><setup-failed/></failure>")
+                        .into_bytes(),
+                );
+            }
+            (b"auth", SASL_NS) | (b"authenticate", SASL2_NS) => {
+                let mechanism = tag
+                    .attribute(b"mechanism")
+                    .map(Cow::into_owned)
+                    .unwrap_or_default();
+                if !self.is_authenticated() {
+                    self.auth = Auth::InProgress { mechanism };
+                }
+                return ClientAction::Forward;
+            }
+            _ => {}
+        }
+
+        if !self.is_authenticated() {
+            if is_stanza && !is_registration(&tag, bytes) {
+                // RFC 6120 §6.4 and XEP-0205 §2.3: no stanza is processed before
+                // authentication. In-band registration (XEP-0077) is the exception.
+                return ClientAction::Close(
+                    StreamError::new(StreamCondition::NotAuthorized)
+                        .with_text("stanzas are not accepted before authentication"),
+                );
+            }
+            return ClientAction::Forward;
+        }
+
+        if bytes.len() > self.limits.stanza_bytes {
+            if !is_stanza {
+                return ClientAction::Close(
+                    StreamError::new(StreamCondition::PolicyViolation)
+                        .with_app_condition("stanza-too-big")
+                        .with_text(format!(
+                            "element larger than {} bytes",
+                            self.limits.stanza_bytes
+                        )),
+                );
+            }
+            // XEP-0205 §2.5: not processed, answered without the original payload.
+            return match StanzaError::stanza_too_big(self.limits.stanza_bytes)
+                .reply_to(&tag, self.bound_jid.as_deref())
+            {
+                Some(reply) => ClientAction::Reply(reply),
+                None => ClientAction::Drop,
+            };
+        }
+
+        if name == b"iq" && is_stanza && tag.attribute(b"type").as_deref() == Some("set") {
+            let binds = view::children(bytes).any(|c| {
+                c.start.local_name() == b"bind" && namespace(&c.start, CLIENT_NS) == BIND_NS
+            });
+            if binds {
+                self.pending_bind = tag.attribute(b"id").map(Cow::into_owned);
+            }
+        }
+        ClientAction::Forward
+    }
+
+    /// Decides what happens to one frame the server sent. After a SASL `<success/>`
+    /// (RFC 6120 §6.4.6) both streams restart: the caller resets the server-side
+    /// framer at once ([`Self::take_server_restart`]) and the client-side one at its
+    /// next read ([`Self::take_client_restart`]).
+    pub fn on_server_frame(&mut self, token: Token, bytes: &[u8]) -> ServerAction {
+        match token {
+            Token::StreamOpen => {
+                self.server_stream_prefix = StartTag::parse(bytes)
+                    .and_then(|t| prefix(t.name).map(|p| String::from_utf8_lossy(p).into_owned()));
+                self.client_awaits_header = false;
+                ServerAction::Forward
+            }
+            Token::Element => self.on_server_element(bytes),
+            Token::XmlDeclaration | Token::Whitespace | Token::StreamClose => ServerAction::Forward,
+        }
+    }
+
+    fn on_server_element(&mut self, bytes: &[u8]) -> ServerAction {
+        let Some(tag) = StartTag::parse(bytes) else {
+            return ServerAction::Forward;
+        };
+        let ns = namespace_in_stream(&tag, CLIENT_NS, self.server_stream_prefix.as_deref());
+        match (tag.local_name(), ns.as_ref()) {
+            (b"features", STREAMS_NS) => {
+                return match rewrite_features(bytes) {
+                    Some(rewritten) => ServerAction::Rewrite(rewritten),
+                    None => ServerAction::Forward,
+                };
+            }
+            (b"success", SASL_NS) => {
+                self.authenticated();
+                self.client_restart = true;
+                self.server_restart = true;
+            }
+            (b"success", SASL2_NS) => {
+                // SASL2 (XEP-0388) authenticates without restarting the stream.
+                self.authenticated();
+            }
+            (b"failure", SASL_NS) | (b"failure", SASL2_NS) => {
+                self.auth = Auth::None;
+                self.last_sasl = Some(SaslOutcome::Failure);
+            }
+            (b"iq", CLIENT_NS) => {
+                if let Some(pending) = &self.pending_bind {
+                    if tag.attribute(b"id").as_deref() == Some(pending.as_str()) {
+                        match tag.attribute(b"type").as_deref() {
+                            Some("result") => {
+                                self.bound_jid = bound_jid(bytes);
+                                self.pending_bind = None;
+                            }
+                            Some("error") => self.pending_bind = None,
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+        ServerAction::Forward
+    }
+
+    fn authenticated(&mut self) {
+        let mechanism = match std::mem::replace(&mut self.auth, Auth::None) {
+            Auth::InProgress { mechanism } | Auth::Authenticated { mechanism } => mechanism,
+            Auth::None => String::new(),
+        };
+        self.auth = Auth::Authenticated { mechanism };
+        self.last_sasl = Some(SaslOutcome::Success);
+    }
+}
+
+/// XEP-0077: `<iq><query xmlns='jabber:iq:register'/></iq>` may be sent before
+/// authentication.
+fn is_registration(tag: &StartTag<'_>, bytes: &[u8]) -> bool {
+    tag.local_name() == b"iq"
+        && view::children(bytes).any(|c| {
+            c.start.local_name() == b"query" && namespace(&c.start, CLIENT_NS) == REGISTER_NS
+        })
+}
+
+/// The text of `<bind><jid>…</jid></bind>` in a bind result (RFC 6120 §7.6.1).
+fn bound_jid(iq: &[u8]) -> Option<String> {
+    let bind = view::children(iq).find(|c| c.start.local_name() == b"bind")?;
+    let bind = &iq[bind.range];
+    let jid = view::children(bind).find(|c| c.start.local_name() == b"jid")?;
+    let text = view::text(&bind[jid.range]);
+    let text = text.trim();
+    (!text.is_empty()).then(|| text.to_owned())
+}
+
+/// The prefix of a qualified name, if any.
+fn prefix(name: &[u8]) -> Option<&[u8]> {
+    memchr_colon(name).map(|i| &name[..i])
+}
+
+fn memchr_colon(name: &[u8]) -> Option<usize> {
+    name.iter().position(|&b| b == b':')
+}
+
+/// The namespace of an element from its own declarations, else `inherited`.
+/// Elements of the stream's top level declare their namespace on themselves in
+/// practice; prefixed names whose prefix is declared elsewhere are resolved by
+/// [`namespace_in_stream`].
+pub fn namespace<'a>(tag: &StartTag<'a>, inherited: &'a str) -> Cow<'a, str> {
+    match prefix(tag.name) {
+        None => tag.attribute(b"xmlns").unwrap_or(Cow::Borrowed(inherited)),
+        Some(p) => {
+            let mut attr = Vec::with_capacity(6 + p.len());
+            attr.extend_from_slice(b"xmlns:");
+            attr.extend_from_slice(p);
+            tag.attribute(&attr).unwrap_or(Cow::Borrowed(""))
+        }
+    }
+}
+
+/// Like [`namespace`], also knowing the prefix the stream header bound to the
+/// streams namespace (e.g. `<stream:features>`).
+fn namespace_in_stream<'a>(
+    tag: &StartTag<'a>,
+    inherited: &'a str,
+    stream_prefix: Option<&str>,
+) -> Cow<'a, str> {
+    let ns = namespace(tag, inherited);
+    if ns.is_empty()
+        && prefix(tag.name).is_some()
+        && prefix(tag.name) == stream_prefix.map(str::as_bytes)
+    {
+        return Cow::Borrowed(STREAMS_NS);
+    }
+    ns
+}
+
+/// Removes from a server's `<stream:features/>` what cannot survive xmppwall in the
+/// middle: STARTTLS (xmppwall already did it), stream compression (XEP-0138, it
+/// would hide the stream), and channel-binding SASL mechanisms (`SCRAM-*-PLUS`,
+/// RFC 5802 §6, and XEP-0440's list): the client's TLS channel ends at xmppwall, so
+/// a binding to it can never match the server's. Returns `None` when unchanged.
+pub fn rewrite_features(features: &[u8]) -> Option<Vec<u8>> {
+    let tag = StartTag::parse(features)?;
+    if tag.self_closing {
+        return None;
+    }
+    let mut out = Vec::with_capacity(features.len());
+    let mut copied = 0;
+    let mut changed = false;
+    for child in view::children(features) {
+        let ns = namespace(&child.start, "");
+        let local = child.start.local_name();
+        let drop_whole = matches!(
+            (local, ns.as_ref()),
+            (b"starttls", TLS_NS)
+                | (b"compression", COMPRESS_FEATURE_NS)
+                | (b"sasl-channel-binding", CHANNEL_BINDING_NS)
+        );
+        let filtered = if drop_whole {
+            Some(Vec::new())
+        } else if (local == b"mechanisms" && ns == SASL_NS)
+            || (local == b"authentication" && ns == SASL2_NS)
+        {
+            drop_plus_mechanisms(&features[child.range.clone()])
+        } else {
+            None
+        };
+        if let Some(replacement) = filtered {
+            out.extend_from_slice(&features[copied..child.range.start]);
+            out.extend_from_slice(&replacement);
+            copied = child.range.end;
+            changed = true;
+        }
+    }
+    if !changed {
+        return None;
+    }
+    out.extend_from_slice(&features[copied..]);
+    Some(out)
+}
+
+/// `<mechanisms>` without its `<mechanism>…-PLUS</mechanism>` children, or `None`
+/// when it has none.
+fn drop_plus_mechanisms(mechanisms: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(mechanisms.len());
+    let mut copied = 0;
+    let mut changed = false;
+    for child in view::children(mechanisms) {
+        if child.start.local_name() != b"mechanism" {
+            continue;
+        }
+        let name = view::text(&mechanisms[child.range.clone()]);
+        if name.trim().ends_with("-PLUS") {
+            out.extend_from_slice(&mechanisms[copied..child.range.start]);
+            copied = child.range.end;
+            changed = true;
+        }
+    }
+    if !changed {
+        return None;
+    }
+    out.extend_from_slice(&mechanisms[copied..]);
+    Some(out)
+}
+
+/// What xmppwall learned from a client's stream header (RFC 6120 §4.7).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientHeader {
+    pub to: Option<String>,
+    pub from: Option<String>,
+    pub version: Option<String>,
+    pub lang: Option<String>,
+}
+
+impl ClientHeader {
+    /// Reads and checks a client's stream header. `domains` are the hosted domains
+    /// (empty: any).
+    pub fn parse(bytes: &[u8], domains: &[String]) -> Result<ClientHeader, StreamError> {
+        let tag = StartTag::parse(bytes)
+            .ok_or_else(|| StreamError::new(StreamCondition::NotWellFormed))?;
+        // RFC 6120 §4.8.1: the stream element is qualified by the streams namespace.
+        if tag.local_name() != b"stream" || namespace(&tag, "") != STREAMS_NS {
+            return Err(
+                StreamError::new(StreamCondition::InvalidNamespace).with_text(
+                    "expected <stream:stream xmlns:stream='http://etherx.jabber.org/streams'>",
+                ),
+            );
+        }
+        // RFC 6120 §4.8.2: the content namespace of a c2s stream is jabber:client.
+        let content_ns = tag.attribute(b"xmlns");
+        if content_ns.as_deref() != Some(CLIENT_NS) {
+            return Err(StreamError::new(StreamCondition::InvalidNamespace)
+                .with_text("the default namespace of a client stream must be jabber:client"));
+        }
+        let header = ClientHeader {
+            to: tag.attribute(b"to").map(|t| t.to_ascii_lowercase()),
+            from: tag.attribute(b"from").map(Cow::into_owned),
+            version: tag.attribute(b"version").map(Cow::into_owned),
+            lang: tag.attribute(b"xml:lang").map(Cow::into_owned),
+        };
+        // RFC 6120 §4.7.5: without a version the peer speaks pre-1.0 XMPP, which has
+        // no STARTTLS or SASL; xmppwall needs both.
+        let major = header
+            .version
+            .as_deref()
+            .and_then(|v| v.split('.').next())
+            .and_then(|m| m.parse::<u32>().ok());
+        if major.unwrap_or(0) < 1 {
+            return Err(StreamError::new(StreamCondition::UnsupportedVersion)
+                .with_text("XMPP 1.0 streams are required (version='1.0')"));
+        }
+        match &header.to {
+            None if !domains.is_empty() => {
+                return Err(StreamError::new(StreamCondition::HostUnknown)
+                    .with_text("the stream header has no 'to' address"));
+            }
+            Some(to) if !domains.is_empty() && !domains.iter().any(|d| d == to) => {
+                return Err(StreamError::new(StreamCondition::HostUnknown)
+                    .with_text(format!("this server does not host {to}")));
+            }
+            _ => {}
+        }
+        Ok(header)
+    }
+}
+
+/// The stream header xmppwall sends when it answers a client itself (before TLS,
+/// or to carry an error, RFC 6120 §4.9.1.2).
+pub fn response_header(domain: Option<&str>, id: &str) -> Vec<u8> {
+    let mut s = String::with_capacity(200);
+    s.push_str("<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='1.0'");
+    if let Some(domain) = domain {
+        s.push_str(" from='");
+        s.push_str(&view::escape_attribute(domain));
+        s.push('\'');
+    }
+    s.push_str(" id='");
+    s.push_str(id);
+    s.push_str("'>");
+    s.into_bytes()
+}
+
+/// Stream features offered before TLS: STARTTLS only, and required (RFC 6120 §5.3.1).
+pub const STARTTLS_FEATURES: &[u8] = b"<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls></stream:features>";
+
+/// RFC 6120 §5.4.2.3.
+pub const STARTTLS_PROCEED: &[u8] = b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>";
+
+/// An unpredictable stream id (RFC 6120 §4.7.3): 128 random bits in hex.
+pub fn new_stream_id() -> String {
+    let mut bytes = [0u8; 16];
+    if getrandom::getrandom(&mut bytes).is_err() {
+        // The id only needs to be unique per stream; fall back to time and a counter.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        bytes = nanos.to_le_bytes();
+    }
+    let mut s = String::with_capacity(32);
+    for b in bytes {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests;

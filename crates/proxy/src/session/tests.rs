@@ -1,0 +1,298 @@
+use super::*;
+use crate::config::Limits;
+
+fn session() -> C2sSession {
+    C2sSession::new(Limits::default(), ListenerTls::Starttls)
+}
+
+fn client(s: &mut C2sSession, xml: &str) -> ClientAction {
+    s.on_client_frame(Token::Element, xml.as_bytes())
+}
+
+fn server(s: &mut C2sSession, xml: &str) -> ServerAction {
+    s.on_server_frame(Token::Element, xml.as_bytes())
+}
+
+const SERVER_HEADER: &str = "<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' id='x' from='example.test' version='1.0'>";
+
+/// A session that has passed SASL and bound `alice@example.test/phone`.
+fn bound_session() -> C2sSession {
+    let mut s = session();
+    s.on_server_frame(Token::StreamOpen, SERVER_HEADER.as_bytes());
+    client(&mut s, "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGFsaWNlAHNlY3JldA==</auth>");
+    server(
+        &mut s,
+        "<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>",
+    );
+    assert!(s.take_client_restart());
+    assert!(s.take_server_restart());
+    s.on_client_frame(Token::StreamOpen, b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='example.test' version='1.0'>");
+    s.on_server_frame(Token::StreamOpen, SERVER_HEADER.as_bytes());
+    client(&mut s, "<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>phone</resource></bind></iq>");
+    server(&mut s, "<iq type='result' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><jid>alice@example.test/phone</jid></bind></iq>");
+    s
+}
+
+#[test]
+fn message_before_authentication_closes_with_not_authorized() {
+    let mut s = session();
+    let action = client(
+        &mut s,
+        "<message to='bob@example.test'><body>hi</body></message>",
+    );
+    match action {
+        ClientAction::Close(e) => assert_eq!(e.condition, StreamCondition::NotAuthorized),
+        other => panic!("expected a stream error, got {other:?}"),
+    }
+}
+
+#[test]
+fn in_band_registration_passes_before_authentication() {
+    let mut s = session();
+    let action = client(
+        &mut s,
+        "<iq type='get' id='r1'><query xmlns='jabber:iq:register'/></iq>",
+    );
+    assert_eq!(action, ClientAction::Forward);
+}
+
+#[test]
+fn sasl_nonzas_pass_before_authentication_and_record_the_mechanism() {
+    let mut s = session();
+    let action = client(
+        &mut s,
+        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-1'>biws</auth>",
+    );
+    assert_eq!(action, ClientAction::Forward);
+    assert_eq!(
+        s.auth(),
+        &Auth::InProgress {
+            mechanism: "SCRAM-SHA-1".into()
+        }
+    );
+    assert_eq!(
+        client(
+            &mut s,
+            "<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>abc</response>"
+        ),
+        ClientAction::Forward
+    );
+}
+
+#[test]
+fn sasl_failure_is_counted_and_leaves_the_stream_unauthenticated() {
+    let mut s = session();
+    client(
+        &mut s,
+        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>x</auth>",
+    );
+    server(
+        &mut s,
+        "<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><not-authorized/></failure>",
+    );
+    assert_eq!(s.take_sasl_outcome(), Some(SaslOutcome::Failure));
+    assert!(!s.is_authenticated());
+    assert!(!s.take_client_restart());
+}
+
+#[test]
+fn sasl_success_authenticates_and_restarts_both_streams_once() {
+    let s = &mut bound_session();
+    assert!(s.is_authenticated());
+    assert_eq!(
+        s.auth(),
+        &Auth::Authenticated {
+            mechanism: "PLAIN".into()
+        }
+    );
+    assert!(!s.take_client_restart(), "restart is reported once");
+}
+
+#[test]
+fn bind_result_records_the_full_jid() {
+    let s = bound_session();
+    assert_eq!(s.bound_jid(), Some("alice@example.test/phone"));
+}
+
+#[test]
+fn stanzas_pass_after_authentication() {
+    let mut s = bound_session();
+    let action = client(
+        &mut s,
+        "<message to='bob@example.test' type='chat'><body>hi</body></message>",
+    );
+    assert_eq!(action, ClientAction::Forward);
+}
+
+#[test]
+fn oversized_message_gets_stanza_too_big_without_payload() {
+    let mut s = bound_session();
+    let body = "x".repeat(300 * 1024);
+    let stanza =
+        format!("<message to='bob@example.test' id='m1' type='chat'><body>{body}</body></message>");
+    let ClientAction::Reply(reply) = client(&mut s, &stanza) else {
+        panic!("expected an error reply");
+    };
+    let reply = String::from_utf8(reply).unwrap();
+    assert_eq!(
+        reply,
+        "<message type='error' id='m1' from='bob@example.test' to='alice@example.test/phone'>\
+         <error type='modify'><not-allowed xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>\
+         <text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas' xml:lang='en'>stanza larger than 262144 bytes</text>\
+         <stanza-too-big xmlns='urn:xmpp:errors'/></error></message>"
+    );
+    assert!(!reply.contains("xxxx"));
+}
+
+#[test]
+fn oversized_error_stanza_is_dropped_not_answered() {
+    let mut s = bound_session();
+    let body = "x".repeat(300 * 1024);
+    let stanza =
+        format!("<message to='bob@example.test' type='error'><body>{body}</body></message>");
+    assert_eq!(client(&mut s, &stanza), ClientAction::Drop);
+    let iq = format!("<iq to='bob@example.test' type='result' id='q'><x>{body}</x></iq>");
+    assert_eq!(client(&mut s, &iq), ClientAction::Drop);
+}
+
+#[test]
+fn oversized_nonza_closes_with_policy_violation() {
+    let mut s = bound_session();
+    let body = "x".repeat(300 * 1024);
+    let nonza = format!("<r xmlns='urn:xmpp:sm:3'>{body}</r>");
+    match client(&mut s, &nonza) {
+        ClientAction::Close(e) => {
+            assert_eq!(e.condition, StreamCondition::PolicyViolation);
+            assert_eq!(e.app_condition, Some("stanza-too-big"));
+        }
+        other => panic!("expected a stream error, got {other:?}"),
+    }
+}
+
+#[test]
+fn second_starttls_fails_and_closes() {
+    let mut s = bound_session();
+    let action = client(
+        &mut s,
+        "<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>",
+    );
+    assert_eq!(
+        action,
+        ClientAction::CloseWith(
+            b"<failure xmlns='urn:ietf:params:xml:ns:xmpp-tls'/></stream:stream>".to_vec()
+        )
+    );
+}
+
+#[test]
+fn compression_request_is_answered_with_setup_failed() {
+    let mut s = bound_session();
+    let action = client(
+        &mut s,
+        "<compress xmlns='http://jabber.org/protocol/compress'><method>zlib</method></compress>",
+    );
+    assert!(
+        matches!(action, ClientAction::Reply(r) if r.starts_with(b"<failure xmlns='http://jabber.org/protocol/compress'><setup-failed/>"))
+    );
+}
+
+#[test]
+fn stream_management_nonzas_pass_untouched() {
+    let mut s = bound_session();
+    for nonza in [
+        "<enable xmlns='urn:xmpp:sm:3' resume='true'/>",
+        "<r xmlns='urn:xmpp:sm:3'/>",
+        "<a xmlns='urn:xmpp:sm:3' h='3'/>",
+    ] {
+        assert_eq!(client(&mut s, nonza), ClientAction::Forward, "{nonza}");
+    }
+}
+
+#[test]
+fn features_lose_plus_mechanisms_starttls_and_compression() {
+    let features = "<stream:features>\
+        <starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>\
+        <mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>\
+        <mechanism>SCRAM-SHA-1-PLUS</mechanism><mechanism>SCRAM-SHA-1</mechanism>\
+        <mechanism>SCRAM-SHA-256-PLUS</mechanism><mechanism>PLAIN</mechanism></mechanisms>\
+        <compression xmlns='http://jabber.org/features/compress'><method>zlib</method></compression>\
+        <sasl-channel-binding xmlns='urn:xmpp:sasl-cb:0'><channel-binding type='tls-exporter'/></sasl-channel-binding>\
+        <register xmlns='http://jabber.org/features/iq-register'/>\
+        </stream:features>";
+    let mut s = session();
+    s.on_server_frame(Token::StreamOpen, SERVER_HEADER.as_bytes());
+    let ServerAction::Rewrite(out) = server(&mut s, features) else {
+        panic!("features should be rewritten");
+    };
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "<stream:features>\
+         <mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>\
+         <mechanism>SCRAM-SHA-1</mechanism><mechanism>PLAIN</mechanism></mechanisms>\
+         <register xmlns='http://jabber.org/features/iq-register'/>\
+         </stream:features>"
+    );
+}
+
+#[test]
+fn features_without_anything_to_remove_are_forwarded_as_they_are() {
+    let mut s = session();
+    s.on_server_frame(Token::StreamOpen, SERVER_HEADER.as_bytes());
+    let features =
+        "<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></stream:features>";
+    assert_eq!(server(&mut s, features), ServerAction::Forward);
+}
+
+#[test]
+fn error_before_server_header_is_preceded_by_a_stream_header() {
+    let s = session();
+    let bytes = s.stream_error_bytes(
+        &StreamError::new(StreamCondition::RemoteConnectionFailed),
+        Some("example.test"),
+    );
+    let text = String::from_utf8(bytes).unwrap();
+    assert!(text.starts_with("<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='1.0' from='example.test' id='"), "{text}");
+    assert!(text.ends_with("<stream:error><remote-connection-failed xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error></stream:stream>"), "{text}");
+}
+
+#[test]
+fn error_after_server_header_uses_the_servers_prefix_without_a_header() {
+    let mut s = session();
+    s.on_server_frame(Token::StreamOpen, b"<s:stream xmlns='jabber:client' xmlns:s='http://etherx.jabber.org/streams' id='x' version='1.0'>");
+    let bytes = s.stream_error_bytes(&StreamError::new(StreamCondition::SystemShutdown), None);
+    assert_eq!(
+        String::from_utf8(bytes).unwrap(),
+        "<s:error><system-shutdown xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></s:error></s:stream>"
+    );
+}
+
+#[test]
+fn client_header_checks_namespace_version_and_host() {
+    let domains = vec!["example.test".to_owned()];
+    let ok = b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='Example.Test' version='1.0' xml:lang='en'>";
+    let h = ClientHeader::parse(ok, &domains).unwrap();
+    assert_eq!(h.to.as_deref(), Some("example.test"));
+    assert_eq!(h.lang.as_deref(), Some("en"));
+
+    let condition = |xml: &str| {
+        ClientHeader::parse(xml.as_bytes(), &domains)
+            .unwrap_err()
+            .condition
+    };
+    assert_eq!(
+        condition("<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' to='example.test' version='1.0'>"),
+        StreamCondition::InvalidNamespace
+    );
+    assert_eq!(
+        condition("<stream:stream xmlns='jabber:client' xmlns:stream='urn:wrong' to='example.test' version='1.0'>"),
+        StreamCondition::InvalidNamespace
+    );
+    assert_eq!(
+        condition("<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='example.test'>"),
+        StreamCondition::UnsupportedVersion
+    );
+    assert_eq!(
+        condition("<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='elsewhere.test' version='1.0'>"),
+        StreamCondition::HostUnknown
+    );
+}

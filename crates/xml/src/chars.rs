@@ -1,0 +1,284 @@
+//! Character classes of XML 1.0 (Fifth Edition) §2.2 (Char) and §2.3 (names,
+//! white space), and fast checks over runs of bytes.
+//!
+//! Name characters follow the Fifth Edition ranges, minus `[#xFDF0-#xFFFD]` in
+//! `NameStartChar`, which the strict parser we are fuzzed against (rxml) does not
+//! accept: rejecting a few exotic but legal names is the price of never accepting
+//! what it rejects.
+
+/// XML 1.0 §2.3 [3] `S`: space, tab, line feed, carriage return.
+#[inline(always)]
+pub(crate) const fn is_ws(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
+}
+
+const NAME_START: u8 = 1;
+const NAME: u8 = 2;
+
+/// Classes of ASCII bytes in names, colon excluded (Namespaces in XML §3: the
+/// colon only separates prefix and local part, which are NCNames).
+static ASCII_NAME: [u8; 256] = ascii_name_table();
+
+const fn ascii_name_table() -> [u8; 256] {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 128 {
+        let c = b as u8;
+        if c.is_ascii_alphabetic() || c == b'_' {
+            t[b] = NAME_START | NAME;
+        } else if c.is_ascii_digit() || c == b'-' || c == b'.' {
+            t[b] = NAME;
+        }
+        b += 1;
+    }
+    t
+}
+
+/// An ASCII byte that may start an NCName (XML 1.0 §2.3 [4] minus `:`).
+#[inline(always)]
+pub(crate) fn is_ascii_name_start(b: u8) -> bool {
+    ASCII_NAME[b as usize] & NAME_START != 0
+}
+
+/// An ASCII byte that may continue an NCName (XML 1.0 §2.3 [4a] minus `:`).
+#[inline(always)]
+pub(crate) fn is_ascii_name_char(b: u8) -> bool {
+    ASCII_NAME[b as usize] & NAME != 0
+}
+
+/// Non-ASCII `NameStartChar` (XML 1.0 §2.3 [4]), see the module note on `#xFDF0-#xFFFD`.
+pub(crate) fn is_name_start_char(c: char) -> bool {
+    matches!(c as u32,
+        0xC0..=0xD6
+        | 0xD8..=0xF6
+        | 0xF8..=0x2FF
+        | 0x370..=0x37D
+        | 0x37F..=0x1FFF
+        | 0x200C..=0x200D
+        | 0x2070..=0x218F
+        | 0x2C00..=0x2FEF
+        | 0x3001..=0xD7FF
+        | 0xF900..=0xFDCF
+        | 0x10000..=0xEFFFF)
+}
+
+/// Non-ASCII `NameChar` (XML 1.0 §2.3 [4a]).
+pub(crate) fn is_name_char(c: char) -> bool {
+    is_name_start_char(c) || matches!(c as u32, 0xB7 | 0x300..=0x36F | 0x203F..=0x2040)
+}
+
+/// XML 1.0 §2.2 [2] `Char`.
+#[inline]
+pub(crate) fn is_char(c: u32) -> bool {
+    matches!(c, 0x9 | 0xA | 0xD | 0x20..=0xD7FF | 0xE000..=0xFFFD | 0x10000..=0x10FFFF)
+}
+
+/// One UTF-8 sequence at the start of a buffer.
+pub(crate) enum Decoded {
+    Char(char, usize),
+    /// The buffer ends inside a sequence that may still turn out valid.
+    Incomplete,
+    Invalid,
+}
+
+/// Decodes the character at the start of `b`, whose first byte is not ASCII.
+pub(crate) fn decode(b: &[u8]) -> Decoded {
+    let need = match b.first() {
+        Some(0xC2..=0xDF) => 2,
+        Some(0xE0..=0xEF) => 3,
+        Some(0xF0..=0xF4) => 4,
+        _ => return Decoded::Invalid,
+    };
+    match b.get(..need) {
+        Some(seq) => match std::str::from_utf8(seq).ok().and_then(|s| s.chars().next()) {
+            Some(c) => Decoded::Char(c, need),
+            None => Decoded::Invalid,
+        },
+        None => match std::str::from_utf8(b) {
+            Err(e) if e.error_len().is_none() => Decoded::Incomplete,
+            _ => Decoded::Invalid,
+        },
+    }
+}
+
+/// A control character that XML 1.0 §2.2 excludes from `Char`. Written with
+/// non-short-circuit operators so that loops over it vectorise.
+#[inline(always)]
+fn is_forbidden_control(b: u8) -> bool {
+    (b < 0x20) & (b != b'\t') & (b != b'\n') & (b != b'\r')
+}
+
+/// Where the first control character XML forbids is in `run`, if anywhere.
+fn first_forbidden_control(run: &[u8]) -> Option<usize> {
+    let mut chunks = run.chunks_exact(32);
+    let mut offset = 0;
+    for chunk in &mut chunks {
+        if chunk
+            .iter()
+            .fold(false, |acc, &b| acc | is_forbidden_control(b))
+        {
+            return chunk
+                .iter()
+                .position(|&b| is_forbidden_control(b))
+                .map(|i| offset + i);
+        }
+        offset += 32;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&b| is_forbidden_control(b))
+        .map(|i| offset + i)
+}
+
+/// U+FFFE and U+FFFF are valid UTF-8 (EF BF BE, EF BF BF) but not XML `Char`s.
+/// Surrogates and values above U+10FFFF are already excluded by UTF-8 itself.
+fn has_noncharacter(valid_utf8: &[u8]) -> bool {
+    memchr::memchr_iter(0xEF, valid_utf8).any(|i| {
+        valid_utf8.get(i + 1) == Some(&0xBF) && matches!(valid_utf8.get(i + 2), Some(0xBE | 0xBF))
+    })
+}
+
+const CONTROL: &str = "a control character that XML 1.0 forbids";
+const INVALID_UTF8: &str = "invalid UTF-8";
+const NONCHARACTER: &str = "U+FFFE or U+FFFF, which XML 1.0 forbids";
+
+/// Checks that `run` is UTF-8 made of XML `Char`s. Returns how many of its bytes
+/// are complete characters: all of them, or fewer when `run` stops inside a
+/// multi-byte sequence that more bytes may complete. Of several faults, the first
+/// in the run is reported, so that the answer does not depend on where reads split.
+pub(crate) fn check_chars(run: &[u8]) -> Result<usize, &'static str> {
+    let control = first_forbidden_control(run);
+    let head = &run[..control.unwrap_or(run.len())];
+    let mut valid = head.len();
+    if !head.is_ascii() {
+        if let Err(e) = std::str::from_utf8(head) {
+            valid = e.valid_up_to();
+            if has_noncharacter(&head[..valid]) {
+                return Err(NONCHARACTER);
+            }
+            // A sequence cut short by the end of the run may still complete; one
+            // cut short by a control character, or a wrong byte, may not.
+            if e.error_len().is_some() || control.is_some() {
+                return Err(INVALID_UTF8);
+            }
+            return Ok(valid);
+        }
+        if has_noncharacter(head) {
+            return Err(NONCHARACTER);
+        }
+    }
+    match control {
+        Some(_) => Err(CONTROL),
+        None => Ok(valid),
+    }
+}
+
+/// Like [`check_chars`] for a run that a delimiter ends: it must be complete.
+pub(crate) fn check_complete_chars(run: &[u8]) -> Result<(), &'static str> {
+    if check_chars(run)? == run.len() {
+        Ok(())
+    } else {
+        Err("invalid UTF-8")
+    }
+}
+
+const LO: u64 = 0x0101_0101_0101_0101;
+const HI: u64 = 0x8080_8080_8080_8080;
+
+/// Whether any byte of `w` equals `b` (the classic SWAR zero-byte test).
+#[inline(always)]
+fn has_byte(w: u64, b: u8) -> u64 {
+    let x = w ^ (LO * u64::from(b));
+    x.wrapping_sub(LO) & !x & HI
+}
+
+/// Bytes that stop a run of plain character data: anything outside printable
+/// ASCII (0x20..=0x7F), and three delimiters.
+pub(crate) struct Plain {
+    delimiters: [u8; 3],
+    stop: [bool; 256],
+}
+
+impl Plain {
+    const fn new(delimiters: [u8; 3]) -> Plain {
+        let mut stop = [false; 256];
+        let mut b = 0;
+        while b < 256 {
+            let c = b as u8;
+            stop[b] = c < 0x20
+                || c >= 0x80
+                || c == delimiters[0]
+                || c == delimiters[1]
+                || c == delimiters[2];
+            b += 1;
+        }
+        Plain { delimiters, stop }
+    }
+}
+
+/// Character data: `<` starts markup, `&` a reference, `]` may start `]]>`.
+pub(crate) static TEXT: Plain = Plain::new([b'<', b'&', b']']);
+/// Attribute values quoted with `'` and with `"`.
+pub(crate) static APOS_VALUE: Plain = Plain::new([b'\'', b'<', b'&']);
+pub(crate) static QUOT_VALUE: Plain = Plain::new([b'"', b'<', b'&']);
+
+#[inline(always)]
+fn load(s: &[u8], i: usize) -> u64 {
+    let mut word = [0u8; 8];
+    word.copy_from_slice(&s[i..i + 8]);
+    u64::from_le_bytes(word)
+}
+
+/// Whether some byte of `w` is outside printable ASCII: below 0x20 (it borrows in
+/// `w - 0x20..`) or 0x80 and above (its high bit is set).
+#[inline(always)]
+fn has_unprintable(w: u64) -> bool {
+    ((w.wrapping_sub(LO * 0x20) & !w) | w) & HI != 0
+}
+
+/// Skips plain bytes of `class` from `i`, up to `end`: returns the index of the
+/// first byte that stops the run, or `end`. Made for short runs (attribute values):
+/// eight bytes at a time, then a table.
+#[inline(always)]
+pub(crate) fn skip_plain(s: &[u8], mut i: usize, end: usize, class: &Plain) -> usize {
+    let end = end.min(s.len());
+    let [a, b, c] = class.delimiters;
+    while i + 8 <= end {
+        let w = load(s, i);
+        if has_unprintable(w) || (has_byte(w, a) | has_byte(w, b) | has_byte(w, c)) != 0 {
+            break;
+        }
+        i += 8;
+    }
+    while i < end && !class.stop[s[i] as usize] {
+        i += 1;
+    }
+    i
+}
+
+/// Skips plain character data from `i`: returns the index of the first byte that
+/// stops it (see [`TEXT`]), or `s.len()`. Short runs go through a table; long ones
+/// (message bodies, base64 payloads) find the next delimiter with `memchr3`, then
+/// check that everything before it is printable ASCII, eight bytes at a time.
+#[inline]
+pub(crate) fn skip_text(s: &[u8], mut i: usize) -> usize {
+    let short_end = (i + 16).min(s.len());
+    while i < short_end {
+        if TEXT.stop[s[i] as usize] {
+            return i;
+        }
+        i += 1;
+    }
+    if i == s.len() {
+        return i;
+    }
+    let delimiter = memchr::memchr3(b'<', b'&', b']', &s[i..]).map_or(s.len(), |k| i + k);
+    while i + 8 <= delimiter && !has_unprintable(load(s, i)) {
+        i += 8;
+    }
+    while i < delimiter && !TEXT.stop[s[i] as usize] {
+        i += 1;
+    }
+    i
+}

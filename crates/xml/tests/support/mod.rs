@@ -1,0 +1,133 @@
+//! What the integration tests share: a caller that follows the framer's contract,
+//! and the strict parser the framer is checked against.
+#![allow(dead_code)]
+
+pub mod corpus;
+pub mod traffic;
+
+use rxml::error::EndOrError;
+use rxml::{Options, Parse, Parser, WithOptions};
+use xmppwall_xml::{Error, Framer, Limits, Token};
+
+/// Generous limits, so that only the XML itself decides.
+pub const LIMITS: Limits = Limits {
+    max_element_bytes: 1 << 20,
+    max_depth: 64,
+    max_attributes: 64,
+    max_name_bytes: 1024,
+    max_attribute_value_bytes: 1 << 16,
+};
+
+/// What a framer made of an input: the frames, and the error that stopped it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub frames: Vec<(Token, Vec<u8>)>,
+    pub error: Option<Error>,
+    /// Bytes left over, not yet framed, when the input ran out.
+    pub pending: usize,
+}
+
+impl Outcome {
+    /// The bytes the framer accepted, frame after frame.
+    pub fn accepted(&self) -> Vec<u8> {
+        self.frames
+            .iter()
+            .flat_map(|(_, b)| b.iter().copied())
+            .collect()
+    }
+
+    pub fn closed(&self) -> bool {
+        self.frames.iter().any(|(t, _)| *t == Token::StreamClose)
+    }
+}
+
+/// Feeds `input` to a new framer in chunks ending at `cuts` (ascending), the way
+/// the proxy does: one buffer, frames removed from its front.
+pub fn feed_with_cuts(limits: Limits, input: &[u8], cuts: &[usize]) -> Outcome {
+    let mut framer = Framer::new(limits);
+    let mut buf: Vec<u8> = Vec::new();
+    let mut frames = Vec::new();
+    let mut from = 0;
+    for &to in cuts.iter().chain(std::iter::once(&input.len())) {
+        let to = to.clamp(from, input.len());
+        buf.extend_from_slice(&input[from..to]);
+        from = to;
+        loop {
+            match framer.next(&buf) {
+                Ok(Some(frame)) => {
+                    frames.push((frame.token, buf[..frame.len].to_vec()));
+                    buf.drain(..frame.len);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    return Outcome {
+                        frames,
+                        error: Some(e),
+                        pending: buf.len(),
+                    }
+                }
+            }
+        }
+    }
+    Outcome {
+        frames,
+        error: None,
+        pending: buf.len(),
+    }
+}
+
+pub fn feed(input: &[u8]) -> Outcome {
+    feed_with_cuts(LIMITS, input, &[])
+}
+
+/// What the strict parser says of a document prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strict {
+    /// A complete, well-formed document (only when asked with `at_eof`).
+    Complete,
+    /// No error so far; more bytes are needed.
+    Incomplete,
+    Rejected,
+}
+
+pub fn rxml(input: &[u8], at_eof: bool) -> Strict {
+    let options = Options {
+        max_token_length: 1 << 16,
+        ..Options::default()
+    };
+    let mut parser = Parser::with_options(options);
+    let mut rest = input;
+    loop {
+        match parser.parse(&mut rest, at_eof) {
+            Ok(Some(_)) => {}
+            Ok(None) => return Strict::Complete,
+            Err(EndOrError::NeedMoreData) => return Strict::Incomplete,
+            Err(EndOrError::Error(_)) => return Strict::Rejected,
+        }
+    }
+}
+
+/// The differential property: what the framer accepted, rxml accepts too.
+/// Returns a description of the disagreement, if any.
+pub fn disagreement(input: &[u8]) -> Option<String> {
+    let outcome = feed(input);
+    let accepted = outcome.accepted();
+    if accepted.is_empty() {
+        return None;
+    }
+    let strict = rxml(&accepted, false);
+    if strict == Strict::Rejected {
+        return Some(format!(
+            "framer accepted {:?} as {:?}, rxml rejects it",
+            String::from_utf8_lossy(&accepted),
+            outcome.frames.iter().map(|f| f.0).collect::<Vec<_>>()
+        ));
+    }
+    if outcome.closed() && rxml(&accepted, true) != Strict::Complete {
+        return Some(format!(
+            "framer accepted the complete stream {:?}, rxml does not",
+            String::from_utf8_lossy(&accepted)
+        ));
+    }
+    None
+}

@@ -1,0 +1,118 @@
+//! The `xmppwall` command: run the proxy, check a configuration.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{error, info, warn};
+use xmppwall_proxy::config::{Config, LogFormat};
+use xmppwall_proxy::server;
+
+#[derive(Parser)]
+#[command(
+    name = "xmppwall",
+    version,
+    about = "An XMPP application-layer firewall"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the firewall in the foreground.
+    Run {
+        /// The configuration file (TOML).
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Validate a configuration file and report every problem with file:line:column.
+    Check {
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => match Config::load(&config) {
+            Ok(_) => {
+                println!("{}: OK", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run { config } => match run(config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("xmppwall: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn run(path: PathBuf) -> anyhow::Result<()> {
+    let config = Config::load(&path).map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?;
+    init_logging(&config);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    runtime.block_on(async move {
+        let listeners = server::bind(&config).await?;
+        let shared = server::Shared::new(config).context("cannot load TLS certificates")?;
+        let mut hangup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
+        let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+        let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+        let reloader = shared.clone();
+        let stop = async move {
+            loop {
+                tokio::select! {
+                    _ = hangup.recv() => reload(&reloader, &path),
+                    _ = terminate.recv() => { info!("SIGTERM received"); break }
+                    _ = interrupt.recv() => { info!("SIGINT received"); break }
+                }
+            }
+        };
+        server::serve(shared, listeners, stop).await;
+        info!("stopped");
+        Ok(())
+    })
+}
+
+/// SIGHUP: read the configuration and certificates again; keep the running ones if
+/// anything is wrong.
+fn reload(shared: &server::Shared, path: &std::path::Path) {
+    match Config::load(path) {
+        Err(e) => {
+            for problem in &e.problems {
+                error!(%problem, "reload refused; the running configuration stays");
+            }
+        }
+        Ok(config) => match shared.reload(config) {
+            Ok(()) => info!(config = %path.display(), "configuration reloaded"),
+            Err(e) => warn!(error = %e, "reload refused; the running configuration stays"),
+        },
+    }
+}
