@@ -41,10 +41,18 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => match Config::load(&config) {
-            Ok(_) => {
-                println!("{}: OK", config.display());
-                ExitCode::SUCCESS
-            }
+            // Certificates and keys are loaded too, as `run` would, so a key that does
+            // not match its certificate is found before a restart, not after.
+            Ok(loaded) => match server::Shared::new(loaded) {
+                Ok(_) => {
+                    println!("{}: OK", config.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{}: {e}", config.display());
+                    ExitCode::FAILURE
+                }
+            },
             Err(e) => {
                 eprintln!("{e}");
                 ExitCode::FAILURE

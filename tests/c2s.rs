@@ -682,3 +682,24 @@ fn slixmpp_logs_in_through_xmppwall_and_exchanges_messages() {
     ));
     alice.assert_success(Duration::from_secs(30));
 }
+
+#[test]
+fn check_loads_certificates_and_names_a_key_that_does_not_match() {
+    let cert = TestCert::generate(&[DOMAIN]);
+    let other = TestCert::generate(&[DOMAIN]);
+    let out = support::xmppwall::check(&format!(
+        "[upstream]\naddress = \"127.0.0.1:1\"\n\n[[listen]]\nfront = \"c2s\"\naddress = \"127.0.0.1:1\"\n\n\
+         [tls]\ndefault = {{ cert = \"{}\", key = \"{}\" }}\n",
+        cert.chain_path.display(),
+        other.key_path.display()
+    ));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "{}: the key does not match the certificate",
+            other.key_path.display()
+        )),
+        "{stderr}"
+    );
+}

@@ -32,6 +32,9 @@ use crate::session::{
 use crate::stats::Stats;
 use crate::stream_error::{StreamCondition, StreamError};
 use crate::tls::describe_handshake_error;
+use std::time::SystemTime;
+use xmppwall_policy::limiter::banned_error;
+use xmppwall_policy::{ConnectionTicket, Limiter, Throttle};
 
 /// The largest element accepted from the server (a big roster or MAM page).
 const SERVER_ELEMENT_BYTES: usize = 8 * 1024 * 1024;
@@ -69,10 +72,24 @@ impl End {
     }
 }
 
+/// What the gate decided for a connection it let in.
+pub struct Admission {
+    pub ticket: ConnectionTicket,
+    /// The address is banned until then: the client is told so and the stream closes.
+    pub banned_until: Option<SystemTime>,
+}
+
 /// Serves one accepted client connection to its end.
-pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, listener: Listener) {
+pub async fn serve(
+    shared: Arc<Shared>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    listener: Listener,
+    admission: Admission,
+) {
     Stats::add(&shared.stats.connections_accepted, 1);
     let config = shared.config.load_full();
+    let limiter = Limiter::clone(&shared.limiter.load());
     let _ = tcp.set_nodelay(true);
     let local = tcp.local_addr().unwrap_or(listener.address);
     let accepted = Instant::now();
@@ -83,6 +100,8 @@ pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, listen
         peer,
         local,
         shutdown: shared.shutdown_signal(),
+        limiter,
+        admission,
     };
     let end = conn.run(tcp, listener.tls).await;
     Stats::add(&shared.stats.connections_closed, 1);
@@ -98,6 +117,8 @@ pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, listen
 struct Connection {
     shared: Arc<Shared>,
     config: Arc<Config>,
+    limiter: Limiter,
+    admission: Admission,
     peer: SocketAddr,
     local: SocketAddr,
     preauth_deadline: Instant,
@@ -186,8 +207,8 @@ fn framing_error(e: FramerError) -> StreamError {
                 Limit::AttributeValueBytes => "attribute value too long",
                 Limit::ElementBytes => "stanza too large",
             }),
-        #[allow(unreachable_patterns)]
-        _ => StreamError::new(StreamCondition::NotWellFormed),
+        FramerError::InvalidNamespace => StreamError::new(StreamCondition::InvalidNamespace)
+            .with_text("the stream header is not in the streams namespace"),
     }
 }
 
@@ -245,6 +266,11 @@ impl Connection {
                     Ok((header, _)) => header,
                     Err(end) => return end,
                 };
+                if let Some(until) = self.admission.banned_until {
+                    return self
+                        .refuse_before_header(&mut tcp, Some(&header), banned_error(until))
+                        .await;
+                }
                 // RFC 6120 §5.3.1: xmppwall answers the stream itself and offers only
                 // STARTTLS, as mandatory-to-negotiate.
                 let mut out =
@@ -414,6 +440,11 @@ impl Connection {
             Ok(h) => h,
             Err(end) => return end,
         };
+        if let Some(until) = self.admission.banned_until {
+            return self
+                .refuse_before_header(&mut client, Some(&header), banned_error(until))
+                .await;
+        }
         debug!(to = ?header.to, version = ?header.version, "client stream header");
 
         let mut server = match self.connect_upstream().await {
@@ -440,7 +471,14 @@ impl Connection {
             return End::ServerIo(e);
         }
 
-        let session = Mutex::new(C2sSession::new(self.config.limits, tls));
+        let conn = self.limiter.connection(&self.admission.ticket);
+        let session = Mutex::new(C2sSession::new(
+            self.config.limits,
+            tls,
+            self.limiter.clone(),
+            conn,
+            header.to.clone(),
+        ));
         self.relay(client, server, reader, &session, header).await
     }
 
@@ -511,6 +549,7 @@ impl Connection {
             mut buf,
         } = reader;
         let mut shutdown = self.shutdown.clone();
+        let mut throttle_pause = Duration::ZERO;
         loop {
             // Frame what is buffered first: the header read may have left bytes.
             let mut stanzas = 0u64;
@@ -533,7 +572,8 @@ impl Connection {
                     }
                 };
                 let bytes = &buf[pos..pos + frame.len];
-                let action = lock(session).on_client_frame(frame.token, bytes);
+                let action =
+                    lock(session).on_client_frame(frame.token, bytes, Instant::now().into_std());
                 if action == ClientAction::Forward {
                     pos += frame.len;
                     stanzas += u64::from(frame.token == Token::Element);
@@ -568,6 +608,16 @@ impl Connection {
                 return End::ServerIo(e);
             }
             release_consumed(&mut buf, pos);
+            if !throttle_pause.is_zero() {
+                tokio::select! {
+                    _ = tokio::time::sleep(std::mem::take(&mut throttle_pause)) => {}
+                    _ = shutdown.changed() => {
+                        let _ = wr.write_all(b"</stream:stream>").await;
+                        let _ = wr.shutdown().await;
+                        return End::Shutdown;
+                    }
+                }
+            }
 
             let deadline = if lock(session).is_authenticated() {
                 Instant::now() + self.config.timeouts.idle
@@ -590,7 +640,18 @@ impl Connection {
                     let _ = wr.shutdown().await;
                     return End::ClientClosed;
                 }
-                Ok(Ok(_)) => {}
+                Ok(Ok(n)) => {
+                    // XEP-0205 §2.7: over the rate, stop reading for a while; the
+                    // bytes already read are processed, nothing is dropped.
+                    let throttle = lock(session).bytes_read(n, Instant::now().into_std());
+                    match throttle {
+                        Throttle::Continue => {}
+                        Throttle::Pause(pause) => throttle_pause = pause,
+                        Throttle::Close(error) => {
+                            return close_both(&mut wr, &to_client, error).await;
+                        }
+                    }
+                }
                 Ok(Err(e)) => {
                     let _ = wr.shutdown().await;
                     return End::ClientIo(e);
@@ -667,12 +728,38 @@ impl Connection {
                         let bytes = &buf[pos..pos + frame.len];
                         let (action, sasl, restart) = {
                             let mut s = lock(session);
-                            let action = s.on_server_frame(frame.token, bytes);
+                            let action = s.on_server_frame(frame.token, bytes, Instant::now().into_std());
                             (action, s.take_sasl_outcome(), s.take_server_restart())
                         };
                         stanzas += u64::from(frame.token == Token::Element);
+                        if sasl == Some(SaslOutcome::Failure) {
+                            let failure = self.limiter.auth_failed(self.peer.ip(), Instant::now().into_std());
+                            if !failure.tarpit.is_zero() {
+                                // Tarpit: the failure reaches the client late, which
+                                // slows a password guesser down (XEP-0205 §2.3).
+                                if let Err(e) = wr.write_all(&buf[run_start..pos]).await {
+                                    return End::ClientIo(e);
+                                }
+                                run_start = pos;
+                                tokio::time::sleep(failure.tarpit).await;
+                            }
+                            if let Some(until) = failure.banned_until {
+                                warn!(address = %self.peer.ip(), "too many authentication failures; address banned");
+                                let _ = wr.write_all(&buf[run_start..pos + frame.len]).await;
+                                let error = banned_error(until);
+                                let bytes = lock(session).stream_error_bytes(&error, self.domain(Some(header)));
+                                return self.refuse(&mut wr, bytes, StreamCondition::PolicyViolation).await;
+                            }
+                        }
                         match action {
                             ServerAction::Forward => pos += frame.len,
+                            ServerAction::Drop => {
+                                if let Err(e) = wr.write_all(&buf[run_start..pos]).await {
+                                    return End::ClientIo(e);
+                                }
+                                pos += frame.len;
+                                run_start = pos;
+                            }
                             ServerAction::Rewrite(rewritten) => {
                                 let written = async {
                                     wr.write_all(&buf[run_start..pos]).await?;

@@ -13,6 +13,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
+use xmppwall_policy::address::CidrList;
+use xmppwall_policy::limits::{
+    AuthLimits, Bandwidth, GateLimits, LimitsConfig, PayloadDirection, PayloadError, PayloadRule,
+    PerPeriod, StanzaLimits,
+};
 
 use crate::session::FramerBudgets;
 
@@ -27,6 +32,8 @@ pub struct Config {
     pub listeners: Vec<Listener>,
     pub tls: TlsFiles,
     pub limits: Limits,
+    /// The XEP-0205 limits beyond stream sizes: gate, authentication, tiers.
+    pub policy_limits: LimitsConfig,
     pub timeouts: Timeouts,
     pub log: Log,
 }
@@ -486,6 +493,12 @@ impl Checker<'_> {
             );
         }
 
+        let policy_limits = self.policy_limits(
+            &rl,
+            raw.gate.unwrap_or_default(),
+            raw.auth.unwrap_or_default(),
+        );
+
         let dt = Timeouts::default();
         let rt = raw.timeouts.unwrap_or_default();
         let timeouts = Timeouts {
@@ -512,8 +525,186 @@ impl Checker<'_> {
             listeners,
             tls,
             limits,
+            policy_limits,
             timeouts,
             log,
+        }
+    }
+
+    /// `"off"` or a `COUNT/PERIOD`.
+    fn per_period(
+        &mut self,
+        value: &Option<Spanned<String>>,
+        current: Option<PerPeriod>,
+    ) -> Option<PerPeriod> {
+        let Some(value) = value else { return current };
+        if value.get_ref() == "off" {
+            return None;
+        }
+        match PerPeriod::parse(value.get_ref()) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                self.problem(value.span(), format!("{e}, or \"off\""));
+                current
+            }
+        }
+    }
+
+    /// `"off"` or a whole number of at least `min`.
+    fn count(
+        &mut self,
+        value: &Option<Spanned<Switch<i64>>>,
+        current: Option<u32>,
+        min: u32,
+    ) -> Option<u32> {
+        let Some(value) = value else { return current };
+        match value.get_ref() {
+            Switch::Off(s) if s == "off" => None,
+            Switch::Value(n) if u32::try_from(*n).is_ok_and(|n| n >= min) => u32::try_from(*n).ok(),
+            _ => {
+                self.problem(
+                    value.span(),
+                    format!("must be a whole number of at least {min}, or \"off\""),
+                );
+                current
+            }
+        }
+    }
+
+    fn bandwidth(
+        &mut self,
+        value: &Option<Spanned<Switch<RawBandwidth>>>,
+        current: Option<Bandwidth>,
+    ) -> Option<Bandwidth> {
+        let Some(value) = value else { return current };
+        match value.get_ref() {
+            Switch::Off(s) if s == "off" => None,
+            Switch::Value(b) if b.rate > 0 && b.burst >= 512 => Some(Bandwidth {
+                bytes_per_second: b.rate,
+                burst_bytes: b.burst,
+            }),
+            _ => {
+                self.problem(
+                    value.span(),
+                    "write { rate = BYTES_PER_SECOND, burst = BYTES } with rate > 0 and burst >= 512, or \"off\"".into(),
+                );
+                current
+            }
+        }
+    }
+
+    fn cidr_list(&mut self, entries: &[Spanned<String>]) -> CidrList {
+        let mut nets = Vec::with_capacity(entries.len());
+        for e in entries {
+            match CidrList::parse_entry(e.get_ref()) {
+                Ok(net) => nets.push(net),
+                Err(message) => self.problem(e.span(), message),
+            }
+        }
+        CidrList::new(nets)
+    }
+
+    /// Overrides `base` with what `raw` sets.
+    fn stanza_limits(&mut self, raw: &RawStanzaLimits, base: &StanzaLimits) -> StanzaLimits {
+        let mut l = base.clone();
+        l.resources_per_account =
+            self.count(&raw.resources_per_account, l.resources_per_account, 1);
+        l.distinct_recipients = self.per_period(&raw.distinct_recipients, l.distinct_recipients);
+        l.bandwidth = self.bandwidth(&raw.bandwidth, l.bandwidth);
+        l.account_bandwidth = self.bandwidth(&raw.account_bandwidth, l.account_bandwidth);
+        l.bandwidth_close_after =
+            self.duration(&raw.bandwidth_close_after, l.bandwidth_close_after);
+        l.roster_requests = self.per_period(&raw.roster_requests, l.roster_requests);
+        l.subscription_requests =
+            self.per_period(&raw.subscription_requests, l.subscription_requests);
+        l.presence_broadcasts = self.per_period(&raw.presence_broadcasts, l.presence_broadcasts);
+        l.muc_messages = self.per_period(&raw.muc_messages, l.muc_messages);
+        l.muc_presences = self.per_period(&raw.muc_presences, l.muc_presences);
+        l.rooms_joined = self.count(&raw.rooms_joined, l.rooms_joined, 1);
+        l.pubsub_publishes = self.per_period(&raw.pubsub_publishes, l.pubsub_publishes);
+        if let Some(payloads) = &raw.payload {
+            l.payloads = payloads
+                .iter()
+                .map(|p| PayloadRule {
+                    namespace: p.namespace.clone(),
+                    direction: match p.direction {
+                        RawPayloadDirection::ToServer => PayloadDirection::ToServer,
+                        RawPayloadDirection::ToClient => PayloadDirection::ToClient,
+                        RawPayloadDirection::Both => PayloadDirection::Both,
+                    },
+                    error: match p.error {
+                        RawPayloadError::NotAllowed => PayloadError::NotAllowed,
+                        RawPayloadError::PolicyViolation => PayloadError::PolicyViolation,
+                    },
+                })
+                .collect();
+        }
+        l
+    }
+
+    fn policy_limits(&mut self, rl: &RawLimits, rg: RawGate, ra: RawAuth) -> LimitsConfig {
+        let d = LimitsConfig::default();
+        let tier = |c: &mut Self, raw: &Option<RawStanzaLimits>, base: &StanzaLimits| match raw {
+            Some(raw) => c.stanza_limits(raw, base),
+            None => base.clone(),
+        };
+        let registered = tier(self, &rl.registered, &d.registered);
+        let anonymous = tier(self, &rl.anonymous, &d.anonymous);
+        let trusted = tier(self, &rl.trusted, &d.trusted);
+        let trusted_jids = rl
+            .trusted_jids
+            .iter()
+            .map(|j| xmppwall_policy::stanza::bare_jid(j.get_ref()))
+            .collect();
+        let dg = GateLimits::default();
+        let prefix = |c: &mut Self, v: &Option<Spanned<i64>>, default: u8, max: i64| -> u8 {
+            let Some(v) = v else { return default };
+            match u8::try_from(*v.get_ref()) {
+                Ok(p) if i64::from(p) <= max => p,
+                _ => {
+                    c.problem(v.span(), format!("a prefix length from 0 to {max}"));
+                    default
+                }
+            }
+        };
+        let gate = GateLimits {
+            max_connections_per_address: self.count(
+                &rg.max_connections_per_address,
+                dg.max_connections_per_address,
+                1,
+            ),
+            connection_attempts: self.per_period(&rg.connection_attempts, dg.connection_attempts),
+            ipv4_prefix: prefix(self, &rg.ipv4_prefix, dg.ipv4_prefix, 32),
+            ipv6_prefix: prefix(self, &rg.ipv6_prefix, dg.ipv6_prefix, 128),
+            allow: self.cidr_list(&rg.allow),
+            deny: self.cidr_list(&rg.deny),
+            max_tracked_addresses: self.size(
+                &rg.max_tracked_addresses,
+                dg.max_tracked_addresses,
+                16,
+            ),
+        };
+        let da = AuthLimits::default();
+        let auth = AuthLimits {
+            max_failures: self.per_period(&ra.max_failures, da.max_failures),
+            ban: self.duration(&ra.ban, da.ban),
+            tarpit: self.duration_or_zero(&ra.tarpit, da.tarpit),
+        };
+        LimitsConfig {
+            gate,
+            auth,
+            registered,
+            anonymous,
+            trusted,
+            trusted_jids,
+            max_tracked_accounts: self.size(&rl.max_tracked_accounts, d.max_tracked_accounts, 16),
+        }
+    }
+
+    fn duration_or_zero(&mut self, value: &Option<Spanned<String>>, default: Duration) -> Duration {
+        match value {
+            Some(v) if matches!(v.get_ref().trim(), "0" | "0s" | "0ms") => Duration::ZERO,
+            other => self.duration(other, default),
         }
     }
 }
@@ -538,6 +729,8 @@ struct RawConfig {
     listen: Vec<RawListener>,
     tls: Option<RawTls>,
     limits: Option<RawLimits>,
+    gate: Option<RawGate>,
+    auth: Option<RawAuth>,
     timeouts: Option<RawTimeouts>,
     log: Option<RawLog>,
 }
@@ -595,6 +788,101 @@ struct RawLimits {
     max_attributes: Option<Spanned<i64>>,
     max_name_bytes: Option<Spanned<i64>>,
     max_attribute_value_bytes: Option<Spanned<i64>>,
+    max_tracked_accounts: Option<Spanned<i64>>,
+    /// Bare JIDs given the trusted tier.
+    #[serde(default)]
+    trusted_jids: Vec<Spanned<String>>,
+    registered: Option<RawStanzaLimits>,
+    anonymous: Option<RawStanzaLimits>,
+    trusted: Option<RawStanzaLimits>,
+}
+
+/// A limit that may be switched off with the string "off".
+#[derive(Deserialize, Clone)]
+#[serde(untagged)]
+enum Switch<T> {
+    Value(T),
+    Off(String),
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawStanzaLimits {
+    resources_per_account: Option<Spanned<Switch<i64>>>,
+    distinct_recipients: Option<Spanned<String>>,
+    bandwidth: Option<Spanned<Switch<RawBandwidth>>>,
+    account_bandwidth: Option<Spanned<Switch<RawBandwidth>>>,
+    bandwidth_close_after: Option<Spanned<String>>,
+    roster_requests: Option<Spanned<String>>,
+    subscription_requests: Option<Spanned<String>>,
+    presence_broadcasts: Option<Spanned<String>>,
+    muc_messages: Option<Spanned<String>>,
+    muc_presences: Option<Spanned<String>>,
+    rooms_joined: Option<Spanned<Switch<i64>>>,
+    pubsub_publishes: Option<Spanned<String>>,
+    payload: Option<Vec<RawPayload>>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(deny_unknown_fields)]
+struct RawBandwidth {
+    rate: u64,
+    burst: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPayload {
+    namespace: String,
+    #[serde(default = "default_payload_direction")]
+    direction: RawPayloadDirection,
+    #[serde(default = "default_payload_error")]
+    error: RawPayloadError,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "kebab-case")]
+enum RawPayloadDirection {
+    ToServer,
+    ToClient,
+    Both,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "kebab-case")]
+enum RawPayloadError {
+    NotAllowed,
+    PolicyViolation,
+}
+
+fn default_payload_direction() -> RawPayloadDirection {
+    RawPayloadDirection::Both
+}
+
+fn default_payload_error() -> RawPayloadError {
+    RawPayloadError::NotAllowed
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawGate {
+    max_connections_per_address: Option<Spanned<Switch<i64>>>,
+    connection_attempts: Option<Spanned<String>>,
+    ipv4_prefix: Option<Spanned<i64>>,
+    ipv6_prefix: Option<Spanned<i64>>,
+    #[serde(default)]
+    allow: Vec<Spanned<String>>,
+    #[serde(default)]
+    deny: Vec<Spanned<String>>,
+    max_tracked_addresses: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    max_failures: Option<Spanned<String>>,
+    ban: Option<Spanned<String>>,
+    tarpit: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]

@@ -11,5 +11,5 @@ pub mod proxy_header;
 pub mod server;
 pub mod session;
 pub mod stats;
-pub mod stream_error;
+pub use xmppwall_policy::errors as stream_error;
 pub mod tls;

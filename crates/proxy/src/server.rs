@@ -16,7 +16,8 @@ use rustls::ClientConfig;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn, Instrument};
+use tracing::{debug, info, warn, Instrument};
+use xmppwall_policy::{GateDecision, Limiter};
 
 use crate::c2s;
 use crate::config::{Config, Front, Listener};
@@ -29,6 +30,8 @@ pub type UpstreamTlsConfig = Option<(Arc<ClientConfig>, ServerName<'static>)>;
 /// What every connection task can reach.
 pub struct Shared {
     pub config: ArcSwap<Config>,
+    /// XEP-0205 limits; a reload swaps the configuration and keeps the counters.
+    pub limiter: ArcSwap<Limiter>,
     pub certs: CertStore,
     pub upstream_tls: ArcSwap<UpstreamTlsConfig>,
     pub stats: Stats,
@@ -40,7 +43,9 @@ impl Shared {
     pub fn new(config: Config) -> Result<Arc<Shared>, TlsError> {
         let certs = CertStore::load(&config.tls)?;
         let upstream_tls = upstream_tls(&config)?;
+        let limiter = Limiter::new(config.policy_limits.clone());
         Ok(Arc::new(Shared {
+            limiter: ArcSwap::from_pointee(limiter),
             config: ArcSwap::from_pointee(config),
             certs,
             upstream_tls: ArcSwap::from_pointee(upstream_tls),
@@ -70,6 +75,11 @@ impl Shared {
             warn!("listener changes take effect only after a restart");
         }
         self.upstream_tls.store(Arc::new(upstream));
+        let limiter = self
+            .limiter
+            .load()
+            .with_config(config.policy_limits.clone());
+        self.limiter.store(Arc::new(limiter));
         self.config.store(Arc::new(config));
         Ok(())
     }
@@ -129,6 +139,16 @@ pub async fn serve(
                         continue;
                     }
                 };
+                // XEP-0205 §2.1, §2.2: refused before a byte is read, at the TCP level.
+                let admission = match shared.limiter.load().admit(peer.ip(), std::time::Instant::now()) {
+                    GateDecision::Refuse(limit) => {
+                        debug!(peer = %peer, limit = limit.name(), "connection refused at the gate");
+                        drop(tcp);
+                        continue;
+                    }
+                    GateDecision::Admit(ticket) => c2s::Admission { ticket, banned_until: None },
+                    GateDecision::Banned(ticket, until) => c2s::Admission { ticket, banned_until: Some(until) },
+                };
                 let id = shared.connection_id();
                 let span = tracing::info_span!("conn", id, peer = %peer, front = ?listener.front);
                 let shared = shared.clone();
@@ -136,7 +156,7 @@ pub async fn serve(
                 tracker2.spawn(
                     async move {
                         match listener.front {
-                            Front::C2s => c2s::serve(shared, tcp, peer, listener).await,
+                            Front::C2s => c2s::serve(shared, tcp, peer, listener, admission).await,
                         }
                     }
                     .instrument(span),

@@ -9,7 +9,11 @@
 //! XEP-0205 §2.3; stanza size, XEP-0205 §2.5). Operator policy lives elsewhere.
 
 use std::borrow::Cow;
+use std::time::Instant;
 
+use base64::Engine as _;
+use xmppwall_policy::stanza::{bare_jid, Stanza};
+use xmppwall_policy::{ConnectionLimits, Limiter, Throttle, Verdict};
 use xmppwall_xml::view::{self, StartTag};
 use xmppwall_xml::Token;
 
@@ -58,6 +62,8 @@ pub enum ServerAction {
     Forward,
     /// Send these bytes instead (e.g. features without SCRAM-*-PLUS).
     Rewrite(Vec<u8>),
+    /// Send nothing (a payload the client may not receive).
+    Drop,
 }
 
 /// How far authentication has got.
@@ -83,6 +89,12 @@ pub enum SaslOutcome {
 #[derive(Debug)]
 pub struct C2sSession {
     limits: Limits,
+    limiter: Limiter,
+    conn: ConnectionLimits,
+    /// The stream's `to`: the domain of accounts named by SASL usernames.
+    domain: Option<String>,
+    /// The account the SASL exchange named, before the server confirms it.
+    sasl_account: Option<String>,
     auth: Auth,
     pending_bind: Option<String>,
     bound_jid: Option<String>,
@@ -101,10 +113,26 @@ pub struct C2sSession {
     last_sasl: Option<SaslOutcome>,
 }
 
+impl Drop for C2sSession {
+    fn drop(&mut self) {
+        self.limiter.connection_closed(&mut self.conn);
+    }
+}
+
 impl C2sSession {
-    pub fn new(limits: Limits, tls: ListenerTls) -> Self {
+    pub fn new(
+        limits: Limits,
+        tls: ListenerTls,
+        limiter: Limiter,
+        conn: ConnectionLimits,
+        domain: Option<String>,
+    ) -> Self {
         C2sSession {
             limits,
+            limiter,
+            conn,
+            domain,
+            sasl_account: None,
             auth: Auth::None,
             pending_bind: None,
             bound_jid: None,
@@ -165,19 +193,33 @@ impl C2sSession {
         }
     }
 
+    pub fn limiter(&self) -> &Limiter {
+        &self.limiter
+    }
+
+    /// The user class whose limits apply now.
+    pub fn user_class(&self) -> xmppwall_policy::UserClass {
+        self.conn.class
+    }
+
+    /// XEP-0205 §2.7: `n` bytes were read from the client.
+    pub fn bytes_read(&mut self, n: usize, now: Instant) -> Throttle {
+        self.limiter.bytes_read(&mut self.conn, n, now)
+    }
+
     /// Decides what happens to one frame the client sent.
-    pub fn on_client_frame(&mut self, token: Token, bytes: &[u8]) -> ClientAction {
+    pub fn on_client_frame(&mut self, token: Token, bytes: &[u8], now: Instant) -> ClientAction {
         match token {
             Token::StreamOpen => {
                 self.client_awaits_header = true;
                 ClientAction::Forward
             }
-            Token::Element => self.on_client_element(bytes),
+            Token::Element => self.on_client_element(bytes, now),
             Token::XmlDeclaration | Token::Whitespace | Token::StreamClose => ClientAction::Forward,
         }
     }
 
-    fn on_client_element(&mut self, bytes: &[u8]) -> ClientAction {
+    fn on_client_element(&mut self, bytes: &[u8], now: Instant) -> ClientAction {
         let Some(tag) = StartTag::parse(bytes) else {
             return ClientAction::Close(StreamError::new(StreamCondition::NotWellFormed));
         };
@@ -207,6 +249,8 @@ impl C2sSession {
                     .map(Cow::into_owned)
                     .unwrap_or_default();
                 if !self.is_authenticated() {
+                    self.sasl_account =
+                        sasl_account(&mechanism, view::text(bytes).trim(), self.domain.as_deref());
                     self.auth = Auth::InProgress { mechanism };
                 }
                 return ClientAction::Forward;
@@ -246,22 +290,44 @@ impl C2sSession {
             };
         }
 
-        if name == b"iq" && is_stanza && tag.attribute(b"type").as_deref() == Some("set") {
+        if !is_stanza {
+            return ClientAction::Forward;
+        }
+        if name == b"iq" && tag.attribute(b"type").as_deref() == Some("set") {
             let binds = view::children(bytes).any(|c| {
                 c.start.local_name() == b"bind" && namespace(&c.start, CLIENT_NS) == BIND_NS
             });
             if binds {
+                // XEP-0205 §2.4: the slot is reserved before the server binds.
+                if let Err(error) = self.limiter.bind_requested(&mut self.conn, now) {
+                    return match error.reply_to(&tag, None) {
+                        Some(reply) => ClientAction::Reply(reply),
+                        None => ClientAction::Drop,
+                    };
+                }
                 self.pending_bind = tag.attribute(b"id").map(Cow::into_owned);
+                return ClientAction::Forward;
             }
         }
-        ClientAction::Forward
+        let Some(stanza) = Stanza::parse(bytes) else {
+            return ClientAction::Forward;
+        };
+        match self.limiter.check_to_server(&mut self.conn, &stanza, now) {
+            Verdict::Pass => ClientAction::Forward,
+            Verdict::Drop(_) => ClientAction::Drop,
+            Verdict::Bounce(_, error) => match error.reply_to(&tag, self.bound_jid.as_deref()) {
+                Some(reply) => ClientAction::Reply(reply),
+                None => ClientAction::Drop,
+            },
+            Verdict::Close(_, error) => ClientAction::Close(error),
+        }
     }
 
     /// Decides what happens to one frame the server sent. After a SASL `<success/>`
     /// (RFC 6120 §6.4.6) both streams restart: the caller resets the server-side
     /// framer at once ([`Self::take_server_restart`]) and the client-side one at its
     /// next read ([`Self::take_client_restart`]).
-    pub fn on_server_frame(&mut self, token: Token, bytes: &[u8]) -> ServerAction {
+    pub fn on_server_frame(&mut self, token: Token, bytes: &[u8], now: Instant) -> ServerAction {
         match token {
             Token::StreamOpen => {
                 self.server_stream_prefix = StartTag::parse(bytes)
@@ -269,12 +335,12 @@ impl C2sSession {
                 self.client_awaits_header = false;
                 ServerAction::Forward
             }
-            Token::Element => self.on_server_element(bytes),
+            Token::Element => self.on_server_element(bytes, now),
             Token::XmlDeclaration | Token::Whitespace | Token::StreamClose => ServerAction::Forward,
         }
     }
 
-    fn on_server_element(&mut self, bytes: &[u8]) -> ServerAction {
+    fn on_server_element(&mut self, bytes: &[u8], now: Instant) -> ServerAction {
         let Some(tag) = StartTag::parse(bytes) else {
             return ServerAction::Forward;
         };
@@ -306,10 +372,36 @@ impl C2sSession {
                             Some("result") => {
                                 self.bound_jid = bound_jid(bytes);
                                 self.pending_bind = None;
+                                if self.conn.account.is_none() {
+                                    // A mechanism that names no user (EXTERNAL, ...):
+                                    // the account is known from the bind result on.
+                                    self.conn.account = self.bound_jid.as_deref().map(bare_jid);
+                                }
+                                return ServerAction::Forward;
                             }
-                            Some("error") => self.pending_bind = None,
+                            Some("error") => {
+                                self.pending_bind = None;
+                                self.limiter.bind_refused(&mut self.conn);
+                                return ServerAction::Forward;
+                            }
                             _ => {}
                         }
+                    }
+                }
+                if let Some(stanza) = Stanza::parse(bytes) {
+                    if let Verdict::Drop(_) | Verdict::Bounce(..) | Verdict::Close(..) =
+                        self.limiter.check_to_client(&self.conn, &stanza, now)
+                    {
+                        return ServerAction::Drop;
+                    }
+                }
+            }
+            (b"message" | b"presence", CLIENT_NS) => {
+                if let Some(stanza) = Stanza::parse(bytes) {
+                    if let Verdict::Drop(_) | Verdict::Bounce(..) | Verdict::Close(..) =
+                        self.limiter.check_to_client(&self.conn, &stanza, now)
+                    {
+                        return ServerAction::Drop;
                     }
                 }
             }
@@ -323,9 +415,61 @@ impl C2sSession {
             Auth::InProgress { mechanism } | Auth::Authenticated { mechanism } => mechanism,
             Auth::None => String::new(),
         };
+        self.limiter
+            .authenticated(&mut self.conn, &mechanism, self.sasl_account.as_deref());
         self.auth = Auth::Authenticated { mechanism };
         self.last_sasl = Some(SaslOutcome::Success);
     }
+}
+
+/// The account a SASL initial response names, where the mechanism carries it in the
+/// clear: PLAIN (RFC 4616: `authzid NUL authcid NUL password`) and SCRAM (RFC 5802
+/// §5.1: `gs2-header n=user,r=...`). The password is never kept.
+fn sasl_account(mechanism: &str, initial: &str, domain: Option<&str>) -> Option<String> {
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(initial)
+        .ok()?;
+    let with_domain = |user: &str| -> Option<String> {
+        if user.is_empty() {
+            return None;
+        }
+        if user.contains('@') {
+            return Some(bare_jid(user));
+        }
+        domain.map(|d| format!("{}@{}", user.to_ascii_lowercase(), d))
+    };
+    if mechanism.eq_ignore_ascii_case("PLAIN") {
+        let mut parts = decoded.split(|&b| b == 0);
+        let authzid = std::str::from_utf8(parts.next()?).ok()?;
+        let authcid = std::str::from_utf8(parts.next()?).ok()?;
+        return if authzid.is_empty() {
+            with_domain(authcid)
+        } else {
+            with_domain(authzid)
+        };
+    }
+    if mechanism.to_ascii_uppercase().starts_with("SCRAM-") {
+        let text = std::str::from_utf8(&decoded).ok()?;
+        // gs2-header: cbind-flag "," [authzid] ","; then the bare message.
+        let mut fields = text.splitn(3, ',');
+        let _cbind = fields.next()?;
+        let authzid = fields.next()?.strip_prefix("a=").map(scram_unescape);
+        let user = fields
+            .next()?
+            .split(',')
+            .find_map(|f| f.strip_prefix("n="))
+            .map(scram_unescape)?;
+        return match authzid {
+            Some(a) if !a.is_empty() => with_domain(&a),
+            _ => with_domain(&user),
+        };
+    }
+    None
+}
+
+/// RFC 5802 §5.1: `=2C` is `,` and `=3D` is `=` in SCRAM names.
+fn scram_unescape(s: &str) -> String {
+    s.replace("=2C", ",").replace("=3D", "=")
 }
 
 /// XEP-0077: `<iq><query xmlns='jabber:iq:register'/></iq>` may be sent before

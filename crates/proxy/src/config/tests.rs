@@ -118,3 +118,84 @@ fn line_column_counts_characters_not_bytes() {
     assert_eq!(line_column("ab\ncé=x", 7), (2, 4));
     assert_eq!(line_column("", 0), (1, 1));
 }
+
+#[test]
+fn xep0205_limits_are_read_with_tiers_and_off_switches() {
+    let text = format!(
+        r#"{MINIMAL}
+[gate]
+max_connections_per_address = 3
+connection_attempts = "5/10s"
+ipv6_prefix = 56
+allow = ["10.0.0.0/8"]
+deny = ["192.0.2.0/24", "2001:db8::1"]
+
+[auth]
+max_failures = "3/1m"
+ban = "10m"
+tarpit = "0s"
+
+[limits]
+trusted_jids = ["Admin@Example.org"]
+
+[limits.registered]
+resources_per_account = 2
+distinct_recipients = "4/1m"
+bandwidth = {{ rate = 5000, burst = 10000 }}
+account_bandwidth = "off"
+presence_broadcasts = "off"
+
+[[limits.registered.payload]]
+namespace = "http://jabber.org/protocol/ibb"
+direction = "to-server"
+error = "policy-violation"
+
+[limits.anonymous]
+distinct_recipients = "1/1m"
+
+[limits.trusted]
+resources_per_account = 50
+"#
+    );
+    let c = parse(&text).unwrap();
+    let p = &c.policy_limits;
+    assert_eq!(p.gate.max_connections_per_address, Some(3));
+    assert_eq!(p.gate.connection_attempts.unwrap().count, 5);
+    assert_eq!(p.gate.ipv6_prefix, 56);
+    assert!(p.gate.allow.contains("10.1.2.3".parse().unwrap()));
+    assert!(p.gate.deny.contains("2001:db8::1".parse().unwrap()));
+    assert_eq!(p.auth.max_failures.unwrap().count, 3);
+    assert_eq!(p.auth.ban, Duration::from_secs(600));
+    assert_eq!(p.auth.tarpit, Duration::ZERO);
+    assert_eq!(p.registered.resources_per_account, Some(2));
+    assert_eq!(p.registered.distinct_recipients.unwrap().count, 4);
+    assert_eq!(p.registered.bandwidth.unwrap().bytes_per_second, 5000);
+    assert_eq!(p.registered.account_bandwidth, None);
+    assert_eq!(p.registered.presence_broadcasts, None);
+    assert_eq!(p.registered.payloads.len(), 1);
+    assert_eq!(p.anonymous.distinct_recipients.unwrap().count, 1);
+    // the anonymous tier keeps its own defaults for what it does not set
+    assert_eq!(p.anonymous.resources_per_account, Some(1));
+    assert_eq!(p.trusted.resources_per_account, Some(50));
+    assert_eq!(p.trusted_jids, vec!["admin@example.org".to_string()]);
+}
+
+#[test]
+fn bad_limit_values_are_reported_at_their_lines() {
+    let text = format!(
+        "{MINIMAL}\n[gate]\nconnection_attempts = \"lots\"\nallow = [\"10.0.0.0/33\"]\n\n[limits.registered]\nresources_per_account = 0\n"
+    );
+    let err = parse(&text).unwrap_err();
+    let lines: Vec<usize> = err.problems.iter().map(|p| p.line).collect();
+    assert_eq!(lines, vec![11, 12, 15], "{err}");
+    assert!(err.problems[0].message.contains("COUNT/PERIOD"), "{err}");
+    assert!(err.problems[1].message.contains("CIDR"), "{err}");
+    assert!(err.problems[2].message.contains("at least 1"), "{err}");
+}
+
+#[test]
+fn unknown_key_in_limits_is_reported() {
+    let text = format!("{MINIMAL}\n[limits]\nstanza_byts = 5\n");
+    let err = parse(&text).unwrap_err();
+    assert!(err.problems[0].message.contains("stanza_byts"), "{err}");
+}

@@ -1,16 +1,35 @@
+use std::time::Instant;
+
 use super::*;
 use crate::config::Limits;
+use xmppwall_policy::{GateDecision, LimitsConfig};
+
+fn session_with(limits: LimitsConfig) -> C2sSession {
+    let limiter = Limiter::new(limits);
+    let GateDecision::Admit(ticket) = limiter.admit("192.0.2.1".parse().unwrap(), Instant::now())
+    else {
+        panic!("admitted");
+    };
+    let conn = limiter.connection(&ticket);
+    C2sSession::new(
+        Limits::default(),
+        ListenerTls::Starttls,
+        limiter,
+        conn,
+        Some("example.test".into()),
+    )
+}
 
 fn session() -> C2sSession {
-    C2sSession::new(Limits::default(), ListenerTls::Starttls)
+    session_with(LimitsConfig::default())
 }
 
 fn client(s: &mut C2sSession, xml: &str) -> ClientAction {
-    s.on_client_frame(Token::Element, xml.as_bytes())
+    s.on_client_frame(Token::Element, xml.as_bytes(), Instant::now())
 }
 
 fn server(s: &mut C2sSession, xml: &str) -> ServerAction {
-    s.on_server_frame(Token::Element, xml.as_bytes())
+    s.on_server_frame(Token::Element, xml.as_bytes(), Instant::now())
 }
 
 const SERVER_HEADER: &str = "<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' id='x' from='example.test' version='1.0'>";
@@ -18,7 +37,7 @@ const SERVER_HEADER: &str = "<stream:stream xmlns='jabber:client' xmlns:stream='
 /// A session that has passed SASL and bound `alice@example.test/phone`.
 fn bound_session() -> C2sSession {
     let mut s = session();
-    s.on_server_frame(Token::StreamOpen, SERVER_HEADER.as_bytes());
+    s.on_server_frame(Token::StreamOpen, SERVER_HEADER.as_bytes(), Instant::now());
     client(&mut s, "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGFsaWNlAHNlY3JldA==</auth>");
     server(
         &mut s,
@@ -26,8 +45,8 @@ fn bound_session() -> C2sSession {
     );
     assert!(s.take_client_restart());
     assert!(s.take_server_restart());
-    s.on_client_frame(Token::StreamOpen, b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='example.test' version='1.0'>");
-    s.on_server_frame(Token::StreamOpen, SERVER_HEADER.as_bytes());
+    s.on_client_frame(Token::StreamOpen, b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='example.test' version='1.0'>", Instant::now());
+    s.on_server_frame(Token::StreamOpen, SERVER_HEADER.as_bytes(), Instant::now());
     client(&mut s, "<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>phone</resource></bind></iq>");
     server(&mut s, "<iq type='result' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><jid>alice@example.test/phone</jid></bind></iq>");
     s
@@ -220,7 +239,7 @@ fn features_lose_plus_mechanisms_starttls_and_compression() {
         <register xmlns='http://jabber.org/features/iq-register'/>\
         </stream:features>";
     let mut s = session();
-    s.on_server_frame(Token::StreamOpen, SERVER_HEADER.as_bytes());
+    s.on_server_frame(Token::StreamOpen, SERVER_HEADER.as_bytes(), Instant::now());
     let ServerAction::Rewrite(out) = server(&mut s, features) else {
         panic!("features should be rewritten");
     };
@@ -237,7 +256,7 @@ fn features_lose_plus_mechanisms_starttls_and_compression() {
 #[test]
 fn features_without_anything_to_remove_are_forwarded_as_they_are() {
     let mut s = session();
-    s.on_server_frame(Token::StreamOpen, SERVER_HEADER.as_bytes());
+    s.on_server_frame(Token::StreamOpen, SERVER_HEADER.as_bytes(), Instant::now());
     let features =
         "<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></stream:features>";
     assert_eq!(server(&mut s, features), ServerAction::Forward);
@@ -258,7 +277,7 @@ fn error_before_server_header_is_preceded_by_a_stream_header() {
 #[test]
 fn error_after_server_header_uses_the_servers_prefix_without_a_header() {
     let mut s = session();
-    s.on_server_frame(Token::StreamOpen, b"<s:stream xmlns='jabber:client' xmlns:s='http://etherx.jabber.org/streams' id='x' version='1.0'>");
+    s.on_server_frame(Token::StreamOpen, b"<s:stream xmlns='jabber:client' xmlns:s='http://etherx.jabber.org/streams' id='x' version='1.0'>", Instant::now());
     let bytes = s.stream_error_bytes(&StreamError::new(StreamCondition::SystemShutdown), None);
     assert_eq!(
         String::from_utf8(bytes).unwrap(),

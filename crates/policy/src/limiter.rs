@@ -1,0 +1,863 @@
+//! The XEP-0205 limits at run time: the state behind them and the verdicts they give.
+//!
+//! Sans-IO: every call takes `now`. The state that outlives one connection (per
+//! address, per account) sits in bounded tables behind short locks, shared by all
+//! connections of this instance; per-connection state ([`ConnectionLimits`]) lives in
+//! the session that owns the connection. A reload builds a new [`Limiter`] over the
+//! same [`LimiterState`], so counters survive a configuration change.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::address::AddressKey;
+use crate::errors::{ErrorType, StanzaError, StreamCondition, StreamError};
+use crate::limits::{
+    LimitsConfig, PayloadDirection, PayloadError, PerPeriod, StanzaLimits, UserClass,
+};
+use crate::rate::TokenBucket;
+use crate::stanza::{bare_jid, Direction, Kind, Stanza};
+use crate::table::{BoundedTable, TableGauge};
+
+const MUC_NS: &str = "http://jabber.org/protocol/muc";
+const ROSTER_NS: &str = "jabber:iq:roster";
+const PUBSUB_NS: &str = "http://jabber.org/protocol/pubsub";
+/// Correspondents remembered per account, for the distinct-recipient exemption.
+const CORRESPONDENTS_PER_ACCOUNT: usize = 256;
+
+/// Each limit, for counting its hits (`xmppwall_limit_hits_total{limit=...}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitKind {
+    DeniedAddress,
+    ConnectionsPerAddress,
+    ConnectionAttempts,
+    AuthFailureBan,
+    BannedAddress,
+    Resources,
+    StanzaSize,
+    DistinctRecipients,
+    Bandwidth,
+    BandwidthClose,
+    Payload,
+    RosterRequests,
+    SubscriptionRequests,
+    PresenceBroadcasts,
+    MucMessages,
+    MucPresences,
+    RoomsJoined,
+    PubsubPublishes,
+}
+
+impl LimitKind {
+    pub const ALL: [LimitKind; 18] = [
+        LimitKind::DeniedAddress,
+        LimitKind::ConnectionsPerAddress,
+        LimitKind::ConnectionAttempts,
+        LimitKind::AuthFailureBan,
+        LimitKind::BannedAddress,
+        LimitKind::Resources,
+        LimitKind::StanzaSize,
+        LimitKind::DistinctRecipients,
+        LimitKind::Bandwidth,
+        LimitKind::BandwidthClose,
+        LimitKind::Payload,
+        LimitKind::RosterRequests,
+        LimitKind::SubscriptionRequests,
+        LimitKind::PresenceBroadcasts,
+        LimitKind::MucMessages,
+        LimitKind::MucPresences,
+        LimitKind::RoomsJoined,
+        LimitKind::PubsubPublishes,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            LimitKind::DeniedAddress => "denied_address",
+            LimitKind::ConnectionsPerAddress => "connections_per_address",
+            LimitKind::ConnectionAttempts => "connection_attempts",
+            LimitKind::AuthFailureBan => "auth_failure_ban",
+            LimitKind::BannedAddress => "banned_address",
+            LimitKind::Resources => "resources_per_account",
+            LimitKind::StanzaSize => "stanza_size",
+            LimitKind::DistinctRecipients => "distinct_recipients",
+            LimitKind::Bandwidth => "bandwidth_throttled",
+            LimitKind::BandwidthClose => "bandwidth_closed",
+            LimitKind::Payload => "payload",
+            LimitKind::RosterRequests => "roster_requests",
+            LimitKind::SubscriptionRequests => "subscription_requests",
+            LimitKind::PresenceBroadcasts => "presence_broadcasts",
+            LimitKind::MucMessages => "muc_messages",
+            LimitKind::MucPresences => "muc_presences",
+            LimitKind::RoomsJoined => "rooms_joined",
+            LimitKind::PubsubPublishes => "pubsub_publishes",
+        }
+    }
+}
+
+/// What a stanza check decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Pass,
+    /// Not forwarded, nobody told.
+    Drop(LimitKind),
+    /// Not forwarded; the sender gets this error (where RFC 6120 allows one).
+    Bounce(LimitKind, StanzaError),
+    /// The stream ends with this error.
+    Close(LimitKind, StreamError),
+}
+
+/// State that outlives a connection, shared by every connection of this instance.
+#[derive(Debug)]
+pub struct LimiterState {
+    addresses: Mutex<BoundedTable<AddressKey, AddressState>>,
+    accounts: Mutex<BoundedTable<String, AccountState>>,
+    pub address_gauge: TableGauge,
+    pub account_gauge: TableGauge,
+    hits: [AtomicU64; LimitKind::ALL.len()],
+}
+
+impl LimiterState {
+    pub fn new(config: &LimitsConfig) -> Arc<LimiterState> {
+        Arc::new(LimiterState {
+            addresses: Mutex::new(BoundedTable::new(
+                "addresses",
+                config.gate.max_tracked_addresses,
+            )),
+            accounts: Mutex::new(BoundedTable::new("accounts", config.max_tracked_accounts)),
+            address_gauge: TableGauge::default(),
+            account_gauge: TableGauge::default(),
+            hits: std::array::from_fn(|_| AtomicU64::new(0)),
+        })
+    }
+
+    pub fn hit(&self, kind: LimitKind) {
+        self.hits[kind as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn hits(&self, kind: LimitKind) -> u64 {
+        self.hits[kind as usize].load(Ordering::Relaxed)
+    }
+
+    fn addresses(&self) -> MutexGuard<'_, BoundedTable<AddressKey, AddressState>> {
+        self.addresses.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn accounts(&self) -> MutexGuard<'_, BoundedTable<String, AccountState>> {
+        self.accounts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Entries in the address table (for tests and metrics).
+    pub fn tracked_addresses(&self) -> usize {
+        self.addresses().len()
+    }
+}
+
+#[derive(Debug, Default)]
+struct AddressState {
+    connections: u32,
+    attempts: TokenBucket,
+    failures: TokenBucket,
+    banned_until: Option<Instant>,
+}
+
+impl AddressState {
+    fn idle(&self, now: Instant) -> bool {
+        self.connections == 0
+            && self.attempts.is_full(now)
+            && self.failures.is_full(now)
+            && self.banned_until.is_none_or(|t| t <= now)
+    }
+}
+
+#[derive(Debug, Default)]
+struct AccountState {
+    resources: u32,
+    recipients: Option<BoundedTable<String, Instant>>,
+    correspondents: Option<BoundedTable<String, Instant>>,
+    bandwidth: TokenBucket,
+    subscriptions: TokenBucket,
+    presence_broadcasts: TokenBucket,
+    publishes: TokenBucket,
+    /// Joined rooms (bare JIDs) with each occupant's message and presence buckets.
+    rooms: Vec<(String, TokenBucket, TokenBucket)>,
+}
+
+/// The configured limits over the shared state.
+#[derive(Debug, Clone)]
+pub struct Limiter {
+    pub config: Arc<LimitsConfig>,
+    pub state: Arc<LimiterState>,
+}
+
+/// How the gate answered a new connection (XEP-0205 §2.1, §2.2).
+#[derive(Debug)]
+pub enum GateDecision {
+    Admit(ConnectionTicket),
+    /// Admitted far enough to be told, in a `<policy-violation/>`, until when the
+    /// address is banned.
+    Banned(ConnectionTicket, SystemTime),
+    /// Closed at the binding level: XEP-0205 defines no XMPP error for these.
+    Refuse(LimitKind),
+}
+
+/// One admitted connection's place in its address's count; gives it back on drop.
+#[derive(Debug)]
+pub struct ConnectionTicket {
+    state: Arc<LimiterState>,
+    /// `None` for allow-listed addresses, which are not counted.
+    key: Option<AddressKey>,
+    pub ip: IpAddr,
+    /// From an allow-listed address: the trusted tier applies.
+    pub trusted_address: bool,
+}
+
+impl Drop for ConnectionTicket {
+    fn drop(&mut self) {
+        if let Some(key) = self.key {
+            let mut table = self.state.addresses();
+            if let Some(entry) = table.get_mut(&key) {
+                entry.connections = entry.connections.saturating_sub(1);
+            }
+        }
+    }
+}
+
+/// What one connection carries of the limits: its tier and its own buckets.
+#[derive(Debug)]
+pub struct ConnectionLimits {
+    pub class: UserClass,
+    /// The account's bare JID, once known.
+    pub account: Option<String>,
+    /// Whether this connection holds one of the account's resource slots.
+    holds_resource: bool,
+    bandwidth: TokenBucket,
+    /// Throttling in a row, for the close-after penalty.
+    throttled: Duration,
+    roster: TokenBucket,
+    trusted_address: bool,
+}
+
+/// What the reader does after `n` bytes (XEP-0205 §2.7).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Throttle {
+    Continue,
+    /// Read nothing more for this long: backpressure, nothing is dropped.
+    Pause(Duration),
+    Close(StreamError),
+}
+
+/// A SASL failure's consequences (XEP-0205 §2.3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthFailure {
+    /// Wait this long before relaying the failure to the client.
+    pub tarpit: Duration,
+    /// The address is now banned until then; the stream should close.
+    pub banned_until: Option<SystemTime>,
+}
+
+fn wall_clock(now: Instant, at: Instant) -> SystemTime {
+    SystemTime::now() + at.saturating_duration_since(now)
+}
+
+/// The `<policy-violation/>` a banned address gets, saying until when.
+pub fn banned_error(until: SystemTime) -> StreamError {
+    StreamError::new(StreamCondition::PolicyViolation).with_text(format!(
+        "too many failed authentication attempts from this address; banned until {}",
+        humantime::format_rfc3339_seconds(until)
+    ))
+}
+
+fn rate_error(what: &str, limit: PerPeriod) -> StanzaError {
+    StanzaError {
+        error_type: ErrorType::Wait,
+        condition: "policy-violation",
+        app_condition: None,
+        text: Some(format!(
+            "too many {what}: at most {} per {}",
+            limit.count,
+            humantime::format_duration(limit.period)
+        )),
+    }
+}
+
+impl Limiter {
+    pub fn new(config: LimitsConfig) -> Limiter {
+        let state = LimiterState::new(&config);
+        Limiter {
+            config: Arc::new(config),
+            state,
+        }
+    }
+
+    /// The same state under a new configuration (reload). Table caps keep their
+    /// first values until restart.
+    pub fn with_config(&self, config: LimitsConfig) -> Limiter {
+        Limiter {
+            config: Arc::new(config),
+            state: self.state.clone(),
+        }
+    }
+
+    /// XEP-0205 §2.1 and §2.2, before a byte is read.
+    pub fn admit(&self, ip: IpAddr, now: Instant) -> GateDecision {
+        let gate = &self.config.gate;
+        let ip = ip.to_canonical();
+        if gate.allow.contains(ip) {
+            return GateDecision::Admit(ConnectionTicket {
+                state: self.state.clone(),
+                key: None,
+                ip,
+                trusted_address: true,
+            });
+        }
+        if gate.deny.contains(ip) {
+            self.state.hit(LimitKind::DeniedAddress);
+            return GateDecision::Refuse(LimitKind::DeniedAddress);
+        }
+        let key = AddressKey::new(ip, gate.ipv4_prefix, gate.ipv6_prefix);
+        let mut table = self.state.addresses();
+        table.trim_idle(|e| e.idle(now));
+        let entry = table.entry(key, AddressState::default);
+        let refused = if let Some(limit) = gate.connection_attempts {
+            entry.attempts.try_take(&limit.rate(), 1.0, now).is_err()
+        } else {
+            false
+        };
+        let decision = if refused {
+            Err(LimitKind::ConnectionAttempts)
+        } else if gate
+            .max_connections_per_address
+            .is_some_and(|max| entry.connections >= max)
+        {
+            Err(LimitKind::ConnectionsPerAddress)
+        } else {
+            entry.connections += 1;
+            Ok(entry.banned_until.filter(|&t| t > now))
+        };
+        self.state.address_gauge.record(&table);
+        drop(table);
+        match decision {
+            Err(kind) => {
+                self.state.hit(kind);
+                GateDecision::Refuse(kind)
+            }
+            Ok(banned) => {
+                let ticket = ConnectionTicket {
+                    state: self.state.clone(),
+                    key: Some(key),
+                    ip,
+                    trusted_address: false,
+                };
+                match banned {
+                    Some(until) => {
+                        self.state.hit(LimitKind::BannedAddress);
+                        GateDecision::Banned(ticket, wall_clock(now, until))
+                    }
+                    None => GateDecision::Admit(ticket),
+                }
+            }
+        }
+    }
+
+    /// Counts a failed SASL attempt from `ip` (XEP-0205 §2.3).
+    pub fn auth_failed(&self, ip: IpAddr, now: Instant) -> AuthFailure {
+        let auth = &self.config.auth;
+        let mut failure = AuthFailure {
+            tarpit: auth.tarpit,
+            banned_until: None,
+        };
+        let Some(limit) = auth.max_failures else {
+            return failure;
+        };
+        let ip = ip.to_canonical();
+        if self.config.gate.allow.contains(ip) {
+            return failure;
+        }
+        let gate = &self.config.gate;
+        let key = AddressKey::new(ip, gate.ipv4_prefix, gate.ipv6_prefix);
+        let mut table = self.state.addresses();
+        let entry = table.entry(key, AddressState::default);
+        if entry.failures.try_take(&limit.rate(), 1.0, now).is_err() {
+            let until = now + auth.ban;
+            entry.banned_until = Some(until);
+            entry.failures = TokenBucket::new();
+            failure.banned_until = Some(wall_clock(now, until));
+            drop(table);
+            self.state.hit(LimitKind::AuthFailureBan);
+        }
+        failure
+    }
+
+    /// The limits of a new connection (before authentication: the registered tier,
+    /// or trusted for allow-listed addresses).
+    pub fn connection(&self, ticket: &ConnectionTicket) -> ConnectionLimits {
+        ConnectionLimits {
+            class: if ticket.trusted_address {
+                UserClass::Trusted
+            } else {
+                UserClass::Registered
+            },
+            account: None,
+            holds_resource: false,
+            bandwidth: TokenBucket::new(),
+            throttled: Duration::ZERO,
+            roster: TokenBucket::new(),
+            trusted_address: ticket.trusted_address,
+        }
+    }
+
+    /// Sets the tier once authentication succeeded (XEP-0205 §3).
+    pub fn authenticated(
+        &self,
+        conn: &mut ConnectionLimits,
+        mechanism: &str,
+        account: Option<&str>,
+    ) {
+        let account = account.map(bare_jid);
+        conn.class = if conn.trusted_address
+            || account
+                .as_ref()
+                .is_some_and(|a| self.config.trusted_jids.iter().any(|t| t == a))
+        {
+            UserClass::Trusted
+        } else if mechanism.eq_ignore_ascii_case("ANONYMOUS") {
+            UserClass::Anonymous
+        } else {
+            UserClass::Registered
+        };
+        conn.account = account;
+    }
+
+    fn limits(&self, conn: &ConnectionLimits) -> &StanzaLimits {
+        self.config.for_class(conn.class)
+    }
+
+    /// XEP-0205 §2.4: a resource bind request. Reserves a slot for the account, or
+    /// answers `cancel` + `<resource-constraint/>` + `<resource-limit-exceeded/>`.
+    pub fn bind_requested(
+        &self,
+        conn: &mut ConnectionLimits,
+        now: Instant,
+    ) -> Result<(), StanzaError> {
+        let (Some(account), Some(max)) = (
+            conn.account.clone(),
+            self.limits(conn).resources_per_account,
+        ) else {
+            return Ok(());
+        };
+        if conn.holds_resource {
+            return Ok(());
+        }
+        let mut table = self.state.accounts();
+        table.trim_idle(|a| a.resources == 0 && a.bandwidth.is_full(now));
+        let entry = table.entry(account, AccountState::default);
+        if entry.resources >= max {
+            drop(table);
+            self.state.hit(LimitKind::Resources);
+            return Err(StanzaError {
+                error_type: ErrorType::Cancel,
+                condition: "resource-constraint",
+                app_condition: Some("resource-limit-exceeded"),
+                text: Some(format!(
+                    "at most {max} resources may be bound to one account"
+                )),
+            });
+        }
+        entry.resources += 1;
+        conn.holds_resource = true;
+        self.state.account_gauge.record(&table);
+        Ok(())
+    }
+
+    /// The server refused the bind: the reserved slot is given back.
+    pub fn bind_refused(&self, conn: &mut ConnectionLimits) {
+        self.release_resource(conn);
+    }
+
+    /// The connection ended.
+    pub fn connection_closed(&self, conn: &mut ConnectionLimits) {
+        self.release_resource(conn);
+    }
+
+    fn release_resource(&self, conn: &mut ConnectionLimits) {
+        if !std::mem::take(&mut conn.holds_resource) {
+            return;
+        }
+        if let Some(account) = &conn.account {
+            if let Some(entry) = self.state.accounts().get_mut(account) {
+                entry.resources = entry.resources.saturating_sub(1);
+            }
+        }
+    }
+
+    /// XEP-0205 §2.7: account `n` bytes just read from the client.
+    pub fn bytes_read(&self, conn: &mut ConnectionLimits, n: usize, now: Instant) -> Throttle {
+        let limits = self.limits(conn);
+        let mut pause = Duration::ZERO;
+        if let Some(bw) = limits.bandwidth {
+            pause = conn.bandwidth.take_with_debt(&bw.rate(), n as f64, now);
+        }
+        if let (Some(bw), Some(account)) = (limits.account_bandwidth, &conn.account) {
+            let mut table = self.state.accounts();
+            let entry = table.entry(account.clone(), AccountState::default);
+            pause = pause.max(entry.bandwidth.take_with_debt(&bw.rate(), n as f64, now));
+        }
+        if pause.is_zero() {
+            conn.throttled = Duration::ZERO;
+            return Throttle::Continue;
+        }
+        self.state.hit(LimitKind::Bandwidth);
+        conn.throttled += pause;
+        if conn.throttled > limits.bandwidth_close_after {
+            self.state.hit(LimitKind::BandwidthClose);
+            return Throttle::Close(
+                StreamError::new(StreamCondition::PolicyViolation)
+                    .with_text("sustained traffic over the bandwidth limit"),
+            );
+        }
+        Throttle::Pause(pause)
+    }
+
+    /// The stanza limits of XEP-0205 §2.6, §2.8 and §2.9 for a stanza the client sent.
+    pub fn check_to_server(
+        &self,
+        conn: &mut ConnectionLimits,
+        stanza: &Stanza<'_>,
+        now: Instant,
+    ) -> Verdict {
+        let limits = self.limits(conn);
+        if let Some(v) = payload_verdict(limits, stanza, Direction::ToServer) {
+            self.state.hit(LimitKind::Payload);
+            return v;
+        }
+        let ty = stanza.stanza_type();
+        if ty.as_deref() == Some("error") {
+            return Verdict::Pass;
+        }
+        let verdict = match stanza.kind {
+            Kind::Iq => self.check_iq(conn, limits, stanza, ty.as_deref(), now),
+            Kind::Message | Kind::Presence => {
+                let Some(account) = conn.account.clone() else {
+                    return Verdict::Pass;
+                };
+                let mut table = self.state.accounts();
+                let entry = table.entry(account.clone(), AccountState::default);
+                if stanza.kind == Kind::Message {
+                    check_message(entry, limits, &account, stanza, ty.as_deref(), now)
+                } else {
+                    check_presence(entry, limits, &account, stanza, ty.as_deref(), now)
+                }
+            }
+        };
+        match &verdict {
+            Verdict::Drop(k) | Verdict::Bounce(k, _) | Verdict::Close(k, _) => self.state.hit(*k),
+            Verdict::Pass => {}
+        }
+        verdict
+    }
+
+    fn check_iq(
+        &self,
+        conn: &mut ConnectionLimits,
+        limits: &StanzaLimits,
+        stanza: &Stanza<'_>,
+        ty: Option<&str>,
+        now: Instant,
+    ) -> Verdict {
+        match ty {
+            Some("get") => {
+                if let Some(limit) = limits.roster_requests {
+                    if stanza.has_payload(b"query", ROSTER_NS)
+                        && conn.roster.try_take(&limit.rate(), 1.0, now).is_err()
+                    {
+                        return Verdict::Bounce(
+                            LimitKind::RosterRequests,
+                            rate_error("roster requests", limit),
+                        );
+                    }
+                }
+            }
+            Some("set") => {
+                if let (Some(limit), Some(account)) = (limits.pubsub_publishes, &conn.account) {
+                    let publishes = stanza
+                        .payloads()
+                        .any(|(l, ns)| l == b"pubsub" && ns == PUBSUB_NS)
+                        && xmppwall_xml::view::children(stanza.bytes).any(|c| {
+                            c.start.local_name() == b"pubsub"
+                                && xmppwall_xml::view::children(&stanza.bytes[c.range])
+                                    .any(|g| g.start.local_name() == b"publish")
+                        });
+                    if publishes {
+                        let mut table = self.state.accounts();
+                        let entry = table.entry(account.clone(), AccountState::default);
+                        if entry.publishes.try_take(&limit.rate(), 1.0, now).is_err() {
+                            return Verdict::Bounce(
+                                LimitKind::PubsubPublishes,
+                                rate_error("publish requests", limit),
+                            );
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+        Verdict::Pass
+    }
+
+    /// What the server sends the client: payload restrictions towards the client,
+    /// and who wrote to the account (replies to them are not distinct recipients).
+    pub fn check_to_client(
+        &self,
+        conn: &ConnectionLimits,
+        stanza: &Stanza<'_>,
+        now: Instant,
+    ) -> Verdict {
+        let limits = self.limits(conn);
+        if let Some(v) = payload_verdict(limits, stanza, Direction::ToClient) {
+            self.state.hit(LimitKind::Payload);
+            // The sender is elsewhere; xmppwall cannot answer for the client.
+            return match v {
+                Verdict::Bounce(k, _) => Verdict::Drop(k),
+                other => other,
+            };
+        }
+        if stanza.kind == Kind::Message && limits.distinct_recipients.is_some() {
+            let ty = stanza.stanza_type();
+            if !matches!(ty.as_deref(), Some("error" | "groupchat" | "headline")) {
+                if let (Some(account), Some(from)) = (&conn.account, stanza.from()) {
+                    let mut table = self.state.accounts();
+                    let entry = table.entry(account.clone(), AccountState::default);
+                    let correspondents = entry.correspondents.get_or_insert_with(|| {
+                        BoundedTable::new("correspondents", CORRESPONDENTS_PER_ACCOUNT)
+                    });
+                    *correspondents.entry(bare_jid(&from), || now) = now;
+                }
+            }
+        }
+        Verdict::Pass
+    }
+}
+
+fn payload_verdict(
+    limits: &StanzaLimits,
+    stanza: &Stanza<'_>,
+    direction: Direction,
+) -> Option<Verdict> {
+    if limits.payloads.is_empty() {
+        return None;
+    }
+    for (_, ns) in stanza.payloads() {
+        let rule = limits.payloads.iter().find(|r| {
+            r.namespace == ns
+                && match r.direction {
+                    PayloadDirection::Both => true,
+                    PayloadDirection::ToServer => direction == Direction::ToServer,
+                    PayloadDirection::ToClient => direction == Direction::ToClient,
+                }
+        });
+        if let Some(rule) = rule {
+            let condition = match rule.error {
+                PayloadError::NotAllowed => "not-allowed",
+                PayloadError::PolicyViolation => "policy-violation",
+            };
+            return Some(Verdict::Bounce(
+                LimitKind::Payload,
+                StanzaError {
+                    error_type: ErrorType::Cancel,
+                    condition,
+                    app_condition: None,
+                    text: Some(format!(
+                        "payloads of {} are not allowed here",
+                        rule.namespace
+                    )),
+                },
+            ));
+        }
+    }
+    None
+}
+
+/// XEP-0205 §2.6: is `to` one more distinct recipient than allowed?
+fn distinct_recipient(
+    entry: &mut AccountState,
+    limit: PerPeriod,
+    account: &str,
+    to: &str,
+    now: Instant,
+) -> Result<(), StanzaError> {
+    let to = bare_jid(to);
+    // The account itself and bare domains (the server, its components) are not
+    // recipients a spammer gains anything from.
+    if to == account || !to.contains('@') {
+        return Ok(());
+    }
+    let recipients = entry
+        .recipients
+        .get_or_insert_with(|| BoundedTable::new("recipients", limit.count.max(1) as usize));
+    recipients.trim_idle(|&t| now.saturating_duration_since(t) >= limit.period);
+    if let Some(t) = recipients.get_mut(&to) {
+        *t = now;
+        return Ok(());
+    }
+    let replied = entry
+        .correspondents
+        .as_ref()
+        .and_then(|c| c.peek(&to))
+        .is_some_and(|&t| now.saturating_duration_since(t) < limit.period);
+    if replied {
+        return Ok(());
+    }
+    let recipients = entry
+        .recipients
+        .get_or_insert_with(|| BoundedTable::new("recipients", limit.count.max(1) as usize));
+    if recipients.len() >= limit.count as usize {
+        return Err(StanzaError {
+            error_type: ErrorType::Wait,
+            condition: "unexpected-request",
+            app_condition: Some("too-many-stanzas"),
+            text: Some(format!(
+                "too many distinct recipients: at most {} per {}",
+                limit.count,
+                humantime::format_duration(limit.period)
+            )),
+        });
+    }
+    recipients.entry(to, || now);
+    Ok(())
+}
+
+fn check_message(
+    entry: &mut AccountState,
+    limits: &StanzaLimits,
+    account: &str,
+    stanza: &Stanza<'_>,
+    ty: Option<&str>,
+    now: Instant,
+) -> Verdict {
+    let Some(to) = stanza.to() else {
+        return Verdict::Pass;
+    };
+    if ty == Some("groupchat") {
+        if let Some(limit) = limits.muc_messages {
+            let room = bare_jid(&to);
+            let bucket = match entry.rooms.iter_mut().find(|(r, _, _)| *r == room) {
+                Some((_, messages, _)) => messages,
+                None => return Verdict::Pass,
+            };
+            if bucket.try_take(&limit.rate(), 1.0, now).is_err() {
+                return Verdict::Bounce(
+                    LimitKind::MucMessages,
+                    rate_error("groupchat messages", limit),
+                );
+            }
+        }
+        return Verdict::Pass;
+    }
+    if let Some(limit) = limits.distinct_recipients {
+        if let Err(e) = distinct_recipient(entry, limit, account, &to, now) {
+            return Verdict::Bounce(LimitKind::DistinctRecipients, e);
+        }
+    }
+    Verdict::Pass
+}
+
+fn check_presence(
+    entry: &mut AccountState,
+    limits: &StanzaLimits,
+    account: &str,
+    stanza: &Stanza<'_>,
+    ty: Option<&str>,
+    now: Instant,
+) -> Verdict {
+    let Some(to) = stanza.to() else {
+        // A broadcast to every subscriber: the session manager amplifies it (§2.9).
+        if let Some(limit) = limits.presence_broadcasts {
+            if matches!(ty, None | Some("unavailable"))
+                && entry
+                    .presence_broadcasts
+                    .try_take(&limit.rate(), 1.0, now)
+                    .is_err()
+            {
+                // Dropped, not bounced: an error for one's own broadcast helps nobody.
+                return Verdict::Drop(LimitKind::PresenceBroadcasts);
+            }
+        }
+        return Verdict::Pass;
+    };
+    if ty == Some("subscribe") {
+        if let Some(limit) = limits.subscription_requests {
+            if entry
+                .subscriptions
+                .try_take(&limit.rate(), 1.0, now)
+                .is_err()
+            {
+                return Verdict::Bounce(
+                    LimitKind::SubscriptionRequests,
+                    rate_error("subscription requests", limit),
+                );
+            }
+        }
+        if let Some(limit) = limits.distinct_recipients {
+            if let Err(e) = distinct_recipient(entry, limit, account, &to, now) {
+                return Verdict::Bounce(LimitKind::DistinctRecipients, e);
+            }
+        }
+        return Verdict::Pass;
+    }
+    if matches!(
+        ty,
+        Some("subscribed" | "unsubscribe" | "unsubscribed" | "probe")
+    ) {
+        return Verdict::Pass;
+    }
+    let room = bare_jid(&to);
+    let joining = stanza.has_payload(b"x", MUC_NS);
+    let known = entry.rooms.iter().position(|(r, _, _)| *r == room);
+    if ty == Some("unavailable") {
+        if let Some(i) = known {
+            entry.rooms.swap_remove(i);
+        }
+        return Verdict::Pass;
+    }
+    let index = match (known, joining) {
+        (Some(i), _) => i,
+        (None, true) => {
+            if let Some(max) = limits.rooms_joined {
+                if entry.rooms.len() >= max as usize {
+                    return Verdict::Bounce(
+                        LimitKind::RoomsJoined,
+                        StanzaError {
+                            error_type: ErrorType::Cancel,
+                            condition: "policy-violation",
+                            app_condition: None,
+                            text: Some(format!("at most {max} rooms may be joined at once")),
+                        },
+                    );
+                }
+            }
+            entry
+                .rooms
+                .push((room, TokenBucket::new(), TokenBucket::new()));
+            entry.rooms.len() - 1
+        }
+        // Directed presence to a contact: not amplified.
+        (None, false) => return Verdict::Pass,
+    };
+    if let Some(limit) = limits.muc_presences {
+        if entry.rooms[index]
+            .2
+            .try_take(&limit.rate(), 1.0, now)
+            .is_err()
+        {
+            return Verdict::Bounce(
+                LimitKind::MucPresences,
+                rate_error("presence updates to a room", limit),
+            );
+        }
+    }
+    Verdict::Pass
+}
+
+#[cfg(test)]
+mod tests;

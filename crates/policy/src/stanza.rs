@@ -1,0 +1,121 @@
+//! What limits read of a stanza: its kind, type, addresses and first-level payload
+//! namespaces, read lazily from the framed bytes and at most once.
+
+use std::borrow::Cow;
+
+use xmppwall_xml::view::{self, StartTag};
+
+/// The three stanza kinds of RFC 6120 §8.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Message,
+    Presence,
+    Iq,
+}
+
+/// Which way a stanza travels through xmppwall.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// From the connected client (or peer) towards the protected server.
+    ToServer,
+    /// From the protected server towards the connected client.
+    ToClient,
+}
+
+/// A lazily read stanza.
+#[derive(Debug)]
+pub struct Stanza<'a> {
+    pub kind: Kind,
+    pub bytes: &'a [u8],
+    pub start: StartTag<'a>,
+}
+
+impl<'a> Stanza<'a> {
+    /// `None` for anything that is not a `jabber:client`/`jabber:server` stanza.
+    pub fn parse(bytes: &'a [u8]) -> Option<Stanza<'a>> {
+        let start = StartTag::parse(bytes)?;
+        let kind = match start.name {
+            b"message" => Kind::Message,
+            b"presence" => Kind::Presence,
+            b"iq" => Kind::Iq,
+            _ => return None,
+        };
+        if let Some(ns) = start.attribute(b"xmlns") {
+            if ns != "jabber:client" && ns != "jabber:server" {
+                return None;
+            }
+        }
+        Some(Stanza { kind, bytes, start })
+    }
+
+    pub fn stanza_type(&self) -> Option<Cow<'a, str>> {
+        self.start.attribute(b"type")
+    }
+
+    pub fn to(&self) -> Option<Cow<'a, str>> {
+        self.start.attribute(b"to")
+    }
+
+    pub fn from(&self) -> Option<Cow<'a, str>> {
+        self.start.attribute(b"from")
+    }
+
+    /// Each first-level child's local name and namespace (its own `xmlns`, or the
+    /// stanza's content namespace when it declares none).
+    pub fn payloads(&self) -> impl Iterator<Item = (&'a [u8], Cow<'a, str>)> + 'a {
+        view::children(self.bytes).map(|c| {
+            let ns = c
+                .start
+                .attribute(b"xmlns")
+                .unwrap_or(Cow::Borrowed("jabber:client"));
+            (c.start.local_name(), ns)
+        })
+    }
+
+    pub fn has_payload(&self, local: &[u8], ns: &str) -> bool {
+        self.payloads().any(|(l, n)| l == local && n == ns)
+    }
+}
+
+/// The bare JID (`local@domain` or `domain`) of a JID, ASCII-lowercased. Full
+/// PRECIS normalisation is the server's business; lowercasing makes the common
+/// spellings of one address count as one.
+pub fn bare_jid(jid: &str) -> String {
+    let bare = jid.split_once('/').map_or(jid, |(b, _)| b);
+    bare.to_ascii_lowercase()
+}
+
+/// The domain part of a JID.
+pub fn domain_of(jid: &str) -> &str {
+    let bare = jid.split_once('/').map_or(jid, |(b, _)| b);
+    bare.rsplit_once('@').map_or(bare, |(_, d)| d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_kind_type_addresses_and_payloads() {
+        let xml = b"<iq type='set' to='pubsub.example.org' id='1'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='n'/></pubsub></iq>";
+        let s = Stanza::parse(xml).unwrap();
+        assert_eq!(s.kind, Kind::Iq);
+        assert_eq!(s.stanza_type().as_deref(), Some("set"));
+        assert_eq!(s.to().as_deref(), Some("pubsub.example.org"));
+        assert!(s.has_payload(b"pubsub", "http://jabber.org/protocol/pubsub"));
+        assert!(!s.has_payload(b"query", "jabber:iq:roster"));
+    }
+
+    #[test]
+    fn nonzas_are_not_stanzas() {
+        assert!(Stanza::parse(b"<r xmlns='urn:xmpp:sm:3'/>").is_none());
+        assert!(Stanza::parse(b"<message xmlns='urn:other'/>").is_none());
+    }
+
+    #[test]
+    fn bare_jid_drops_the_resource_and_lowercases() {
+        assert_eq!(bare_jid("Alice@Example.org/Phone/x"), "alice@example.org");
+        assert_eq!(bare_jid("example.org"), "example.org");
+        assert_eq!(domain_of("alice@example.org/res@x"), "example.org");
+    }
+}

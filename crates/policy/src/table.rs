@@ -1,0 +1,138 @@
+//! Bounded tables keyed by address, account or recipient.
+//!
+//! Every table that an attacker can grow (one entry per source address, per JID...)
+//! has a hard cap. When it is full, the least recently used entry is evicted and the
+//! eviction is counted, so an attack with random addresses or JIDs costs a bounded
+//! amount of memory and shows up in metrics (`xmppwall_table_evictions_total`).
+//! What an eviction means for each limit is documented beside that limit.
+
+use std::hash::Hash;
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use lru::LruCache;
+
+/// A map with a hard cap on entries, evicting the least recently used.
+#[derive(Debug)]
+pub struct BoundedTable<K: Hash + Eq, V> {
+    name: &'static str,
+    entries: LruCache<K, V>,
+    evictions: u64,
+}
+
+impl<K: Hash + Eq, V> BoundedTable<K, V> {
+    pub fn new(name: &'static str, cap: usize) -> Self {
+        let cap = NonZeroUsize::new(cap).unwrap_or(NonZeroUsize::MIN);
+        BoundedTable {
+            name,
+            entries: LruCache::new(cap),
+            evictions: 0,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The entry for `key`, made with `make` if absent (evicting the least recently
+    /// used entry when full), and marked as most recently used.
+    pub fn entry(&mut self, key: K, make: impl FnOnce() -> V) -> &mut V {
+        if !self.entries.contains(&key) && self.entries.len() == self.entries.cap().get() {
+            self.entries.pop_lru();
+            self.evictions += 1;
+        }
+        self.entries.get_or_insert_mut(key, make)
+    }
+
+    pub fn get_mut(&mut self, key: &K) -> Option<&mut V> {
+        self.entries.get_mut(key)
+    }
+
+    pub fn peek(&self, key: &K) -> Option<&V> {
+        self.entries.peek(key)
+    }
+
+    pub fn remove(&mut self, key: &K) -> Option<V> {
+        self.entries.pop(key)
+    }
+
+    /// Removes every entry for which `idle` holds, oldest first, stopping at the first
+    /// that is still in use; keeps the table small without a sweep over everything.
+    pub fn trim_idle(&mut self, mut idle: impl FnMut(&V) -> bool) {
+        while let Some((_, v)) = self.entries.peek_lru() {
+            if !idle(v) {
+                break;
+            }
+            self.entries.pop_lru();
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn cap(&self) -> usize {
+        self.entries.cap().get()
+    }
+
+    pub fn evictions(&self) -> u64 {
+        self.evictions
+    }
+}
+
+/// Eviction and size counters of one table, readable without its lock.
+#[derive(Debug, Default)]
+pub struct TableGauge {
+    pub entries: AtomicU64,
+    pub evictions: AtomicU64,
+}
+
+impl TableGauge {
+    pub fn record<K: Hash + Eq, V>(&self, table: &BoundedTable<K, V>) {
+        self.entries.store(table.len() as u64, Ordering::Relaxed);
+        self.evictions.store(table.evictions(), Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_table_evicts_the_least_recently_used_and_counts_it() {
+        let mut t = BoundedTable::new("t", 2);
+        *t.entry(1, || 0) += 1;
+        *t.entry(2, || 0) += 1;
+        *t.entry(1, || 0) += 1; // 1 is now the most recent
+        *t.entry(3, || 0) += 1; // evicts 2
+        assert_eq!(t.len(), 2);
+        assert_eq!(t.evictions(), 1);
+        assert_eq!(t.peek(&1), Some(&2));
+        assert_eq!(t.peek(&2), None);
+    }
+
+    #[test]
+    fn table_never_grows_past_its_cap() {
+        let mut t = BoundedTable::new("t", 100);
+        for i in 0..10_000u32 {
+            t.entry(i, || i);
+        }
+        assert_eq!(t.len(), 100);
+        assert_eq!(t.evictions(), 9_900);
+    }
+
+    #[test]
+    fn trim_idle_stops_at_the_first_busy_entry() {
+        let mut t = BoundedTable::new("t", 10);
+        for i in 0..5u32 {
+            t.entry(i, || i);
+        }
+        t.trim_idle(|v| *v < 2);
+        assert_eq!(t.len(), 3);
+        assert!(t.peek(&2).is_some());
+    }
+}
