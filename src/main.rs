@@ -93,11 +93,13 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
         let mut hangup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
         let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
         let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+        let mut user1 = signal(SignalKind::user_defined1()).context("cannot watch SIGUSR1")?;
         let reloader = shared.clone();
         let stop = async move {
             loop {
                 tokio::select! {
                     _ = hangup.recv() => reload(&reloader, &path),
+                    _ = user1.recv() => log_stats(&reloader),
                     _ = terminate.recv() => { info!("SIGTERM received"); break }
                     _ = interrupt.recv() => { info!("SIGINT received"); break }
                 }
@@ -107,6 +109,24 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
         info!("stopped");
         Ok(())
     })
+}
+
+/// SIGUSR1: one log line with the counters and the shared tables' sizes.
+fn log_stats(shared: &server::Shared) {
+    let limits = shared.limiter.load().state.snapshot();
+    let s = &shared.stats;
+    let n = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    info!(
+        open_connections = s.open_connections(),
+        accepted = n(&s.connections_accepted),
+        sasl_successes = n(&s.sasl_successes),
+        sasl_failures = n(&s.sasl_failures),
+        stanzas_to_server = n(&s.stanzas_to_server),
+        stanzas_to_client = n(&s.stanzas_to_client),
+        stanzas_bounced = n(&s.stanzas_bounced),
+        %limits,
+        "stats"
+    );
 }
 
 /// SIGHUP: read the configuration and certificates again; keep the running ones if

@@ -703,3 +703,20 @@ fn check_loads_certificates_and_names_a_key_that_does_not_match() {
         "{stderr}"
     );
 }
+
+#[test]
+fn stanza_with_too_many_elements_closes_with_policy_violation() {
+    let s = Setup::start_with("[limits]\nmax_elements = 50\n", ProsodyOptions::default());
+    let (mut alice, _) = s.login(ALICE, "many");
+    let many = "<x/>".repeat(60);
+    alice.send_raw(format!("<message to='bob@example.test'>{many}</message>"));
+    let rest = alice.read_until_closed();
+    assert!(
+        rest.ends_with(&stream_error(
+            "policy-violation",
+            Some("too many elements in one stanza"),
+            None
+        )),
+        "{rest}"
+    );
+}

@@ -14,6 +14,7 @@ use xmppwall_xml::{Error, Framer, Limits, Token};
 const LIMITS: Limits = Limits {
     max_element_bytes: 1 << 16,
     max_depth: 32,
+    max_elements: 100_000,
     max_attributes: 32,
     max_name_bytes: 256,
     max_attribute_value_bytes: 4096,

@@ -18,7 +18,7 @@ use crate::limits::{
 };
 use crate::rate::TokenBucket;
 use crate::stanza::{bare_jid, Direction, Kind, Stanza};
-use crate::table::{BoundedTable, TableGauge};
+use crate::table::BoundedTable;
 
 const MUC_NS: &str = "http://jabber.org/protocol/muc";
 const ROSTER_NS: &str = "jabber:iq:roster";
@@ -112,8 +112,6 @@ pub enum Verdict {
 pub struct LimiterState {
     addresses: Mutex<BoundedTable<AddressKey, AddressState>>,
     accounts: Mutex<BoundedTable<String, AccountState>>,
-    pub address_gauge: TableGauge,
-    pub account_gauge: TableGauge,
     hits: [AtomicU64; LimitKind::ALL.len()],
 }
 
@@ -125,8 +123,6 @@ impl LimiterState {
                 config.gate.max_tracked_addresses,
             )),
             accounts: Mutex::new(BoundedTable::new("accounts", config.max_tracked_accounts)),
-            address_gauge: TableGauge::default(),
-            account_gauge: TableGauge::default(),
             hits: std::array::from_fn(|_| AtomicU64::new(0)),
         })
     }
@@ -147,9 +143,61 @@ impl LimiterState {
         self.accounts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Entries in the address table (for tests and metrics).
-    pub fn tracked_addresses(&self) -> usize {
-        self.addresses().len()
+    /// Sizes, caps and evictions of the shared tables, and every limit's hits.
+    pub fn snapshot(&self) -> StateSnapshot {
+        let (addresses, address_cap, address_evictions) = {
+            let t = self.addresses();
+            (t.len(), t.cap(), t.evictions())
+        };
+        let (accounts, account_cap, account_evictions) = {
+            let t = self.accounts();
+            (t.len(), t.cap(), t.evictions())
+        };
+        StateSnapshot {
+            addresses,
+            address_cap,
+            address_evictions,
+            accounts,
+            account_cap,
+            account_evictions,
+            hits: LimitKind::ALL.map(|k| (k, self.hits(k))),
+        }
+    }
+}
+
+/// A moment's view of [`LimiterState`], for logs and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateSnapshot {
+    pub addresses: usize,
+    pub address_cap: usize,
+    pub address_evictions: u64,
+    pub accounts: usize,
+    pub account_cap: usize,
+    pub account_evictions: u64,
+    pub hits: [(LimitKind, u64); LimitKind::ALL.len()],
+}
+
+impl std::fmt::Display for StateSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "addresses={}/{} address_evictions={} accounts={}/{} account_evictions={} limit_hits=",
+            self.addresses,
+            self.address_cap,
+            self.address_evictions,
+            self.accounts,
+            self.account_cap,
+            self.account_evictions
+        )?;
+        let mut first = true;
+        for (kind, n) in self.hits.iter().filter(|(_, n)| *n > 0) {
+            if !first {
+                f.write_str(",")?;
+            }
+            write!(f, "{}:{n}", kind.name())?;
+            first = false;
+        }
+        Ok(())
     }
 }
 
@@ -335,7 +383,6 @@ impl Limiter {
             entry.connections += 1;
             Ok(entry.banned_until.filter(|&t| t > now))
         };
-        self.state.address_gauge.record(&table);
         drop(table);
         match decision {
             Err(kind) => {
@@ -466,7 +513,6 @@ impl Limiter {
         }
         entry.resources += 1;
         conn.holds_resource = true;
-        self.state.account_gauge.record(&table);
         Ok(())
     }
 

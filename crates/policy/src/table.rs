@@ -8,7 +8,6 @@
 
 use std::hash::Hash;
 use std::num::NonZeroUsize;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use lru::LruCache;
 
@@ -81,20 +80,6 @@ impl<K: Hash + Eq, V> BoundedTable<K, V> {
 
     pub fn evictions(&self) -> u64 {
         self.evictions
-    }
-}
-
-/// Eviction and size counters of one table, readable without its lock.
-#[derive(Debug, Default)]
-pub struct TableGauge {
-    pub entries: AtomicU64,
-    pub evictions: AtomicU64,
-}
-
-impl TableGauge {
-    pub fn record<K: Hash + Eq, V>(&self, table: &BoundedTable<K, V>) {
-        self.entries.store(table.len() as u64, Ordering::Relaxed);
-        self.evictions.store(table.evictions(), Ordering::Relaxed);
     }
 }
 

@@ -38,6 +38,8 @@ use xmppwall_policy::{ConnectionTicket, Limiter, Throttle};
 
 /// The largest element accepted from the server (a big roster or MAM page).
 const SERVER_ELEMENT_BYTES: usize = 8 * 1024 * 1024;
+/// The most elements in one element from the server (a roster of thousands of items).
+const SERVER_ELEMENTS: usize = 1_000_000;
 /// Messages from the client direction to the client writer: bounded, so a client
 /// that does not read stops being read.
 const TO_CLIENT_QUEUE: usize = 32;
@@ -202,6 +204,7 @@ fn framing_error(e: FramerError) -> StreamError {
         FramerError::LimitExceeded(limit) => StreamError::new(StreamCondition::PolicyViolation)
             .with_text(match limit {
                 Limit::Depth => "elements nested too deeply",
+                Limit::Elements => "too many elements in one stanza",
                 Limit::Attributes => "too many attributes on one element",
                 Limit::NameBytes => "element or attribute name too long",
                 Limit::AttributeValueBytes => "attribute value too long",
@@ -687,6 +690,7 @@ impl Connection {
         // room for roster results and MAM pages, which may legitimately be large.
         let mut framer = Framer::new(xmppwall_xml::Limits {
             max_element_bytes: budgets.after.max_element_bytes.max(SERVER_ELEMENT_BYTES),
+            max_elements: budgets.after.max_elements.max(SERVER_ELEMENTS),
             ..budgets.after
         });
         let mut buf = BytesMut::new();

@@ -11,6 +11,7 @@ mod traffic;
 const LIMITS: Limits = Limits {
     max_element_bytes: 256 * 1024,
     max_depth: 32,
+    max_elements: 100_000,
     max_attributes: 64,
     max_name_bytes: 256,
     max_attribute_value_bytes: 16 * 1024,

@@ -65,12 +65,17 @@ pub struct Limits {
     pub max_name_bytes: usize,
     /// Longest attribute value as written (before unescaping), in bytes.
     pub max_attribute_value_bytes: usize,
+    /// Most elements (start tags, the stanza's own included) in one top-level
+    /// element: a stanza of many tiny elements costs a server's parser more than its
+    /// size suggests (XEP-0205 §2.5).
+    pub max_elements: usize,
 }
 
 /// Which limit an input broke.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Limit {
     ElementBytes,
+    Elements,
     Depth,
     Attributes,
     NameBytes,
@@ -279,6 +284,8 @@ pub struct Framer {
     name_colon: usize,
     /// Depth of the element whose start tag is being scanned (0: stream header).
     tag_depth: usize,
+    /// Start tags seen in the current top-level element.
+    elements: usize,
     attr_start: usize,
     attr_end: usize,
     attr_colon: usize,
@@ -313,6 +320,7 @@ impl Framer {
             name_end: 0,
             name_colon: 0,
             tag_depth: 0,
+            elements: 0,
             attr_start: 0,
             attr_end: 0,
             attr_colon: 0,
@@ -600,6 +608,13 @@ impl Framer {
                 };
                 if self.tag_depth > self.limits.max_depth {
                     return Err(Error::LimitExceeded(Limit::Depth));
+                }
+                if self.tag_depth == 1 {
+                    self.elements = 0;
+                }
+                self.elements += 1;
+                if self.elements > self.limits.max_elements {
+                    return Err(Error::LimitExceeded(Limit::Elements));
                 }
                 self.name_start = pos;
                 self.colon = 0;

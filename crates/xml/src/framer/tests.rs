@@ -3,6 +3,7 @@ use super::*;
 const LIMITS: Limits = Limits {
     max_element_bytes: 64 * 1024,
     max_depth: 16,
+    max_elements: 100_000,
     max_attributes: 16,
     max_name_bytes: 64,
     max_attribute_value_bytes: 1024,
@@ -314,6 +315,7 @@ fn stream_header_is_subject_to_the_element_bytes_limit() {
 fn depth_limit_fires_at_the_start_tag_that_breaks_it() {
     let limits = Limits {
         max_depth: 3,
+        max_elements: 100_000,
         ..LIMITS
     };
     assert_eq!(error_in_stream_with(limits, b"<a><b><c/></b></a>"), None);
@@ -791,3 +793,36 @@ fn errors_map_to_rfc6120_stream_conditions() {
         "invalid-namespace"
     );
 }
+
+#[test]
+fn too_many_elements_in_one_stanza_break_the_elements_limit_before_it_ends() {
+    let mut framer = Framer::new(Limits {
+        max_elements: 4,
+        ..LIMITS
+    });
+    framer.next(HEADER_FOR_ELEMENTS).unwrap();
+    let buf = b"<message><a/><b/><c/>";
+    assert_eq!(framer.next(&buf[..]), Ok(None));
+    let buf = b"<message><a/><b/><c/><d/>";
+    assert_eq!(
+        framer.next(&buf[..]),
+        Err(Error::LimitExceeded(Limit::Elements))
+    );
+}
+
+#[test]
+fn elements_limit_counts_each_stanza_afresh() {
+    let mut framer = Framer::new(Limits {
+        max_elements: 3,
+        ..LIMITS
+    });
+    framer.next(HEADER_FOR_ELEMENTS).unwrap();
+    let stanza = b"<message><a/><b/></message>";
+    for _ in 0..3 {
+        let frame = framer.next(stanza).unwrap().unwrap();
+        assert_eq!(frame.len, stanza.len());
+    }
+}
+
+const HEADER_FOR_ELEMENTS: &[u8] =
+    b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>";

@@ -13,6 +13,7 @@ use xmppwall_xml::{Error, Framer, Limits, Token};
 pub const LIMITS: Limits = Limits {
     max_element_bytes: 1 << 20,
     max_depth: 64,
+    max_elements: 100_000,
     max_attributes: 64,
     max_name_bytes: 1024,
     max_attribute_value_bytes: 1 << 16,
