@@ -204,6 +204,8 @@ impl std::fmt::Display for StateSnapshot {
 #[derive(Debug, Default)]
 struct AddressState {
     connections: u32,
+    sasl_successes: u32,
+    sasl_failures: u32,
     attempts: TokenBucket,
     failures: TokenBucket,
     banned_until: Option<Instant>,
@@ -302,6 +304,9 @@ pub struct AuthFailure {
     pub tarpit: Duration,
     /// The address is now banned until then; the stream should close.
     pub banned_until: Option<SystemTime>,
+    /// SASL outcomes counted for the address so far.
+    pub successes: u32,
+    pub failures: u32,
 }
 
 fn wall_clock(now: Instant, at: Instant) -> SystemTime {
@@ -407,24 +412,39 @@ impl Limiter {
         }
     }
 
+    fn address_key(&self, ip: IpAddr) -> AddressKey {
+        let gate = &self.config.gate;
+        AddressKey::new(ip, gate.ipv4_prefix, gate.ipv6_prefix)
+    }
+
+    /// Counts a successful SASL authentication from `ip`; returns the address's
+    /// (successes, failures) so far, for the log.
+    pub fn auth_succeeded(&self, ip: IpAddr) -> (u32, u32) {
+        let mut table = self.state.addresses();
+        let entry = table.entry(self.address_key(ip), AddressState::default);
+        entry.sasl_successes = entry.sasl_successes.saturating_add(1);
+        (entry.sasl_successes, entry.sasl_failures)
+    }
+
     /// Counts a failed SASL attempt from `ip` (XEP-0205 §2.3).
     pub fn auth_failed(&self, ip: IpAddr, now: Instant) -> AuthFailure {
         let auth = &self.config.auth;
+        let ip = ip.to_canonical();
+        let mut table = self.state.addresses();
+        let entry = table.entry(self.address_key(ip), AddressState::default);
+        entry.sasl_failures = entry.sasl_failures.saturating_add(1);
         let mut failure = AuthFailure {
             tarpit: auth.tarpit,
             banned_until: None,
+            successes: entry.sasl_successes,
+            failures: entry.sasl_failures,
         };
         let Some(limit) = auth.max_failures else {
             return failure;
         };
-        let ip = ip.to_canonical();
         if self.config.gate.allow.contains(ip) {
             return failure;
         }
-        let gate = &self.config.gate;
-        let key = AddressKey::new(ip, gate.ipv4_prefix, gate.ipv6_prefix);
-        let mut table = self.state.addresses();
-        let entry = table.entry(key, AddressState::default);
         if entry.failures.try_take(&limit.rate(), 1.0, now).is_err() {
             let until = now + auth.ban;
             entry.banned_until = Some(until);

@@ -737,7 +737,9 @@ impl Connection {
                         };
                         stanzas += u64::from(frame.token == Token::Element);
                         if sasl == Some(SaslOutcome::Failure) {
+                            Stats::add(&stats.sasl_failures, 1);
                             let failure = self.limiter.auth_failed(self.peer.ip(), Instant::now().into_std());
+                            info!(address_successes = failure.successes, address_failures = failure.failures, "authentication failed");
                             if !failure.tarpit.is_zero() {
                                 // Tarpit: the failure reaches the client late, which
                                 // slows a password guesser down (XEP-0205 §2.3).
@@ -776,16 +778,10 @@ impl Connection {
                                 run_start = pos;
                             }
                         }
-                        match sasl {
-                            Some(SaslOutcome::Success) => {
-                                Stats::add(&stats.sasl_successes, 1);
-                                info!(auth = ?lock(session).auth(), "authenticated");
-                            }
-                            Some(SaslOutcome::Failure) => {
-                                Stats::add(&stats.sasl_failures, 1);
-                                info!("authentication failed");
-                            }
-                            None => {}
+                        if sasl == Some(SaslOutcome::Success) {
+                            Stats::add(&stats.sasl_successes, 1);
+                            let (successes, failures) = self.limiter.auth_succeeded(self.peer.ip());
+                            info!(auth = ?lock(session).auth(), address_successes = successes, address_failures = failures, "authenticated");
                         }
                         if restart {
                             framer.reset();
