@@ -17,6 +17,7 @@ use crate::limits::{
     LimitsConfig, PayloadDirection, PayloadError, PerPeriod, StanzaLimits, UserClass,
 };
 use crate::rate::TokenBucket;
+use crate::rules::Marks;
 use crate::stanza::{bare_jid, Direction, Kind, Stanza};
 use crate::table::BoundedTable;
 
@@ -112,6 +113,8 @@ pub enum Verdict {
 pub struct LimiterState {
     addresses: Mutex<BoundedTable<AddressKey, AddressState>>,
     accounts: Mutex<BoundedTable<String, AccountState>>,
+    /// Marks rules set on accounts (`mark = { scope = "account" }`).
+    account_marks: Mutex<BoundedTable<String, Marks>>,
     hits: [AtomicU64; LimitKind::ALL.len()],
 }
 
@@ -123,6 +126,10 @@ impl LimiterState {
                 config.gate.max_tracked_addresses,
             )),
             accounts: Mutex::new(BoundedTable::new("accounts", config.max_tracked_accounts)),
+            account_marks: Mutex::new(BoundedTable::new(
+                "account-marks",
+                config.max_tracked_accounts,
+            )),
             hits: std::array::from_fn(|_| AtomicU64::new(0)),
         })
     }
@@ -321,6 +328,14 @@ pub fn banned_error(until: SystemTime) -> StreamError {
     ))
 }
 
+/// The `<policy-violation/>` for an address a rule just banned.
+pub fn banned_error_for(until: SystemTime, rule: &str) -> StreamError {
+    StreamError::new(StreamCondition::PolicyViolation).with_text(format!(
+        "banned by rule {rule} until {}",
+        humantime::format_rfc3339_seconds(until)
+    ))
+}
+
 fn rate_error(what: &str, limit: PerPeriod) -> StanzaError {
     StanzaError {
         error_type: ErrorType::Wait,
@@ -415,6 +430,40 @@ impl Limiter {
     fn address_key(&self, ip: IpAddr) -> AddressKey {
         let gate = &self.config.gate;
         AddressKey::new(ip, gate.ipv4_prefix, gate.ipv6_prefix)
+    }
+
+    /// Bans `ip`'s address group until `now + duration` (a rule's `ban`); returns
+    /// the wall-clock end for the peer's error text.
+    pub fn ban(&self, ip: IpAddr, duration: Duration, now: Instant) -> SystemTime {
+        let until = now + duration;
+        let mut table = self.state.addresses();
+        let entry = table.entry(self.address_key(ip.to_canonical()), AddressState::default);
+        entry.banned_until = Some(entry.banned_until.map_or(until, |t| t.max(until)));
+        wall_clock(now, until)
+    }
+
+    /// Sets a mark on an account.
+    pub fn mark_account(&self, account: &str, name: &str, until: Instant) {
+        let mut table = self
+            .state
+            .account_marks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        table
+            .entry(account.to_owned(), Marks::default)
+            .set(name, until);
+    }
+
+    /// Adds the account's marks to `marks`.
+    pub fn add_account_marks(&self, account: &str, marks: &mut Marks) {
+        let mut table = self
+            .state
+            .account_marks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(m) = table.get_mut(&account.to_owned()) {
+            marks.merge(m);
+        }
     }
 
     /// Counts a successful SASL authentication from `ip`; returns the address's

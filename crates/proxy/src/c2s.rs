@@ -34,6 +34,7 @@ use crate::stream_error::{StreamCondition, StreamError};
 use crate::tls::describe_handshake_error;
 use std::time::SystemTime;
 use xmppwall_policy::limiter::banned_error;
+use xmppwall_policy::rules::{Action, Hook, Marks, Subject};
 use xmppwall_policy::{ConnectionTicket, Limiter, Throttle};
 
 /// The largest element accepted from the server (a big roster or MAM page).
@@ -92,6 +93,34 @@ pub async fn serve(
     Stats::add(&shared.stats.connections_accepted, 1);
     let config = shared.config.load_full();
     let limiter = Limiter::clone(&shared.limiter.load());
+    if config.policy.has_hook(Hook::Connect) {
+        // The connect chain sees only the address: a refusal closes the socket
+        // before a byte is read, like the gate.
+        let marks = Marks::default();
+        let subject = Subject {
+            ip: peer.ip().to_canonical(),
+            class: xmppwall_policy::UserClass::Registered,
+            mechanism: None,
+            account: None,
+            marks: &marks,
+            stranger: None,
+        };
+        let decision = config.policy.evaluate(
+            Hook::Connect,
+            None,
+            &subject,
+            Instant::now().into_std(),
+            SystemTime::now(),
+        );
+        if matches!(
+            decision.verdict(),
+            Action::Drop | Action::Bounce(_) | Action::Close(_)
+        ) {
+            info!(rule = ?decision.rule, "connection refused by the connect chain");
+            Stats::add(&shared.stats.connections_closed, 1);
+            return;
+        }
+    }
     let _ = tcp.set_nodelay(true);
     let local = tcp.local_addr().unwrap_or(listener.address);
     let accepted = Instant::now();
@@ -481,6 +510,8 @@ impl Connection {
             self.limiter.clone(),
             conn,
             header.to.clone(),
+            self.config.policy.clone(),
+            self.peer.ip(),
         ));
         self.relay(client, server, reader, &session, header).await
     }
@@ -589,6 +620,12 @@ impl Connection {
                 run_start = pos;
                 match action {
                     ClientAction::Forward => {}
+                    ClientAction::ForwardRewritten(rewritten) => {
+                        stanzas += 1;
+                        if let Err(e) = wr.write_all(&rewritten).await {
+                            return End::ServerIo(e);
+                        }
+                    }
                     ClientAction::Reply(reply) => {
                         Stats::add(&stats.stanzas_bounced, 1);
                         if to_client.send(ToClient::Bytes(reply)).await.is_err() {
@@ -759,6 +796,11 @@ impl Connection {
                         }
                         match action {
                             ServerAction::Forward => pos += frame.len,
+                            ServerAction::ForwardThenClose(error) => {
+                                let _ = wr.write_all(&buf[run_start..pos + frame.len]).await;
+                                let bytes = lock(session).stream_error_bytes(&error, self.domain(Some(header)));
+                                return self.refuse(&mut wr, bytes, error.condition).await;
+                            }
                             ServerAction::Drop => {
                                 if let Err(e) = wr.write_all(&buf[run_start..pos]).await {
                                     return End::ClientIo(e);

@@ -5,6 +5,7 @@
 //! certificate files only to check they exist and parse; loading them for use is
 //! [`crate::tls`]'s job. It must not open sockets.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::ops::Range;
@@ -18,6 +19,8 @@ use xmppwall_policy::limits::{
     AuthLimits, Bandwidth, GateLimits, LimitsConfig, PayloadDirection, PayloadError, PayloadRule,
     PerPeriod, StanzaLimits,
 };
+use xmppwall_policy::rules::config::{RawList, RawPolicy, RawRule};
+use xmppwall_policy::rules::Policy;
 
 use crate::session::FramerBudgets;
 
@@ -34,6 +37,8 @@ pub struct Config {
     pub limits: Limits,
     /// The XEP-0205 limits beyond stream sizes: gate, authentication, tiers.
     pub policy_limits: LimitsConfig,
+    /// The operator's rules, compiled.
+    pub policy: std::sync::Arc<Policy>,
     pub timeouts: Timeouts,
     pub log: Log,
 }
@@ -502,6 +507,18 @@ impl Checker<'_> {
             raw.gate.unwrap_or_default(),
             raw.auth.unwrap_or_default(),
         );
+        let base = self
+            .file
+            .parent()
+            .unwrap_or_else(|| Path::new("."))
+            .to_owned();
+        let policy = xmppwall_policy::rules::config::compile(
+            &raw.policy.unwrap_or_default(),
+            &raw.lists,
+            &raw.rule,
+            &base,
+            &mut |span, message| self.problem(span, message),
+        );
 
         let dt = Timeouts::default();
         let rt = raw.timeouts.unwrap_or_default();
@@ -530,6 +547,7 @@ impl Checker<'_> {
             tls,
             limits,
             policy_limits,
+            policy: std::sync::Arc::new(policy),
             timeouts,
             log,
         }
@@ -735,6 +753,11 @@ struct RawConfig {
     limits: Option<RawLimits>,
     gate: Option<RawGate>,
     auth: Option<RawAuth>,
+    policy: Option<RawPolicy>,
+    #[serde(default)]
+    lists: HashMap<String, Spanned<RawList>>,
+    #[serde(default)]
+    rule: Vec<RawRule>,
     timeouts: Option<RawTimeouts>,
     log: Option<RawLog>,
 }

@@ -9,9 +9,13 @@
 //! XEP-0205 §2.3; stanza size, XEP-0205 §2.5). Operator policy lives elsewhere.
 
 use std::borrow::Cow;
-use std::time::Instant;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
 
 use base64::Engine as _;
+use tracing::info;
+use xmppwall_policy::rules::{self, Action, Hook, LogPayload, MarkScope, Marks, Policy, Subject};
 use xmppwall_policy::stanza::{bare_jid, Stanza};
 use xmppwall_policy::{ConnectionLimits, Limiter, Throttle, Verdict};
 use xmppwall_xml::view::{self, StartTag};
@@ -44,6 +48,8 @@ pub struct FramerBudgets {
 pub enum ClientAction {
     /// Send the original bytes to the server.
     Forward,
+    /// Send these bytes to the server instead (a rule stripped a child).
+    ForwardRewritten(Vec<u8>),
     /// Send nothing to the server; send these bytes to the client.
     Reply(Vec<u8>),
     /// Send nothing to anyone.
@@ -64,6 +70,19 @@ pub enum ServerAction {
     Rewrite(Vec<u8>),
     /// Send nothing (a payload the client may not receive).
     Drop,
+    /// Send the original bytes, then end the stream with this error (a rule of the
+    /// auth or bind hook refused the session).
+    ForwardThenClose(StreamError),
+}
+
+/// What the rules decided, side effects applied.
+#[derive(Debug)]
+enum PolicyOutcome {
+    /// Forward; with the stripped stanza when a rule removed children.
+    Pass(Option<Vec<u8>>),
+    Drop,
+    Bounce(StanzaError),
+    Close(StreamError),
 }
 
 /// How far authentication has got.
@@ -91,6 +110,11 @@ pub struct C2sSession {
     limits: Limits,
     limiter: Limiter,
     conn: ConnectionLimits,
+    policy: Arc<Policy>,
+    /// The client's address, for rules and bans.
+    ip: IpAddr,
+    /// Marks rules set on this session.
+    marks: Marks,
     /// The stream's `to`: the domain of accounts named by SASL usernames.
     domain: Option<String>,
     /// The account the SASL exchange named, before the server confirms it.
@@ -126,11 +150,16 @@ impl C2sSession {
         limiter: Limiter,
         conn: ConnectionLimits,
         domain: Option<String>,
+        policy: Arc<Policy>,
+        ip: IpAddr,
     ) -> Self {
         C2sSession {
             limits,
             limiter,
             conn,
+            policy,
+            ip,
+            marks: Marks::default(),
             domain,
             sasl_account: None,
             auth: Auth::None,
@@ -313,7 +342,18 @@ impl C2sSession {
             return ClientAction::Forward;
         };
         match self.limiter.check_to_server(&mut self.conn, &stanza, now) {
-            Verdict::Pass => ClientAction::Forward,
+            Verdict::Pass => match self.run_policy(Hook::ToServer, Some(&stanza), now) {
+                PolicyOutcome::Pass(None) => ClientAction::Forward,
+                PolicyOutcome::Pass(Some(rewritten)) => ClientAction::ForwardRewritten(rewritten),
+                PolicyOutcome::Drop => ClientAction::Drop,
+                PolicyOutcome::Bounce(error) => {
+                    match error.reply_to(&tag, self.bound_jid.as_deref()) {
+                        Some(reply) => ClientAction::Reply(reply),
+                        None => ClientAction::Drop,
+                    }
+                }
+                PolicyOutcome::Close(error) => ClientAction::Close(error),
+            },
             Verdict::Drop(_) => ClientAction::Drop,
             Verdict::Bounce(_, error) => match error.reply_to(&tag, self.bound_jid.as_deref()) {
                 Some(reply) => ClientAction::Reply(reply),
@@ -356,10 +396,16 @@ impl C2sSession {
                 self.authenticated();
                 self.client_restart = true;
                 self.server_restart = true;
+                if let Some(error) = self.run_stream_hook(Hook::Auth, now) {
+                    return ServerAction::ForwardThenClose(error);
+                }
             }
             (b"success", SASL2_NS) => {
                 // SASL2 (XEP-0388) authenticates without restarting the stream.
                 self.authenticated();
+                if let Some(error) = self.run_stream_hook(Hook::Auth, now) {
+                    return ServerAction::ForwardThenClose(error);
+                }
             }
             (b"failure", SASL_NS) | (b"failure", SASL2_NS) => {
                 self.auth = Auth::None;
@@ -377,6 +423,9 @@ impl C2sSession {
                                     // the account is known from the bind result on.
                                     self.conn.account = self.bound_jid.as_deref().map(bare_jid);
                                 }
+                                if let Some(error) = self.run_stream_hook(Hook::Bind, now) {
+                                    return ServerAction::ForwardThenClose(error);
+                                }
                                 return ServerAction::Forward;
                             }
                             Some("error") => {
@@ -389,25 +438,131 @@ impl C2sSession {
                     }
                 }
                 if let Some(stanza) = Stanza::parse(bytes) {
-                    if let Verdict::Drop(_) | Verdict::Bounce(..) | Verdict::Close(..) =
-                        self.limiter.check_to_client(&self.conn, &stanza, now)
-                    {
-                        return ServerAction::Drop;
-                    }
+                    return self.server_stanza(&stanza, now);
                 }
             }
             (b"message" | b"presence", CLIENT_NS) => {
                 if let Some(stanza) = Stanza::parse(bytes) {
-                    if let Verdict::Drop(_) | Verdict::Bounce(..) | Verdict::Close(..) =
-                        self.limiter.check_to_client(&self.conn, &stanza, now)
-                    {
-                        return ServerAction::Drop;
-                    }
+                    return self.server_stanza(&stanza, now);
                 }
             }
             _ => {}
         }
         ServerAction::Forward
+    }
+
+    /// Limits, then rules, for a stanza the server sends the client.
+    fn server_stanza(&mut self, stanza: &Stanza<'_>, now: Instant) -> ServerAction {
+        if let Verdict::Drop(_) | Verdict::Bounce(..) | Verdict::Close(..) =
+            self.limiter.check_to_client(&self.conn, stanza, now)
+        {
+            return ServerAction::Drop;
+        }
+        match self.run_policy(Hook::ToClient, Some(stanza), now) {
+            PolicyOutcome::Pass(None) => ServerAction::Forward,
+            PolicyOutcome::Pass(Some(rewritten)) => ServerAction::Rewrite(rewritten),
+            // The sender is beyond the server; xmppwall does not answer for the client.
+            PolicyOutcome::Drop | PolicyOutcome::Bounce(_) | PolicyOutcome::Close(_) => {
+                ServerAction::Drop
+            }
+        }
+    }
+
+    /// The rules of `hook` (after SASL success: [`Hook::Auth`]; after binding:
+    /// [`Hook::Bind`]); a refusal there ends the stream.
+    pub fn run_stream_hook(&mut self, hook: Hook, now: Instant) -> Option<StreamError> {
+        match self.run_policy(hook, None, now) {
+            PolicyOutcome::Pass(_) => None,
+            PolicyOutcome::Close(e) => Some(e),
+            PolicyOutcome::Drop | PolicyOutcome::Bounce(_) => Some(
+                StreamError::new(StreamCondition::PolicyViolation)
+                    .with_text("refused by the server's policy"),
+            ),
+        }
+    }
+
+    /// Evaluates the operator's rules and applies their side effects.
+    fn run_policy(
+        &mut self,
+        hook: Hook,
+        stanza: Option<&Stanza<'_>>,
+        now: Instant,
+    ) -> PolicyOutcome {
+        if !self.policy.has_hook(hook) {
+            return PolicyOutcome::Pass(None);
+        }
+        let mut marks = self.marks.clone();
+        if let Some(account) = &self.conn.account {
+            self.limiter.add_account_marks(account, &mut marks);
+        }
+        let mechanism = match &self.auth {
+            Auth::InProgress { mechanism } | Auth::Authenticated { mechanism } => {
+                Some(mechanism.as_str())
+            }
+            Auth::None => None,
+        };
+        let subject = Subject {
+            ip: self.ip,
+            class: self.conn.class,
+            mechanism,
+            account: self.conn.account.as_deref(),
+            marks: &marks,
+            stranger: None,
+        };
+        let decision = self
+            .policy
+            .evaluate(hook, stanza, &subject, now, SystemTime::now());
+        let bytes = stanza.map_or(&[][..], |s| s.bytes);
+        for (rule, action) in &decision.shadowed {
+            info!(rule, hook = hook.chain_name(), would = ?action, digest = %rules::digest(bytes), "shadow rule matched");
+        }
+        let mut rewritten: Option<Vec<u8>> = None;
+        let mut close = None;
+        for (rule, effects) in &decision.effects {
+            match effects.log {
+                Some(LogPayload::Digest) => {
+                    info!(rule, hook = hook.chain_name(), digest = %rules::digest(bytes), "rule matched")
+                }
+                Some(LogPayload::Full) => {
+                    info!(rule, hook = hook.chain_name(), stanza = %String::from_utf8_lossy(bytes), "rule matched")
+                }
+                Some(LogPayload::None) => info!(rule, hook = hook.chain_name(), "rule matched"),
+                None => {}
+            }
+            if let Some(mark) = &effects.mark {
+                let until = now + mark.expires;
+                match (mark.scope, &self.conn.account) {
+                    (MarkScope::Account, Some(account)) => {
+                        self.limiter.mark_account(account, &mark.name, until)
+                    }
+                    _ => self.marks.set(&mark.name, until),
+                }
+            }
+            if let Some(reason) = &effects.report {
+                info!(rule, reason, account = ?self.conn.account, digest = %rules::digest(bytes), "report");
+            }
+            if !effects.strip.is_empty() {
+                let current = rewritten.as_deref().unwrap_or(bytes);
+                if let Some(out) = rules::strip_children(current, &effects.strip) {
+                    rewritten = Some(out);
+                }
+            }
+            if let Some(duration) = effects.ban {
+                let until = self.limiter.ban(self.ip, duration, now);
+                close = Some(xmppwall_policy::limiter::banned_error_for(until, rule));
+            }
+        }
+        if let Some(error) = close {
+            return PolicyOutcome::Close(error);
+        }
+        match decision.action {
+            None | Some(Action::Pass) | Some(Action::Continue) | Some(Action::Jump(_)) => {
+                PolicyOutcome::Pass(rewritten)
+            }
+            Some(Action::Drop) => PolicyOutcome::Drop,
+            Some(Action::Bounce(e)) => PolicyOutcome::Bounce(e),
+            Some(Action::Close(e)) => PolicyOutcome::Close(e),
+        }
     }
 
     fn authenticated(&mut self) {

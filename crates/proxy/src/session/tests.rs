@@ -17,6 +17,8 @@ fn session_with(limits: LimitsConfig) -> C2sSession {
         limiter,
         conn,
         Some("example.test".into()),
+        std::sync::Arc::new(xmppwall_policy::rules::Policy::default()),
+        "192.0.2.1".parse().unwrap(),
     )
 }
 

@@ -1,0 +1,389 @@
+//! The operator's policy: rules in chains, evaluated per hook, first decisive match
+//! wins.
+//!
+//! Rules are compiled once at load ([`config`]) into matchers that read only what
+//! they need of a stanza, once ([`Facts`]): a policy whose rules never look at a
+//! body never unescapes one. Evaluation is sans-IO: it returns a [`Decision`] with
+//! the verdict and the side effects (marks, bans, reports, strips, log lines) for
+//! the session to apply. A rule, a chain or the whole policy may run in shadow mode:
+//! it is evaluated and counted, what it would have done is logged, and the stanza
+//! passes as if the rule had not matched.
+
+pub mod conditions;
+pub mod config;
+pub mod content;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::errors::{StanzaError, StreamError};
+use crate::limits::{PerPeriod, UserClass};
+use crate::rate::TokenBucket;
+use crate::stanza::Stanza;
+use crate::table::BoundedTable;
+
+pub use conditions::{Condition, Facts};
+
+/// Where in a stream's life a chain runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Hook {
+    /// A connection was accepted (before any byte): address conditions only.
+    Connect,
+    /// SASL succeeded: mechanism, class, account known.
+    Auth,
+    /// A resource was bound: the full JID is known.
+    Bind,
+    /// A stanza from the client towards the server.
+    ToServer,
+    /// A stanza from the server towards the client.
+    ToClient,
+}
+
+impl Hook {
+    pub const ALL: [Hook; 5] = [
+        Hook::Connect,
+        Hook::Auth,
+        Hook::Bind,
+        Hook::ToServer,
+        Hook::ToClient,
+    ];
+
+    pub fn chain_name(self) -> &'static str {
+        match self {
+            Hook::Connect => "connect",
+            Hook::Auth => "auth",
+            Hook::Bind => "bind",
+            Hook::ToServer => "to-server",
+            Hook::ToClient => "to-client",
+        }
+    }
+}
+
+/// A rule's decisive action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Not decisive: side effects only, evaluation goes on.
+    Continue,
+    Pass,
+    Drop,
+    Bounce(StanzaError),
+    Close(StreamError),
+    Jump(usize),
+}
+
+/// Where a mark is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MarkScope {
+    Session,
+    Account,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MarkSpec {
+    pub name: String,
+    pub scope: MarkScope,
+    pub expires: Duration,
+}
+
+/// How much of a stanza a log line carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogPayload {
+    /// A SHA-256 digest of the stanza: enough to correlate, nothing to read.
+    Digest,
+    Full,
+    None,
+}
+
+/// What a rule does besides its action.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Effects {
+    pub log: Option<LogPayload>,
+    pub mark: Option<MarkSpec>,
+    pub ban: Option<Duration>,
+    pub report: Option<String>,
+    /// First-level children to remove: (namespace or `None` for any, local name).
+    pub strip: Vec<(Option<String>, String)>,
+}
+
+/// The rate key of a rate-limited rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateKey {
+    From,
+    FromDomain,
+    To,
+    Address,
+    Account,
+}
+
+/// A rule that matches only when its key's rate is exceeded (like mod_firewall's
+/// LIMIT): the rule's action applies to the excess.
+#[derive(Debug)]
+pub struct RuleRate {
+    pub key: RateKey,
+    pub limit: PerPeriod,
+    buckets: Mutex<BoundedTable<String, TokenBucket>>,
+}
+
+impl RuleRate {
+    pub fn new(key: RateKey, limit: PerPeriod, max_keys: usize) -> RuleRate {
+        RuleRate {
+            key,
+            limit,
+            buckets: Mutex::new(BoundedTable::new("rule-rate", max_keys)),
+        }
+    }
+
+    /// Whether `key` is over the rate now (and counts this event).
+    fn exceeded(&self, key: String, now: Instant) -> bool {
+        let mut table = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        table
+            .entry(key, TokenBucket::new)
+            .try_take(&self.limit.rate(), 1.0, now)
+            .is_err()
+    }
+}
+
+#[derive(Debug)]
+pub struct Rule {
+    pub name: String,
+    pub conditions: Vec<Condition>,
+    /// The rule does not apply when all of these hold (and there is at least one).
+    pub unless: Vec<Condition>,
+    pub action: Action,
+    pub effects: Effects,
+    pub shadow: bool,
+    pub rate: Option<RuleRate>,
+    pub hits: AtomicU64,
+    pub shadow_hits: AtomicU64,
+}
+
+#[derive(Debug)]
+pub struct Chain {
+    pub name: String,
+    pub rules: Vec<Rule>,
+    pub shadow: bool,
+}
+
+/// A compiled policy.
+#[derive(Debug, Default)]
+pub struct Policy {
+    pub chains: Vec<Chain>,
+    hooks: HashMap<Hook, usize>,
+    pub shadow: bool,
+}
+
+/// What evaluation needs beyond the stanza.
+#[derive(Debug, Clone, Copy)]
+pub struct Subject<'a> {
+    pub ip: IpAddr,
+    pub class: UserClass,
+    pub mechanism: Option<&'a str>,
+    /// The account's bare JID.
+    pub account: Option<&'a str>,
+    pub marks: &'a Marks,
+    /// Whether the other party of a stanza is outside the user's observed roster;
+    /// `None` where unknown.
+    pub stranger: Option<bool>,
+}
+
+/// Marks set by rules, with their expiry.
+#[derive(Debug, Default, Clone)]
+pub struct Marks {
+    marks: Vec<(String, Instant)>,
+}
+
+impl Marks {
+    pub fn set(&mut self, name: &str, until: Instant) {
+        match self.marks.iter_mut().find(|(n, _)| n == name) {
+            Some(m) => m.1 = m.1.max(until),
+            None => self.marks.push((name.to_owned(), until)),
+        }
+    }
+
+    pub fn has(&self, name: &str, now: Instant) -> bool {
+        self.marks
+            .iter()
+            .any(|(n, until)| n == name && *until > now)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.marks.is_empty()
+    }
+
+    pub fn merge(&mut self, other: &Marks) {
+        for (n, until) in &other.marks {
+            self.set(n, *until);
+        }
+    }
+}
+
+/// What the policy decided for one event.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Decision {
+    pub action: Option<Action>,
+    /// The rule that decided.
+    pub rule: Option<String>,
+    /// Side effects of every rule that matched, in order.
+    pub effects: Vec<(String, Effects)>,
+    /// Rules in shadow mode that matched, with what they would have done.
+    pub shadowed: Vec<(String, Action)>,
+}
+
+impl Decision {
+    /// The decisive action, or `Pass`.
+    pub fn verdict(&self) -> &Action {
+        self.action.as_ref().unwrap_or(&Action::Pass)
+    }
+}
+
+/// Jumps deeper than this end the evaluation (a loop the loader could not see).
+const MAX_JUMP_DEPTH: usize = 16;
+
+impl Policy {
+    /// The chain evaluated for `hook`, if the policy has one.
+    pub fn has_hook(&self, hook: Hook) -> bool {
+        self.hooks.contains_key(&hook)
+    }
+
+    pub fn evaluate(
+        &self,
+        hook: Hook,
+        stanza: Option<&Stanza<'_>>,
+        subject: &Subject<'_>,
+        now: Instant,
+        wall: SystemTime,
+    ) -> Decision {
+        let mut decision = Decision::default();
+        let Some(&chain) = self.hooks.get(&hook) else {
+            return decision;
+        };
+        let mut facts = Facts::new(stanza, subject, now, wall);
+        self.run_chain(chain, &mut facts, &mut decision, 0, now);
+        decision
+    }
+
+    fn run_chain(
+        &self,
+        chain: usize,
+        facts: &mut Facts<'_, '_>,
+        decision: &mut Decision,
+        depth: usize,
+        now: Instant,
+    ) -> bool {
+        let Some(c) = self.chains.get(chain) else {
+            return false;
+        };
+        for rule in &c.rules {
+            if !rule.matches(facts, now) {
+                continue;
+            }
+            let shadow = self.shadow || c.shadow || rule.shadow;
+            if shadow {
+                rule.shadow_hits.fetch_add(1, Ordering::Relaxed);
+                decision
+                    .shadowed
+                    .push((rule.name.clone(), rule.action.clone()));
+                continue;
+            }
+            rule.hits.fetch_add(1, Ordering::Relaxed);
+            if rule.effects != Effects::default() {
+                decision
+                    .effects
+                    .push((rule.name.clone(), rule.effects.clone()));
+            }
+            match &rule.action {
+                Action::Continue => {}
+                Action::Jump(target) => {
+                    if depth < MAX_JUMP_DEPTH
+                        && self.run_chain(*target, facts, decision, depth + 1, now)
+                    {
+                        return true;
+                    }
+                }
+                decisive => {
+                    decision.action = Some(decisive.clone());
+                    decision.rule = Some(rule.name.clone());
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// Every rule's (chain, name, hits, shadow hits), for metrics.
+    pub fn rule_hits(&self) -> Vec<(&str, &str, u64, u64)> {
+        self.chains
+            .iter()
+            .flat_map(|c| {
+                c.rules.iter().map(move |r| {
+                    (
+                        c.name.as_str(),
+                        r.name.as_str(),
+                        r.hits.load(Ordering::Relaxed),
+                        r.shadow_hits.load(Ordering::Relaxed),
+                    )
+                })
+            })
+            .collect()
+    }
+}
+
+impl Rule {
+    fn matches(&self, facts: &mut Facts<'_, '_>, now: Instant) -> bool {
+        if !self.conditions.iter().all(|c| c.holds(facts)) {
+            return false;
+        }
+        if !self.unless.is_empty() && self.unless.iter().all(|c| c.holds(facts)) {
+            return false;
+        }
+        match &self.rate {
+            None => true,
+            Some(rate) => match facts.rate_key(rate.key) {
+                Some(key) => rate.exceeded(key, now),
+                None => false,
+            },
+        }
+    }
+}
+
+/// A stanza without the first-level children `strip` names (namespace or any,
+/// local name), or `None` when it has none of them.
+pub fn strip_children(stanza: &[u8], strip: &[(Option<String>, String)]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(stanza.len());
+    let mut copied = 0;
+    for child in xmppwall_xml::view::children(stanza) {
+        let ns = child
+            .start
+            .attribute(b"xmlns")
+            .unwrap_or(std::borrow::Cow::Borrowed("jabber:client"));
+        let hit = strip.iter().any(|(want_ns, local)| {
+            child.start.local_name() == local.as_bytes()
+                && want_ns.as_deref().is_none_or(|w| w == ns)
+        });
+        if hit {
+            out.extend_from_slice(&stanza[copied..child.range.start]);
+            copied = child.range.end;
+        }
+    }
+    if copied == 0 {
+        return None;
+    }
+    out.extend_from_slice(&stanza[copied..]);
+    Some(out)
+}
+
+/// A short SHA-256 digest of a stanza for logs: correlates without revealing.
+pub fn digest(bytes: &[u8]) -> String {
+    use sha2::{Digest as _, Sha256};
+    let d = Sha256::digest(bytes);
+    d.iter().take(12).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Shared, reloadable handle to a compiled policy.
+pub type SharedPolicy = Arc<Policy>;
+
+#[cfg(test)]
+mod tests;

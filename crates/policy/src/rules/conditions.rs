@@ -1,0 +1,452 @@
+//! Rule conditions and the facts they are checked against.
+//!
+//! [`Facts`] reads a stanza lazily and caches what it read: the type and addresses
+//! on first use, the body and subject text (unescaped) only if a content condition
+//! asks, each at most once per evaluation, however many rules look.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use regex::RegexSet;
+use sha2::{Digest, Sha256};
+use xmppwall_xml::view;
+
+use super::content::{self, Keywords};
+use super::{RateKey, Subject};
+use crate::address::CidrList;
+use crate::limits::UserClass;
+use crate::stanza::{bare_jid, domain_of, Kind, Stanza};
+
+/// A set of JIDs, given in the clear or as hex SHA-256 digests of the bare JID
+/// (the form real-time block lists publish).
+#[derive(Debug, Clone, Default)]
+pub struct JidSet {
+    pub plain: HashSet<String>,
+    pub hashed: HashSet<[u8; 32]>,
+}
+
+impl JidSet {
+    pub fn contains(&self, jid: &str) -> bool {
+        let bare = bare_jid(jid);
+        if self.plain.contains(&bare) {
+            return true;
+        }
+        !self.hashed.is_empty()
+            && self
+                .hashed
+                .contains(&<[u8; 32]>::from(Sha256::digest(bare.as_bytes())))
+    }
+}
+
+/// Domains, each matching itself and its subdomains.
+#[derive(Debug, Clone, Default)]
+pub struct DomainSet {
+    domains: HashSet<String>,
+}
+
+impl DomainSet {
+    pub fn new(domains: impl IntoIterator<Item = String>) -> DomainSet {
+        DomainSet {
+            domains: domains
+                .into_iter()
+                .map(|d| {
+                    d.trim()
+                        .trim_start_matches("*.")
+                        .trim_end_matches('.')
+                        .to_ascii_lowercase()
+                })
+                .filter(|d| !d.is_empty())
+                .collect(),
+        }
+    }
+
+    /// Whether `host` or one of its parent domains is in the set (one hash lookup
+    /// per label).
+    pub fn contains(&self, host: &str) -> bool {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        let mut rest = host.as_str();
+        loop {
+            if self.domains.contains(rest) {
+                return true;
+            }
+            match rest.split_once('.') {
+                Some((_, parent)) => rest = parent,
+                None => return false,
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.domains.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.domains.is_empty()
+    }
+}
+
+/// A JID glob: `*` any run, `?` one character; compared on the bare JID unless the
+/// pattern has a resource.
+#[derive(Debug, Clone)]
+pub struct JidGlob {
+    pattern: String,
+    full: bool,
+}
+
+impl JidGlob {
+    pub fn new(pattern: &str) -> JidGlob {
+        JidGlob {
+            pattern: pattern.to_ascii_lowercase(),
+            full: pattern.contains('/'),
+        }
+    }
+
+    pub fn matches(&self, jid: &str) -> bool {
+        let subject = if self.full {
+            jid.to_ascii_lowercase()
+        } else {
+            bare_jid(jid)
+        };
+        glob(self.pattern.as_bytes(), subject.as_bytes())
+    }
+}
+
+fn glob(p: &[u8], s: &[u8]) -> bool {
+    let (mut pi, mut si) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while si < s.len() {
+        if pi < p.len() && (p[pi] == b'?' || p[pi] == s[si]) {
+            pi += 1;
+            si += 1;
+        } else if pi < p.len() && p[pi] == b'*' {
+            star = Some((pi, si));
+            pi += 1;
+        } else if let Some((sp, ss)) = star {
+            pi = sp + 1;
+            si = ss + 1;
+            star = Some((sp, ss + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == b'*')
+}
+
+/// Days and a time-of-day window in a time zone.
+#[derive(Debug, Clone)]
+pub struct TimeWindow {
+    /// Bit `n` set: weekday `n` (Monday = 0) is in.
+    pub days: u8,
+    /// Minutes after midnight; `from > to` spans midnight.
+    pub from: u16,
+    pub to: u16,
+    pub zone: jiff::tz::TimeZone,
+}
+
+impl TimeWindow {
+    pub fn contains(&self, wall: SystemTime) -> bool {
+        let Ok(ts) = jiff::Timestamp::try_from(wall) else {
+            return false;
+        };
+        let zoned = ts.to_zoned(self.zone.clone());
+        let day = zoned.weekday().to_monday_zero_offset() as u8;
+        let minute = zoned.hour() as u16 * 60 + zoned.minute() as u16;
+        let in_time = if self.from <= self.to {
+            minute >= self.from && minute < self.to
+        } else {
+            minute >= self.from || minute < self.to
+        };
+        // A window spanning midnight belongs to the day it started.
+        let day = if self.from > self.to && minute < self.to {
+            (day + 6) % 7
+        } else {
+            day
+        };
+        in_time && self.days & (1 << day) != 0
+    }
+}
+
+/// Which text of a message content conditions read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextField {
+    Body,
+    Subject,
+    /// Body and subject.
+    Any,
+}
+
+/// One compiled condition.
+#[derive(Debug, Clone)]
+pub enum Condition {
+    /// Bit 0 message, 1 presence, 2 iq.
+    Kind(u8),
+    /// Stanza types; `"normal"` matches a message without type, `"available"` a
+    /// presence without type.
+    Type(Vec<String>),
+    From(Vec<JidGlob>),
+    To(Vec<JidGlob>),
+    FromJids(Arc<JidSet>),
+    ToJids(Arc<JidSet>),
+    FromDomain(Arc<DomainSet>),
+    ToDomain(Arc<DomainSet>),
+    /// First-level children by (namespace or any, local name).
+    Has(Vec<(Option<String>, String)>),
+    /// First-level payload namespaces.
+    Payload(Vec<String>),
+    Keywords(Arc<Keywords>, TextField),
+    Regex(Arc<RegexSet>, TextField),
+    /// A URL to one of these domains.
+    UrlDomain(Arc<DomainSet>),
+    /// At least this many URLs.
+    UrlCount(u32),
+    CardNumber,
+    Iban,
+    Address(Arc<CidrList>),
+    Mechanism(Vec<String>),
+    Class(Vec<UserClass>),
+    Stranger(bool),
+    Time(Arc<TimeWindow>),
+    Mark(String),
+}
+
+/// What conditions are checked against, read lazily.
+pub struct Facts<'s, 'a> {
+    stanza: Option<&'s Stanza<'a>>,
+    subject: &'s Subject<'s>,
+    now: Instant,
+    wall: SystemTime,
+    body: Option<Option<String>>,
+    subject_text: Option<Option<String>>,
+    hosts: Option<Vec<String>>,
+}
+
+impl<'s, 'a> Facts<'s, 'a> {
+    pub fn new(
+        stanza: Option<&'s Stanza<'a>>,
+        subject: &'s Subject<'s>,
+        now: Instant,
+        wall: SystemTime,
+    ) -> Self {
+        Facts {
+            stanza,
+            subject,
+            now,
+            wall,
+            body: None,
+            subject_text: None,
+            hosts: None,
+        }
+    }
+
+    fn child_text(&self, local: &[u8]) -> Option<String> {
+        let stanza = self.stanza?;
+        let child = view::children(stanza.bytes).find(|c| c.start.local_name() == local)?;
+        Some(view::text(&stanza.bytes[child.range]).into_owned())
+    }
+
+    fn body(&mut self) -> Option<&str> {
+        if self.body.is_none() {
+            self.body = Some(self.child_text(b"body"));
+        }
+        self.body.as_ref().and_then(|b| b.as_deref())
+    }
+
+    fn subject_text(&mut self) -> Option<&str> {
+        if self.subject_text.is_none() {
+            self.subject_text = Some(self.child_text(b"subject"));
+        }
+        self.subject_text.as_ref().and_then(|b| b.as_deref())
+    }
+
+    fn texts(&mut self, field: TextField) -> [Option<String>; 2] {
+        match field {
+            TextField::Body => [self.body().map(str::to_owned), None],
+            TextField::Subject => [self.subject_text().map(str::to_owned), None],
+            TextField::Any => [
+                self.body().map(str::to_owned),
+                self.subject_text().map(str::to_owned),
+            ],
+        }
+    }
+
+    fn any_text(&mut self, field: TextField, mut test: impl FnMut(&str) -> bool) -> bool {
+        match field {
+            TextField::Body => self.body().is_some_and(test),
+            TextField::Subject => self.subject_text().is_some_and(test),
+            TextField::Any => {
+                let body = self.body().is_some_and(&mut test);
+                body || self.subject_text().is_some_and(test)
+            }
+        }
+    }
+
+    fn url_hosts(&mut self) -> &[String] {
+        if self.hosts.is_none() {
+            let mut hosts = Vec::new();
+            for text in self.texts(TextField::Any).into_iter().flatten() {
+                hosts.extend(content::url_hosts(&text));
+            }
+            if let Some(stanza) = self.stanza {
+                // XEP-0066 out-of-band data: <x xmlns='jabber:x:oob'><url>…</url></x>
+                for c in view::children(stanza.bytes) {
+                    if c.start.local_name() == b"x"
+                        && c.start.attribute(b"xmlns").as_deref() == Some("jabber:x:oob")
+                    {
+                        let x = &stanza.bytes[c.range];
+                        for u in view::children(x).filter(|u| u.start.local_name() == b"url") {
+                            hosts.extend(content::url_hosts(&view::text(&x[u.range])));
+                        }
+                    }
+                }
+            }
+            self.hosts = Some(hosts);
+        }
+        self.hosts.as_deref().unwrap_or(&[])
+    }
+
+    /// The key a rate-limited rule counts under.
+    pub fn rate_key(&self, key: RateKey) -> Option<String> {
+        match key {
+            RateKey::From => self
+                .stanza
+                .and_then(|s| s.from())
+                .map(|f| bare_jid(&f))
+                .or_else(|| self.subject.account.map(str::to_owned)),
+            RateKey::FromDomain => self
+                .stanza
+                .and_then(|s| s.from())
+                .map(|f| domain_of(&f).to_ascii_lowercase())
+                .or_else(|| self.subject.account.map(|a| domain_of(a).to_owned())),
+            RateKey::To => self.stanza.and_then(|s| s.to()).map(|t| bare_jid(&t)),
+            RateKey::Address => Some(self.subject.ip.to_string()),
+            RateKey::Account => self.subject.account.map(str::to_owned),
+        }
+    }
+
+    /// The sender: the stanza's `from`, or (client to server) the account.
+    fn from(&self) -> Option<String> {
+        self.stanza
+            .and_then(|s| s.from().map(|f| f.into_owned()))
+            .or_else(|| self.subject.account.map(str::to_owned))
+    }
+
+    fn to(&self) -> Option<String> {
+        self.stanza.and_then(|s| s.to().map(|t| t.into_owned()))
+    }
+}
+
+impl Condition {
+    pub fn holds(&self, f: &mut Facts<'_, '_>) -> bool {
+        match self {
+            Condition::Kind(mask) => f.stanza.is_some_and(|s| {
+                let bit = match s.kind {
+                    Kind::Message => 1,
+                    Kind::Presence => 2,
+                    Kind::Iq => 4,
+                };
+                mask & bit != 0
+            }),
+            Condition::Type(types) => f.stanza.is_some_and(|s| {
+                let ty = s.stanza_type();
+                let ty = ty.as_deref().unwrap_or(match s.kind {
+                    Kind::Message => "normal",
+                    Kind::Presence => "available",
+                    Kind::Iq => "",
+                });
+                types.iter().any(|t| t == ty)
+            }),
+            Condition::From(globs) => f
+                .from()
+                .is_some_and(|j| globs.iter().any(|g| g.matches(&j))),
+            Condition::To(globs) => f.to().is_some_and(|j| globs.iter().any(|g| g.matches(&j))),
+            Condition::FromJids(set) => f.from().is_some_and(|j| set.contains(&j)),
+            Condition::ToJids(set) => f.to().is_some_and(|j| set.contains(&j)),
+            Condition::FromDomain(set) => f.from().is_some_and(|j| set.contains(domain_of(&j))),
+            Condition::ToDomain(set) => f.to().is_some_and(|j| set.contains(domain_of(&j))),
+            Condition::Has(children) => f.stanza.is_some_and(|s| {
+                children.iter().all(|(ns, local)| {
+                    s.payloads().any(|(l, n)| {
+                        l == local.as_bytes() && ns.as_deref().is_none_or(|ns| ns == n)
+                    })
+                })
+            }),
+            Condition::Payload(namespaces) => f.stanza.is_some_and(|s| {
+                s.payloads()
+                    .any(|(_, n)| namespaces.iter().any(|ns| *ns == n))
+            }),
+            Condition::Keywords(k, field) => f.any_text(*field, |t| k.find_in(t)),
+            Condition::Regex(set, field) => f.any_text(*field, |t| set.is_match(t)),
+            Condition::UrlDomain(domains) => f.url_hosts().iter().any(|h| domains.contains(h)),
+            Condition::UrlCount(n) => f.url_hosts().len() >= *n as usize,
+            Condition::CardNumber => f.any_text(TextField::Any, content::has_card_number),
+            Condition::Iban => f.any_text(TextField::Any, content::has_iban),
+            Condition::Address(list) => list.contains(f.subject.ip),
+            Condition::Mechanism(names) => f
+                .subject
+                .mechanism
+                .is_some_and(|m| names.iter().any(|n| n.eq_ignore_ascii_case(m))),
+            Condition::Class(classes) => classes.contains(&f.subject.class),
+            Condition::Stranger(want) => f.subject.stranger == Some(*want),
+            Condition::Time(window) => window.contains(f.wall),
+            Condition::Mark(name) => f.subject.marks.has(name, f.now),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_match_bare_jids_unless_a_resource_is_given() {
+        assert!(JidGlob::new("*@spam.example").matches("Bot1@spam.example/x"));
+        assert!(!JidGlob::new("*@spam.example").matches("bot@notspam.example"));
+        assert!(JidGlob::new("bot?@example.org").matches("bot7@example.org"));
+        assert!(JidGlob::new("*/evil*").matches("a@b/evil-client"));
+        assert!(!JidGlob::new("*/evil*").matches("a@b/good"));
+        assert!(JidGlob::new("*").matches("anything@at.all"));
+    }
+
+    #[test]
+    fn domain_sets_match_subdomains_by_label() {
+        let d = DomainSet::new(["spam.example".to_string(), "*.bad.test".to_string()]);
+        assert!(d.contains("spam.example"));
+        assert!(d.contains("muc.spam.example"));
+        assert!(d.contains("x.bad.test"));
+        assert!(!d.contains("notspam.example"));
+    }
+
+    #[test]
+    fn hashed_jids_match_the_sha256_of_the_bare_jid() {
+        let mut set = JidSet::default();
+        set.hashed
+            .insert(Sha256::digest(b"spammer@example.org").into());
+        assert!(set.contains("Spammer@Example.org/res"));
+        assert!(!set.contains("friend@example.org"));
+    }
+
+    #[test]
+    fn time_windows_follow_days_hours_and_zone() {
+        let utc = jiff::tz::TimeZone::UTC;
+        let office = TimeWindow {
+            days: 0b0001_1111,
+            from: 9 * 60,
+            to: 17 * 60,
+            zone: utc.clone(),
+        };
+        let at = |s: &str| SystemTime::from(s.parse::<jiff::Timestamp>().unwrap());
+        assert!(office.contains(at("2026-11-20T10:00:00Z"))); // a Friday
+        assert!(!office.contains(at("2026-11-21T10:00:00Z"))); // Saturday
+        assert!(!office.contains(at("2026-11-20T17:00:00Z")));
+        let night = TimeWindow {
+            days: 0b0000_0001, // starting Monday
+            from: 22 * 60,
+            to: 6 * 60,
+            zone: utc,
+        };
+        assert!(night.contains(at("2026-11-16T23:00:00Z"))); // Monday night
+        assert!(night.contains(at("2026-11-17T05:59:00Z"))); // still Monday's window
+        assert!(!night.contains(at("2026-11-17T23:00:00Z"))); // Tuesday night
+    }
+}

@@ -1,0 +1,884 @@
+//! Rules and lists as written in the configuration file, and their compilation.
+//!
+//! Every problem is reported with the byte span of the value at fault, so the
+//! configuration loader can say `file:line:column`. Compilation happens once per
+//! load; nothing here runs per stanza.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use regex::RegexSetBuilder;
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::conditions::{Condition, DomainSet, JidGlob, JidSet, TextField, TimeWindow};
+use super::content::Keywords;
+use super::{
+    Action, Chain, Effects, Hook, LogPayload, MarkScope, MarkSpec, Policy, RateKey, Rule, RuleRate,
+};
+use crate::address::CidrList;
+use crate::errors::{ErrorType, StanzaError, StreamCondition, StreamError};
+use crate::limits::{PerPeriod, UserClass};
+
+/// `[policy]`: options of the whole policy.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicy {
+    #[serde(default)]
+    pub shadow: bool,
+    /// Chains in shadow mode.
+    #[serde(default)]
+    pub shadow_chains: Vec<Spanned<String>>,
+}
+
+/// `[lists.NAME]`: one named list, inline or from a file (one entry per line,
+/// `#` comments), of one kind.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawList {
+    pub keywords: Option<Vec<String>>,
+    pub domains: Option<Vec<String>>,
+    pub jids: Option<Vec<String>>,
+    /// Hex SHA-256 digests of bare JIDs.
+    pub hashed_jids: Option<Vec<String>>,
+    pub cidrs: Option<Vec<String>>,
+    /// A file of entries of the kind named by `kind`.
+    pub file: Option<Spanned<String>>,
+    pub kind: Option<Spanned<String>>,
+}
+
+/// Either an inline list of strings or `"list:NAME"`.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(untagged)]
+pub enum Strings {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RawConditions {
+    pub kind: Option<Spanned<Vec<String>>>,
+    #[serde(rename = "type")]
+    pub stanza_type: Option<Vec<String>>,
+    pub from: Option<Spanned<Strings>>,
+    pub to: Option<Spanned<Strings>>,
+    pub from_domain: Option<Spanned<Strings>>,
+    pub to_domain: Option<Spanned<Strings>>,
+    pub has: Option<Vec<String>>,
+    pub payload: Option<Vec<String>>,
+    pub keywords: Option<Spanned<Strings>>,
+    pub regex: Option<Spanned<Vec<String>>>,
+    /// Which text `keywords` and `regex` read: "body" (default), "subject" or "any".
+    pub text: Option<Spanned<String>>,
+    pub url_domains: Option<Spanned<Strings>>,
+    pub url_count: Option<u32>,
+    pub data_leak: Option<Spanned<Vec<String>>>,
+    pub address: Option<Spanned<Strings>>,
+    pub mechanism: Option<Vec<String>>,
+    pub class: Option<Spanned<Vec<String>>>,
+    pub stranger: Option<bool>,
+    pub time: Option<Spanned<RawTime>>,
+    pub mark: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTime {
+    #[serde(default)]
+    pub days: Vec<String>,
+    pub from: String,
+    pub to: String,
+    #[serde(default = "utc")]
+    pub zone: String,
+}
+
+fn utc() -> String {
+    "UTC".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBounce {
+    #[serde(rename = "type", default = "cancel")]
+    pub error_type: String,
+    #[serde(default = "policy_violation")]
+    pub condition: String,
+    pub text: Option<String>,
+}
+
+fn cancel() -> String {
+    "cancel".into()
+}
+
+fn policy_violation() -> String {
+    "policy-violation".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClose {
+    #[serde(default = "policy_violation")]
+    pub condition: String,
+    pub text: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMark {
+    pub name: String,
+    #[serde(default = "session")]
+    pub scope: String,
+    pub expires: Option<String>,
+}
+
+fn session() -> String {
+    "session".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRate {
+    pub key: String,
+    pub limit: String,
+    #[serde(default = "max_keys")]
+    pub max_keys: usize,
+}
+
+fn max_keys() -> usize {
+    10_000
+}
+
+/// `[[rule]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    pub name: Spanned<String>,
+    pub chain: Option<Spanned<String>>,
+    #[serde(rename = "match", default)]
+    pub when: RawConditions,
+    pub unless: Option<RawConditions>,
+    pub action: Option<Spanned<String>>,
+    pub bounce: Option<Spanned<RawBounce>>,
+    pub close: Option<Spanned<RawClose>>,
+    pub jump: Option<Spanned<String>>,
+    #[serde(default)]
+    pub shadow: bool,
+    pub log: Option<Spanned<String>>,
+    pub mark: Option<Spanned<RawMark>>,
+    pub ban: Option<Spanned<String>>,
+    pub report: Option<String>,
+    pub strip: Option<Vec<String>>,
+    pub rate_limit: Option<Spanned<RawRate>>,
+}
+
+/// Reports a problem at a byte span of the configuration text.
+pub type Report<'a> = dyn FnMut(Range<usize>, String) + 'a;
+
+/// A compiled list, by kind.
+#[derive(Debug, Clone)]
+enum List {
+    Keywords(Vec<String>),
+    Domains(Arc<DomainSet>),
+    Jids(Arc<JidSet>),
+    Cidrs(Arc<CidrList>),
+}
+
+impl List {
+    fn kind(&self) -> &'static str {
+        match self {
+            List::Keywords(_) => "keywords",
+            List::Domains(_) => "domains",
+            List::Jids(_) => "jids",
+            List::Cidrs(_) => "cidrs",
+        }
+    }
+}
+
+/// Compiles lists and rules. `base` is the directory list files are relative to.
+pub fn compile(
+    policy: &RawPolicy,
+    lists: &HashMap<String, Spanned<RawList>>,
+    rules: &[RawRule],
+    base: &Path,
+    report: &mut Report<'_>,
+) -> Policy {
+    let mut compiled_lists = HashMap::new();
+    for (name, raw) in lists {
+        if let Some(list) = compile_list(raw, base, report) {
+            compiled_lists.insert(name.clone(), list);
+        }
+    }
+    let mut c = Compiler {
+        lists: compiled_lists,
+        report,
+    };
+
+    // Chains in order of first mention; the hook chains always exist.
+    let mut chain_names: Vec<String> = Hook::ALL
+        .iter()
+        .map(|h| h.chain_name().to_owned())
+        .collect();
+    for r in rules {
+        let name = r
+            .chain
+            .as_ref()
+            .map_or("to-server", |c| c.get_ref().as_str());
+        if !chain_names.iter().any(|n| n == name) {
+            chain_names.push(name.to_owned());
+        }
+    }
+    let shadow_chains: Vec<&str> = policy
+        .shadow_chains
+        .iter()
+        .map(|s| s.get_ref().as_str())
+        .collect();
+    for s in &policy.shadow_chains {
+        if !chain_names.iter().any(|n| n == s.get_ref()) {
+            (c.report)(
+                s.span(),
+                format!("no rule is in a chain named {:?}", s.get_ref()),
+            );
+        }
+    }
+    let mut chains: Vec<Chain> = chain_names
+        .iter()
+        .map(|n| Chain {
+            name: n.clone(),
+            rules: Vec::new(),
+            shadow: shadow_chains.contains(&n.as_str()),
+        })
+        .collect();
+    let mut names = std::collections::HashSet::new();
+    for r in rules {
+        if !names.insert(r.name.get_ref().clone()) {
+            (c.report)(
+                r.name.span(),
+                format!(
+                    "two rules are named {:?}; names must be unique (they name metrics)",
+                    r.name.get_ref()
+                ),
+            );
+        }
+        let chain = r
+            .chain
+            .as_ref()
+            .map_or("to-server", |c| c.get_ref().as_str());
+        let index = chain_names.iter().position(|n| n == chain).unwrap_or(0);
+        if let Some(rule) = c.rule(r, &chain_names) {
+            chains[index].rules.push(rule);
+        }
+    }
+    let hooks = Hook::ALL
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !chains[*i].rules.is_empty())
+        .map(|(i, h)| (*h, i))
+        .collect();
+    Policy {
+        chains,
+        hooks,
+        shadow: policy.shadow,
+    }
+}
+
+fn read_entries(path: &Path) -> Result<Vec<String>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    Ok(text
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect())
+}
+
+fn compile_list(raw: &Spanned<RawList>, base: &Path, report: &mut Report<'_>) -> Option<List> {
+    let r = raw.get_ref();
+    let (kind, mut entries) = match (&r.keywords, &r.domains, &r.jids, &r.hashed_jids, &r.cidrs) {
+        (Some(k), None, None, None, None) => ("keywords", k.clone()),
+        (None, Some(d), None, None, None) => ("domains", d.clone()),
+        (None, None, Some(j), None, None) => ("jids", j.clone()),
+        (None, None, None, Some(h), None) => ("hashed_jids", h.clone()),
+        (None, None, None, None, Some(c)) => ("cidrs", c.clone()),
+        (None, None, None, None, None) => match &r.kind {
+            Some(k) => (
+                match k.get_ref().as_str() {
+                    "keywords" => "keywords",
+                    "domains" => "domains",
+                    "jids" => "jids",
+                    "hashed_jids" => "hashed_jids",
+                    "cidrs" => "cidrs",
+                    other => {
+                        report(k.span(), format!("unknown list kind {other:?}; use keywords, domains, jids, hashed_jids or cidrs"));
+                        return None;
+                    }
+                },
+                Vec::new(),
+            ),
+            None => {
+                report(raw.span(), "a list needs one of keywords, domains, jids, hashed_jids, cidrs, or file with kind".into());
+                return None;
+            }
+        },
+        _ => {
+            report(raw.span(), "a list holds one kind of entry: give only one of keywords, domains, jids, hashed_jids, cidrs".into());
+            return None;
+        }
+    };
+    if let Some(file) = &r.file {
+        let path = base.join(file.get_ref());
+        match read_entries(&path) {
+            Ok(more) => entries.extend(more),
+            Err(e) => {
+                report(file.span(), e);
+                return None;
+            }
+        }
+    }
+    Some(match kind {
+        "keywords" => List::Keywords(entries),
+        "domains" => List::Domains(Arc::new(DomainSet::new(entries))),
+        "jids" => List::Jids(Arc::new(JidSet {
+            plain: entries.iter().map(|j| crate::stanza::bare_jid(j)).collect(),
+            hashed: Default::default(),
+        })),
+        "hashed_jids" => {
+            let mut hashed = std::collections::HashSet::new();
+            for e in &entries {
+                match decode_hex32(e) {
+                    Some(h) => {
+                        hashed.insert(h);
+                    }
+                    None => {
+                        report(
+                            raw.span(),
+                            format!("{e:?} is not a hex SHA-256 digest (64 hex digits)"),
+                        );
+                        return None;
+                    }
+                }
+            }
+            List::Jids(Arc::new(JidSet {
+                plain: Default::default(),
+                hashed,
+            }))
+        }
+        _ => {
+            let mut nets = Vec::new();
+            for e in &entries {
+                match CidrList::parse_entry(e) {
+                    Ok(n) => nets.push(n),
+                    Err(m) => {
+                        report(raw.span(), m);
+                        return None;
+                    }
+                }
+            }
+            List::Cidrs(Arc::new(CidrList::new(nets)))
+        }
+    })
+}
+
+fn decode_hex32(s: &str) -> Option<[u8; 32]> {
+    let s = s.trim();
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+struct Compiler<'r, 'a> {
+    lists: HashMap<String, List>,
+    report: &'r mut Report<'a>,
+}
+
+impl Compiler<'_, '_> {
+    /// The entries of `value`: inline, or from `list:NAME` of the wanted kind.
+    fn strings(
+        &mut self,
+        value: &Spanned<Strings>,
+        want: &str,
+    ) -> Result<Vec<String>, Option<List>> {
+        match value.get_ref() {
+            Strings::Many(v) => Ok(v.clone()),
+            Strings::One(s) => match s.strip_prefix("list:") {
+                Some(name) => match self.lists.get(name) {
+                    Some(list)
+                        if list.kind() == want
+                            || (want == "jids" && matches!(list, List::Jids(_))) =>
+                    {
+                        Err(Some(list.clone()))
+                    }
+                    Some(list) => {
+                        (self.report)(
+                            value.span(),
+                            format!("list {name:?} holds {}, not {want}", list.kind()),
+                        );
+                        Err(None)
+                    }
+                    None => {
+                        (self.report)(
+                            value.span(),
+                            format!("no list named {name:?}; define it as [lists.{name}]"),
+                        );
+                        Err(None)
+                    }
+                },
+                None => Ok(vec![s.clone()]),
+            },
+        }
+    }
+
+    fn domains(&mut self, value: &Spanned<Strings>) -> Option<Arc<DomainSet>> {
+        match self.strings(value, "domains") {
+            Ok(v) => Some(Arc::new(DomainSet::new(v))),
+            Err(Some(List::Domains(d))) => Some(d),
+            Err(_) => None,
+        }
+    }
+
+    fn conditions(&mut self, raw: &RawConditions) -> Vec<Condition> {
+        let mut out = Vec::new();
+        if let Some(kinds) = &raw.kind {
+            let mut mask = 0u8;
+            for k in kinds.get_ref() {
+                mask |= match k.as_str() {
+                    "message" => 1,
+                    "presence" => 2,
+                    "iq" => 4,
+                    other => {
+                        (self.report)(
+                            kinds.span(),
+                            format!("unknown stanza kind {other:?}; use message, presence or iq"),
+                        );
+                        0
+                    }
+                };
+            }
+            out.push(Condition::Kind(mask));
+        }
+        if let Some(types) = &raw.stanza_type {
+            out.push(Condition::Type(types.clone()));
+        }
+        for (value, to) in [(&raw.from, false), (&raw.to, true)] {
+            let Some(value) = value else { continue };
+            match self.strings(value, "jids") {
+                Ok(globs) => {
+                    let globs = globs.iter().map(|g| JidGlob::new(g)).collect();
+                    out.push(if to {
+                        Condition::To(globs)
+                    } else {
+                        Condition::From(globs)
+                    });
+                }
+                Err(Some(List::Jids(set))) => {
+                    out.push(if to {
+                        Condition::ToJids(set)
+                    } else {
+                        Condition::FromJids(set)
+                    });
+                }
+                Err(_) => {}
+            }
+        }
+        if let Some(v) = &raw.from_domain {
+            if let Some(d) = self.domains(v) {
+                out.push(Condition::FromDomain(d));
+            }
+        }
+        if let Some(v) = &raw.to_domain {
+            if let Some(d) = self.domains(v) {
+                out.push(Condition::ToDomain(d));
+            }
+        }
+        if let Some(has) = &raw.has {
+            // "local" or "namespace local" (a space separates them: namespaces hold colons).
+            let children = has
+                .iter()
+                .map(|h| match h.rsplit_once(' ') {
+                    Some((ns, local)) => (Some(ns.to_owned()), local.to_owned()),
+                    None => (None, h.clone()),
+                })
+                .collect();
+            out.push(Condition::Has(children));
+        }
+        if let Some(p) = &raw.payload {
+            out.push(Condition::Payload(p.clone()));
+        }
+        let field = match raw.text.as_ref().map(|t| (t.get_ref().as_str(), t.span())) {
+            None | Some(("body", _)) => TextField::Body,
+            Some(("subject", _)) => TextField::Subject,
+            Some(("any", _)) => TextField::Any,
+            Some((other, span)) => {
+                (self.report)(
+                    span,
+                    format!("unknown text field {other:?}; use body, subject or any"),
+                );
+                TextField::Body
+            }
+        };
+        if let Some(v) = &raw.keywords {
+            let words = match self.strings(v, "keywords") {
+                Ok(w) => Some(w),
+                Err(Some(List::Keywords(w))) => Some(w),
+                Err(_) => None,
+            };
+            if let Some(words) = words {
+                match Keywords::new(words) {
+                    Ok(k) => out.push(Condition::Keywords(Arc::new(k), field)),
+                    Err(e) => (self.report)(v.span(), e),
+                }
+            }
+        }
+        if let Some(v) = &raw.regex {
+            // One RegexSet per rule: linear time, every pattern in one pass.
+            match RegexSetBuilder::new(v.get_ref())
+                .size_limit(10 << 20)
+                .build()
+            {
+                Ok(set) => out.push(Condition::Regex(Arc::new(set), field)),
+                Err(e) => (self.report)(v.span(), format!("invalid regular expression: {e}")),
+            }
+        }
+        if let Some(v) = &raw.url_domains {
+            if let Some(d) = self.domains(v) {
+                out.push(Condition::UrlDomain(d));
+            }
+        }
+        if let Some(n) = raw.url_count {
+            out.push(Condition::UrlCount(n));
+        }
+        if let Some(v) = &raw.data_leak {
+            for d in v.get_ref() {
+                match d.as_str() {
+                    "card" => out.push(Condition::CardNumber),
+                    "iban" => out.push(Condition::Iban),
+                    other => (self.report)(
+                        v.span(),
+                        format!("unknown data-leak detector {other:?}; use card or iban"),
+                    ),
+                }
+            }
+        }
+        if let Some(v) = &raw.address {
+            match self.strings(v, "cidrs") {
+                Ok(entries) => {
+                    let mut nets = Vec::new();
+                    for e in &entries {
+                        match CidrList::parse_entry(e) {
+                            Ok(n) => nets.push(n),
+                            Err(m) => (self.report)(v.span(), m),
+                        }
+                    }
+                    out.push(Condition::Address(Arc::new(CidrList::new(nets))));
+                }
+                Err(Some(List::Cidrs(l))) => out.push(Condition::Address(l)),
+                Err(_) => {}
+            }
+        }
+        if let Some(m) = &raw.mechanism {
+            out.push(Condition::Mechanism(m.clone()));
+        }
+        if let Some(v) = &raw.class {
+            let mut classes = Vec::new();
+            for c in v.get_ref() {
+                match c.as_str() {
+                    "anonymous" => classes.push(UserClass::Anonymous),
+                    "registered" => classes.push(UserClass::Registered),
+                    "trusted" => classes.push(UserClass::Trusted),
+                    other => (self.report)(
+                        v.span(),
+                        format!(
+                            "unknown user class {other:?}; use anonymous, registered or trusted"
+                        ),
+                    ),
+                }
+            }
+            out.push(Condition::Class(classes));
+        }
+        if let Some(s) = raw.stranger {
+            out.push(Condition::Stranger(s));
+        }
+        if let Some(t) = &raw.time {
+            match time_window(t.get_ref()) {
+                Ok(w) => out.push(Condition::Time(Arc::new(w))),
+                Err(e) => (self.report)(t.span(), e),
+            }
+        }
+        if let Some(m) = &raw.mark {
+            out.push(Condition::Mark(m.clone()));
+        }
+        out
+    }
+
+    fn rule(&mut self, r: &RawRule, chains: &[String]) -> Option<Rule> {
+        let conditions = self.conditions(&r.when);
+        let unless = r
+            .unless
+            .as_ref()
+            .map(|u| self.conditions(u))
+            .unwrap_or_default();
+        let action_name = r
+            .action
+            .as_ref()
+            .map_or("continue", |a| a.get_ref().as_str());
+        let action_span = r.action.as_ref().map_or(r.name.span(), |a| a.span());
+        let action = match action_name {
+            "continue" => Action::Continue,
+            "pass" => Action::Pass,
+            "drop" => Action::Drop,
+            "bounce" => {
+                let b = r.bounce.as_ref();
+                let error_type = b.map_or("cancel", |b| b.get_ref().error_type.as_str());
+                let condition = b.map_or("policy-violation", |b| b.get_ref().condition.as_str());
+                let span = b.map_or(action_span.clone(), |b| b.span());
+                let Some(error_type) = error_type_of(error_type) else {
+                    (self.report)(span, format!("unknown error type {error_type:?}; use auth, cancel, continue, modify or wait"));
+                    return None;
+                };
+                let Some(condition) = stanza_condition(condition) else {
+                    (self.report)(
+                        span,
+                        format!("{condition:?} is not a stanza error condition of RFC 6120 §8.3.3"),
+                    );
+                    return None;
+                };
+                Action::Bounce(StanzaError {
+                    error_type,
+                    condition,
+                    app_condition: None,
+                    text: b.and_then(|b| b.get_ref().text.clone()),
+                })
+            }
+            "close" => {
+                let c = r.close.as_ref();
+                let name = c.map_or("policy-violation", |c| c.get_ref().condition.as_str());
+                let Some(condition) = stream_condition(name) else {
+                    (self.report)(c.map_or(action_span, |c| c.span()), format!("{name:?} is not a stream error condition xmppwall sends (RFC 6120 §4.9.3)"));
+                    return None;
+                };
+                let mut e = StreamError::new(condition);
+                e.text = c.and_then(|c| c.get_ref().text.clone());
+                Action::Close(e)
+            }
+            "jump" => {
+                let Some(target) = &r.jump else {
+                    (self.report)(action_span, "action \"jump\" needs jump = \"CHAIN\"".into());
+                    return None;
+                };
+                match chains.iter().position(|c| c == target.get_ref()) {
+                    Some(i) => Action::Jump(i),
+                    None => {
+                        (self.report)(
+                            target.span(),
+                            format!("no rule is in a chain named {:?}", target.get_ref()),
+                        );
+                        return None;
+                    }
+                }
+            }
+            other => {
+                (self.report)(
+                    action_span,
+                    format!(
+                        "unknown action {other:?}; use pass, drop, bounce, close, jump or continue"
+                    ),
+                );
+                return None;
+            }
+        };
+        let mut effects = Effects::default();
+        if let Some(log) = &r.log {
+            effects.log = match log.get_ref().as_str() {
+                "digest" => Some(LogPayload::Digest),
+                "full" => Some(LogPayload::Full),
+                "none" => Some(LogPayload::None),
+                other => {
+                    (self.report)(
+                        log.span(),
+                        format!("unknown log payload {other:?}; use digest, full or none"),
+                    );
+                    None
+                }
+            };
+        }
+        if let Some(m) = &r.mark {
+            let raw = m.get_ref();
+            let scope = match raw.scope.as_str() {
+                "session" => MarkScope::Session,
+                "account" => MarkScope::Account,
+                other => {
+                    (self.report)(
+                        m.span(),
+                        format!("unknown mark scope {other:?}; use session or account"),
+                    );
+                    MarkScope::Session
+                }
+            };
+            let expires = match raw.expires.as_deref().map(humantime::parse_duration) {
+                None => Duration::from_secs(24 * 3600),
+                Some(Ok(d)) => d,
+                Some(Err(e)) => {
+                    (self.report)(m.span(), format!("invalid expires: {e}"));
+                    Duration::from_secs(3600)
+                }
+            };
+            effects.mark = Some(MarkSpec {
+                name: raw.name.clone(),
+                scope,
+                expires,
+            });
+        }
+        if let Some(b) = &r.ban {
+            match humantime::parse_duration(b.get_ref()) {
+                Ok(d) => effects.ban = Some(d),
+                Err(e) => (self.report)(b.span(), format!("invalid ban duration: {e}")),
+            }
+        }
+        effects.report = r.report.clone();
+        if let Some(strip) = &r.strip {
+            effects.strip = strip
+                .iter()
+                .map(|h| match h.rsplit_once(' ') {
+                    Some((ns, local)) => (Some(ns.to_owned()), local.to_owned()),
+                    None => (None, h.clone()),
+                })
+                .collect();
+        }
+        let rate = match &r.rate_limit {
+            None => None,
+            Some(rl) => {
+                let raw = rl.get_ref();
+                let key = match raw.key.as_str() {
+                    "from" => RateKey::From,
+                    "from-domain" => RateKey::FromDomain,
+                    "to" => RateKey::To,
+                    "address" => RateKey::Address,
+                    "account" => RateKey::Account,
+                    other => {
+                        (self.report)(rl.span(), format!("unknown rate key {other:?}; use from, from-domain, to, address or account"));
+                        return None;
+                    }
+                };
+                match PerPeriod::parse(&raw.limit) {
+                    Ok(limit) => Some(RuleRate::new(key, limit, raw.max_keys.max(1))),
+                    Err(e) => {
+                        (self.report)(rl.span(), e);
+                        return None;
+                    }
+                }
+            }
+        };
+        Some(Rule {
+            name: r.name.get_ref().clone(),
+            conditions,
+            unless,
+            action,
+            effects,
+            shadow: r.shadow,
+            rate,
+            hits: Default::default(),
+            shadow_hits: Default::default(),
+        })
+    }
+}
+
+fn time_window(t: &RawTime) -> Result<TimeWindow, String> {
+    let minutes = |s: &str| -> Result<u16, String> {
+        let (h, m) = s
+            .split_once(':')
+            .ok_or_else(|| format!("{s:?} is not HH:MM"))?;
+        let h: u16 = h.parse().map_err(|_| format!("{s:?} is not HH:MM"))?;
+        let m: u16 = m.parse().map_err(|_| format!("{s:?} is not HH:MM"))?;
+        if h > 24 || m > 59 || (h == 24 && m > 0) {
+            return Err(format!("{s:?} is not a time of day"));
+        }
+        Ok(h * 60 + m)
+    };
+    let mut days = 0u8;
+    for d in &t.days {
+        let bit = match d.to_ascii_lowercase().get(..3) {
+            Some("mon") => 0,
+            Some("tue") => 1,
+            Some("wed") => 2,
+            Some("thu") => 3,
+            Some("fri") => 4,
+            Some("sat") => 5,
+            Some("sun") => 6,
+            _ => return Err(format!("{d:?} is not a weekday (mon … sun)")),
+        };
+        days |= 1 << bit;
+    }
+    if t.days.is_empty() {
+        days = 0x7f;
+    }
+    let zone = jiff::tz::TimeZone::get(&t.zone)
+        .map_err(|e| format!("unknown time zone {:?}: {e}", t.zone))?;
+    Ok(TimeWindow {
+        days,
+        from: minutes(&t.from)?,
+        to: minutes(&t.to)?,
+        zone,
+    })
+}
+
+fn error_type_of(s: &str) -> Option<ErrorType> {
+    Some(match s {
+        "auth" => ErrorType::Auth,
+        "cancel" => ErrorType::Cancel,
+        "continue" => ErrorType::Continue,
+        "modify" => ErrorType::Modify,
+        "wait" => ErrorType::Wait,
+        _ => return None,
+    })
+}
+
+/// RFC 6120 §8.3.3 conditions.
+fn stanza_condition(s: &str) -> Option<&'static str> {
+    const ALL: [&str; 22] = [
+        "bad-request",
+        "conflict",
+        "feature-not-implemented",
+        "forbidden",
+        "gone",
+        "internal-server-error",
+        "item-not-found",
+        "jid-malformed",
+        "not-acceptable",
+        "not-allowed",
+        "not-authorized",
+        "policy-violation",
+        "recipient-unavailable",
+        "redirect",
+        "registration-required",
+        "remote-server-not-found",
+        "remote-server-timeout",
+        "resource-constraint",
+        "service-unavailable",
+        "subscription-required",
+        "undefined-condition",
+        "unexpected-request",
+    ];
+    ALL.iter().find(|c| **c == s).copied()
+}
+
+fn stream_condition(s: &str) -> Option<StreamCondition> {
+    Some(match s {
+        "policy-violation" => StreamCondition::PolicyViolation,
+        "not-authorized" => StreamCondition::NotAuthorized,
+        "resource-constraint" => StreamCondition::ResourceConstraint,
+        "undefined-condition" => StreamCondition::UndefinedCondition,
+        "system-shutdown" => StreamCondition::SystemShutdown,
+        "connection-timeout" => StreamCondition::ConnectionTimeout,
+        "bad-format" => StreamCondition::BadFormat,
+        _ => return None,
+    })
+}

@@ -1,0 +1,274 @@
+//! Content detectors over message text: keyword lists (Aho–Corasick), URL
+//! extraction, and data-leak detectors (payment card numbers with the Luhn check,
+//! IBANs with the ISO 13616 / ISO 7064 mod-97 check).
+//!
+//! Every detector is linear in the text and allocates nothing unless it finds
+//! something; regular expressions are compiled by the rules into one `RegexSet`.
+
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+
+/// A keyword list matched case-insensitively on whole words.
+#[derive(Debug, Clone)]
+pub struct Keywords {
+    automaton: AhoCorasick,
+}
+
+impl Keywords {
+    pub fn new<I, S>(words: I) -> Result<Keywords, String>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let words: Vec<String> = words
+            .into_iter()
+            .map(|w| w.as_ref().trim().to_lowercase())
+            .filter(|w| !w.is_empty())
+            .collect();
+        let automaton = AhoCorasickBuilder::new()
+            .ascii_case_insensitive(true)
+            .match_kind(MatchKind::LeftmostLongest)
+            .build(&words)
+            .map_err(|e| format!("cannot build the keyword matcher: {e}"))?;
+        Ok(Keywords { automaton })
+    }
+
+    /// Whether `text` holds one of the words, not as part of a longer word
+    /// ("ass" does not match "class").
+    pub fn find_in(&self, text: &str) -> bool {
+        let bytes = text.as_bytes();
+        self.automaton.find_iter(bytes).any(|m| {
+            let before = m.start().checked_sub(1).map(|i| bytes[i]);
+            let after = bytes.get(m.end()).copied();
+            !before.is_some_and(is_word_byte) && !after.is_some_and(is_word_byte)
+        })
+    }
+}
+
+fn is_word_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_' || b >= 0x80
+}
+
+/// The host of each URL in `text`: `http://`, `https://`, `ftp://` and bare
+/// `www.` forms, lowercased, without port or user info.
+pub fn url_hosts(text: &str) -> impl Iterator<Item = String> + '_ {
+    let lower_starts = ["http://", "https://", "ftp://", "www."];
+    let bytes = text.as_bytes();
+    let mut pos = 0;
+    std::iter::from_fn(move || {
+        while pos < bytes.len() {
+            let rest = &text[pos..];
+            let found = lower_starts
+                .iter()
+                .filter_map(|p| find_ascii_ci(rest, p).map(|i| (i, *p)))
+                .min_by_key(|(i, _)| *i);
+            let (i, prefix) = found?;
+            let start = pos + i;
+            // `www.` only counts at a word start.
+            if prefix == "www." && start > 0 && is_word_byte(bytes[start - 1]) {
+                pos = start + prefix.len();
+                continue;
+            }
+            let host_start = if prefix == "www." {
+                start
+            } else {
+                start + prefix.len()
+            };
+            let end = text[host_start..]
+                .find(|c: char| {
+                    c.is_whitespace() || matches!(c, '/' | '?' | '#' | '"' | '\'' | '<' | '>')
+                })
+                .map_or(text.len(), |e| host_start + e);
+            pos = end.max(host_start + 1);
+            let authority = &text[host_start..end];
+            let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+            let host = match host.rsplit_once(':') {
+                Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+                _ => host,
+            };
+            let host = host
+                .trim_end_matches(['.', ',', ';', ')', ']', '!'])
+                .to_ascii_lowercase();
+            if !host.is_empty() {
+                return Some(host);
+            }
+        }
+        None
+    })
+}
+
+fn find_ascii_ci(haystack: &str, needle: &str) -> Option<usize> {
+    let h = haystack.as_bytes();
+    let n = needle.as_bytes();
+    if n.len() > h.len() {
+        return None;
+    }
+    (0..=h.len() - n.len()).find(|&i| h[i..i + n.len()].eq_ignore_ascii_case(n))
+}
+
+/// Whether `host` is `domain` or one of its subdomains.
+pub fn host_in_domain(host: &str, domain: &str) -> bool {
+    host == domain
+        || (host.len() > domain.len()
+            && host.ends_with(domain)
+            && host.as_bytes()[host.len() - domain.len() - 1] == b'.')
+}
+
+/// A payment card number (13–19 digits, spaces or dashes between groups) that
+/// passes the Luhn check (ISO/IEC 7812-1).
+pub fn has_card_number(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if !bytes[i].is_ascii_digit() || (i > 0 && bytes[i - 1].is_ascii_digit()) {
+            i += 1;
+            continue;
+        }
+        let mut digits = [0u8; 19];
+        let mut n = 0;
+        let mut j = i;
+        while j < bytes.len() {
+            match bytes[j] {
+                d @ b'0'..=b'9' => {
+                    if n == 19 {
+                        n = 20;
+                        break;
+                    }
+                    digits[n] = d - b'0';
+                    n += 1;
+                }
+                b' ' | b'-' if j + 1 < bytes.len() && bytes[j + 1].is_ascii_digit() && n > 0 => {}
+                _ => break,
+            }
+            j += 1;
+        }
+        if (13..=19).contains(&n) && luhn(&digits[..n]) {
+            return true;
+        }
+        i = j.max(i + 1);
+    }
+    false
+}
+
+fn luhn(digits: &[u8]) -> bool {
+    let sum: u32 = digits
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(i, &d)| {
+            let d = u32::from(d);
+            if i % 2 == 1 {
+                let x = d * 2;
+                if x > 9 {
+                    x - 9
+                } else {
+                    x
+                }
+            } else {
+                d
+            }
+        })
+        .sum();
+    sum % 10 == 0
+}
+
+/// An IBAN (two letters, two check digits, 11–30 alphanumerics, spaces allowed in
+/// groups of four) whose mod-97 check (ISO 7064) holds.
+pub fn has_iban(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i + 4 <= bytes.len() {
+        let starts = bytes[i].is_ascii_alphabetic()
+            && bytes[i + 1].is_ascii_alphabetic()
+            && bytes[i + 2].is_ascii_digit()
+            && bytes[i + 3].is_ascii_digit()
+            && (i == 0 || !bytes[i - 1].is_ascii_alphanumeric());
+        if starts {
+            let mut chars = Vec::with_capacity(34);
+            let mut j = i;
+            while j < bytes.len() && chars.len() < 34 {
+                match bytes[j] {
+                    c if c.is_ascii_alphanumeric() => chars.push(c.to_ascii_uppercase()),
+                    b' ' if j + 1 < bytes.len() && bytes[j + 1].is_ascii_alphanumeric() => {}
+                    _ => break,
+                }
+                j += 1;
+            }
+            // Try the longest candidate first, then shorter ones (text may follow).
+            for len in (15..=chars.len()).rev() {
+                if iban_valid(&chars[..len]) {
+                    return true;
+                }
+            }
+        }
+        i += 1;
+    }
+    false
+}
+
+fn iban_valid(chars: &[u8]) -> bool {
+    if chars.len() < 15 || chars.len() > 34 {
+        return false;
+    }
+    let rearranged = chars[4..].iter().chain(&chars[..4]);
+    let mut rem: u32 = 0;
+    for &c in rearranged {
+        let v = match c {
+            b'0'..=b'9' => u32::from(c - b'0'),
+            b'A'..=b'Z' => u32::from(c - b'A') + 10,
+            _ => return false,
+        };
+        rem = if v >= 10 {
+            (rem * 100 + v) % 97
+        } else {
+            (rem * 10 + v) % 97
+        };
+    }
+    rem == 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keywords_match_whole_words_case_insensitively() {
+        let k = Keywords::new(["viagra", "free money"]).unwrap();
+        assert!(k.find_in("Get VIAGRA now"));
+        assert!(k.find_in("here is free money!"));
+        assert!(!k.find_in("viagras are not words we list"));
+        assert!(!k.find_in("nothing to see"));
+    }
+
+    #[test]
+    fn url_hosts_are_extracted_without_port_path_or_user() {
+        let hosts: Vec<String> =
+            url_hosts("see https://User@Bad.Example:8443/x?y and www.spam.test, ftp://f.test.")
+                .collect();
+        assert_eq!(hosts, vec!["bad.example", "www.spam.test", "f.test"]);
+        assert_eq!(url_hosts("no links in awww.here").count(), 0);
+    }
+
+    #[test]
+    fn subdomains_belong_to_their_domain() {
+        assert!(host_in_domain("a.bad.example", "bad.example"));
+        assert!(host_in_domain("bad.example", "bad.example"));
+        assert!(!host_in_domain("notbad.example", "bad.example"));
+    }
+
+    #[test]
+    fn card_numbers_pass_only_with_a_valid_luhn_digit() {
+        assert!(has_card_number("card 4111 1111 1111 1111 exp 12/29"));
+        assert!(has_card_number("5500-0000-0000-0004"));
+        assert!(!has_card_number("4111 1111 1111 1112"));
+        assert!(!has_card_number("call 555 1234 please"));
+        assert!(!has_card_number("order 12345678901234567890123 shipped"));
+    }
+
+    #[test]
+    fn ibans_pass_only_with_valid_check_digits() {
+        assert!(has_iban("pay to DE89 3704 0044 0532 0130 00 today"));
+        assert!(has_iban("GB82WEST12345698765432"));
+        assert!(!has_iban("DE88 3704 0044 0532 0130 00"));
+        assert!(!has_iban("AB12 is not an iban"));
+    }
+}

@@ -1,0 +1,554 @@
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::config::{compile, RawList, RawPolicy, RawRule};
+use super::*;
+use crate::stanza::Stanza;
+
+#[derive(Deserialize)]
+struct File {
+    #[serde(default)]
+    policy: RawPolicy,
+    #[serde(default)]
+    lists: HashMap<String, Spanned<RawList>>,
+    #[serde(default)]
+    rule: Vec<RawRule>,
+}
+
+/// Compiles `text`; returns the policy and the problems as (line, message).
+fn load(text: &str) -> (Policy, Vec<(usize, String)>) {
+    let file: File = toml::from_str(text).expect("valid TOML");
+    let mut problems = Vec::new();
+    let policy = compile(
+        &file.policy,
+        &file.lists,
+        &file.rule,
+        Path::new("."),
+        &mut |span, message| {
+            let line = text[..span.start].matches('\n').count() + 1;
+            problems.push((line, message));
+        },
+    );
+    (policy, problems)
+}
+
+fn policy(text: &str) -> Policy {
+    let (p, problems) = load(text);
+    assert!(problems.is_empty(), "{problems:?}");
+    p
+}
+
+fn subject(marks: &Marks) -> Subject<'_> {
+    Subject {
+        ip: "192.0.2.1".parse().unwrap(),
+        class: UserClass::Registered,
+        mechanism: Some("PLAIN"),
+        account: Some("alice@example.org"),
+        marks,
+        stranger: None,
+    }
+}
+
+fn decide(p: &Policy, hook: Hook, xml: &str, subject: &Subject<'_>) -> Decision {
+    let stanza = Stanza::parse(xml.as_bytes()).expect("a stanza");
+    p.evaluate(
+        hook,
+        Some(&stanza),
+        subject,
+        Instant::now(),
+        SystemTime::now(),
+    )
+}
+
+fn to_server(p: &Policy, xml: &str) -> Decision {
+    let marks = Marks::default();
+    decide(p, Hook::ToServer, xml, &subject(&marks))
+}
+
+const SUBJECT_SPAM: &str = r#"
+[[rule]]
+name = "normal-with-subject"
+action = "drop"
+[rule.match]
+kind = ["message"]
+type = ["normal"]
+has = ["subject"]
+"#;
+
+#[test]
+fn normal_message_with_subject_is_dropped_and_chat_passes() {
+    let p = policy(SUBJECT_SPAM);
+    let d = to_server(
+        &p,
+        "<message to='x@y'><subject>hi</subject><body>buy</body></message>",
+    );
+    assert_eq!(d.verdict(), &Action::Drop);
+    assert_eq!(d.rule.as_deref(), Some("normal-with-subject"));
+    let d = to_server(
+        &p,
+        "<message to='x@y' type='chat'><subject>hi</subject></message>",
+    );
+    assert_eq!(d.verdict(), &Action::Pass);
+    assert_eq!(
+        p.rule_hits(),
+        vec![("to-server", "normal-with-subject", 1, 0)]
+    );
+}
+
+#[test]
+fn first_decisive_rule_wins_and_continue_rules_only_add_effects() {
+    let p = policy(
+        r#"
+[[rule]]
+name = "log-all"
+log = "digest"
+[[rule]]
+name = "pass-friends"
+action = "pass"
+[rule.match]
+to = ["*@friends.example"]
+[[rule]]
+name = "drop-rest"
+action = "drop"
+"#,
+    );
+    let d = to_server(&p, "<message to='a@friends.example'/>");
+    assert_eq!(d.verdict(), &Action::Pass);
+    assert_eq!(d.effects.len(), 1);
+    assert_eq!(d.effects[0].1.log, Some(LogPayload::Digest));
+    assert_eq!(
+        to_server(&p, "<message to='a@other.example'/>").verdict(),
+        &Action::Drop
+    );
+}
+
+#[test]
+fn jump_runs_the_named_chain_and_returns_when_it_does_not_decide() {
+    let p = policy(
+        r#"
+[[rule]]
+name = "to-spam-checks"
+action = "jump"
+jump = "spam"
+[rule.match]
+kind = ["message"]
+[[rule]]
+name = "spam-keywords"
+chain = "spam"
+action = "bounce"
+bounce = { type = "modify", condition = "not-acceptable", text = "no spam" }
+[rule.match]
+keywords = ["casino"]
+[[rule]]
+name = "after"
+action = "drop"
+[rule.match]
+to = ["blocked@example.org"]
+"#,
+    );
+    let d = to_server(
+        &p,
+        "<message to='x@y'><body>best CASINO ever</body></message>",
+    );
+    assert_eq!(
+        d.verdict(),
+        &Action::Bounce(StanzaError {
+            error_type: crate::errors::ErrorType::Modify,
+            condition: "not-acceptable",
+            app_condition: None,
+            text: Some("no spam".into()),
+        })
+    );
+    assert_eq!(
+        to_server(
+            &p,
+            "<message to='blocked@example.org'><body>hello</body></message>"
+        )
+        .verdict(),
+        &Action::Drop
+    );
+}
+
+#[test]
+fn shadow_rule_is_counted_and_reported_but_the_stanza_passes() {
+    let p = policy(&SUBJECT_SPAM.replace("action = \"drop\"", "action = \"drop\"\nshadow = true"));
+    let d = to_server(&p, "<message to='x@y'><subject>s</subject></message>");
+    assert_eq!(d.verdict(), &Action::Pass);
+    assert_eq!(
+        d.shadowed,
+        vec![("normal-with-subject".to_string(), Action::Drop)]
+    );
+    assert_eq!(
+        p.rule_hits(),
+        vec![("to-server", "normal-with-subject", 0, 1)]
+    );
+}
+
+#[test]
+fn whole_policy_and_chains_can_be_shadowed() {
+    let p = policy(&format!("[policy]\nshadow = true\n{SUBJECT_SPAM}"));
+    assert_eq!(
+        to_server(&p, "<message to='x@y'><subject>s</subject></message>").verdict(),
+        &Action::Pass
+    );
+    let p = policy(&format!(
+        "[policy]\nshadow_chains = [\"to-server\"]\n{SUBJECT_SPAM}"
+    ));
+    assert_eq!(
+        to_server(&p, "<message to='x@y'><subject>s</subject></message>").verdict(),
+        &Action::Pass
+    );
+}
+
+#[test]
+fn rate_limited_rule_fires_only_past_the_rate_per_key() {
+    let p = policy(
+        r#"
+[[rule]]
+name = "too-many-to-one"
+action = "drop"
+rate_limit = { key = "to", limit = "2/1h" }
+[rule.match]
+kind = ["message"]
+"#,
+    );
+    for _ in 0..2 {
+        assert_eq!(
+            to_server(&p, "<message to='a@x'/>").verdict(),
+            &Action::Pass
+        );
+    }
+    assert_eq!(
+        to_server(&p, "<message to='a@x'/>").verdict(),
+        &Action::Drop
+    );
+    assert_eq!(
+        to_server(&p, "<message to='b@x'/>").verdict(),
+        &Action::Pass
+    );
+}
+
+#[test]
+fn url_domain_lists_and_counts_match_bodies_and_oob_urls() {
+    let p = policy(
+        r#"
+[lists.bad]
+domains = ["bad.example"]
+[[rule]]
+name = "bad-urls"
+action = "drop"
+[rule.match]
+url_domains = "list:bad"
+[[rule]]
+name = "many-urls"
+action = "drop"
+[rule.match]
+url_count = 3
+"#,
+    );
+    assert_eq!(
+        to_server(
+            &p,
+            "<message to='x@y'><body>see https://www.bad.example/x</body></message>"
+        )
+        .rule
+        .as_deref(),
+        Some("bad-urls")
+    );
+    assert_eq!(
+        to_server(&p, "<message to='x@y'><x xmlns='jabber:x:oob'><url>http://cdn.bad.example/f.png</url></x></message>").rule.as_deref(),
+        Some("bad-urls")
+    );
+    assert_eq!(
+        to_server(
+            &p,
+            "<message to='x@y'><body>http://a.test http://b.test www.c.test</body></message>"
+        )
+        .rule
+        .as_deref(),
+        Some("many-urls")
+    );
+    assert_eq!(
+        to_server(
+            &p,
+            "<message to='x@y'><body>http://good.example</body></message>"
+        )
+        .verdict(),
+        &Action::Pass
+    );
+}
+
+#[test]
+fn data_leak_detectors_catch_cards_and_ibans_in_outgoing_text() {
+    let p = policy(
+        r#"
+[[rule]]
+name = "pci"
+action = "bounce"
+[rule.match]
+data_leak = ["card"]
+[[rule]]
+name = "iban"
+action = "drop"
+[rule.match]
+data_leak = ["iban"]
+"#,
+    );
+    assert_eq!(
+        to_server(
+            &p,
+            "<message to='x@y'><body>4111 1111 1111 1111</body></message>"
+        )
+        .rule
+        .as_deref(),
+        Some("pci")
+    );
+    assert_eq!(
+        to_server(
+            &p,
+            "<message to='x@y'><body>DE89 3704 0044 0532 0130 00</body></message>"
+        )
+        .rule
+        .as_deref(),
+        Some("iban")
+    );
+    assert_eq!(
+        to_server(
+            &p,
+            "<message to='x@y'><body>4111 1111 1111 1112</body></message>"
+        )
+        .verdict(),
+        &Action::Pass
+    );
+}
+
+#[test]
+fn regex_keywords_and_unless_combine() {
+    let p = policy(
+        r#"
+[lists.words]
+keywords = ["lottery"]
+[[rule]]
+name = "spam"
+action = "drop"
+[rule.match]
+regex = ["(?i)free\\s+money", "\\bbitcoin\\b"]
+text = "any"
+[rule.unless]
+from = ["*@trusted.example"]
+[[rule]]
+name = "words"
+action = "drop"
+[rule.match]
+keywords = "list:words"
+"#,
+    );
+    assert_eq!(
+        to_server(
+            &p,
+            "<message to='x@y'><subject>FREE   money</subject></message>"
+        )
+        .rule
+        .as_deref(),
+        Some("spam")
+    );
+    assert_eq!(
+        to_server(
+            &p,
+            "<message to='x@y'><body>you won the LOTTERY</body></message>"
+        )
+        .rule
+        .as_deref(),
+        Some("words")
+    );
+    let marks = Marks::default();
+    let trusted = Subject {
+        account: Some("boss@trusted.example"),
+        ..subject(&marks)
+    };
+    assert_eq!(
+        decide(
+            &p,
+            Hook::ToServer,
+            "<message to='x@y'><body>free money</body></message>",
+            &trusted
+        )
+        .verdict(),
+        &Action::Pass
+    );
+}
+
+#[test]
+fn subject_conditions_address_class_mechanism_stranger_and_marks() {
+    let p = policy(
+        r#"
+[[rule]]
+name = "anon-strangers"
+action = "drop"
+[rule.match]
+class = ["anonymous"]
+stranger = true
+[[rule]]
+name = "office-net"
+action = "pass"
+[rule.match]
+address = ["192.0.2.0/24"]
+mechanism = ["EXTERNAL"]
+[[rule]]
+name = "marked"
+action = "drop"
+[rule.match]
+mark = "suspect"
+"#,
+    );
+    let mut marks = Marks::default();
+    let anon = Subject {
+        class: UserClass::Anonymous,
+        stranger: Some(true),
+        ..subject(&marks)
+    };
+    assert_eq!(
+        decide(&p, Hook::ToServer, "<message to='a@b'/>", &anon)
+            .rule
+            .as_deref(),
+        Some("anon-strangers")
+    );
+    let external = Subject {
+        mechanism: Some("EXTERNAL"),
+        ..subject(&marks)
+    };
+    assert_eq!(
+        decide(&p, Hook::ToServer, "<message to='a@b'/>", &external)
+            .rule
+            .as_deref(),
+        Some("office-net")
+    );
+    assert_eq!(
+        decide(&p, Hook::ToServer, "<message to='a@b'/>", &subject(&marks)).verdict(),
+        &Action::Pass
+    );
+    marks.set("suspect", Instant::now() + Duration::from_secs(60));
+    assert_eq!(
+        decide(&p, Hook::ToServer, "<message to='a@b'/>", &subject(&marks))
+            .rule
+            .as_deref(),
+        Some("marked")
+    );
+}
+
+#[test]
+fn chains_run_only_on_their_hook() {
+    let p = policy(
+        r#"
+[[rule]]
+name = "incoming-oob"
+chain = "to-client"
+action = "drop"
+[rule.match]
+payload = ["jabber:x:oob"]
+"#,
+    );
+    let xml = "<message from='x@y'><x xmlns='jabber:x:oob'><url>http://a</url></x></message>";
+    assert_eq!(to_server(&p, xml).verdict(), &Action::Pass);
+    let marks = Marks::default();
+    assert_eq!(
+        decide(&p, Hook::ToClient, xml, &subject(&marks)).verdict(),
+        &Action::Drop
+    );
+    assert!(!p.has_hook(Hook::ToServer));
+    assert!(p.has_hook(Hook::ToClient));
+}
+
+#[test]
+fn effects_carry_marks_bans_reports_and_strips() {
+    let p = policy(
+        r#"
+[[rule]]
+name = "strip-oob"
+strip = ["jabber:x:oob x"]
+mark = { name = "sent-file", scope = "account", expires = "10m" }
+report = "file transfer"
+ban = "5m"
+[rule.match]
+payload = ["jabber:x:oob"]
+"#,
+    );
+    let d = to_server(&p, "<message to='x@y'><x xmlns='jabber:x:oob'/></message>");
+    assert_eq!(d.verdict(), &Action::Pass);
+    let e = &d.effects[0].1;
+    assert_eq!(
+        e.strip,
+        vec![(Some("jabber:x:oob".to_string()), "x".to_string())]
+    );
+    assert_eq!(
+        e.mark.as_ref().map(|m| (m.scope, m.expires)),
+        Some((MarkScope::Account, Duration::from_secs(600)))
+    );
+    assert_eq!(e.ban, Some(Duration::from_secs(300)));
+    assert_eq!(e.report.as_deref(), Some("file transfer"));
+}
+
+#[test]
+fn bad_rules_are_reported_at_their_lines() {
+    let (_, problems) = load(
+        r#"
+[[rule]]
+name = "a"
+action = "explode"
+
+[[rule]]
+name = "b"
+action = "drop"
+[rule.match]
+regex = ["(unclosed"]
+
+[[rule]]
+name = "c"
+action = "jump"
+jump = "nowhere"
+
+[[rule]]
+name = "d"
+action = "drop"
+[rule.match]
+keywords = "list:missing"
+time = { from = "25:00", to = "10:00" }
+"#,
+    );
+    let lines: Vec<usize> = problems.iter().map(|(l, _)| *l).collect();
+    assert_eq!(lines, vec![4, 10, 15, 21, 22], "{problems:?}");
+    assert!(problems[0].1.contains("unknown action"));
+    assert!(problems[1].1.contains("regular expression"));
+    assert!(problems[2].1.contains("nowhere"));
+    assert!(problems[3].1.contains("no list named"));
+    assert!(problems[4].1.contains("time of day"));
+}
+
+#[test]
+fn duplicate_rule_names_are_refused() {
+    let (_, problems) = load("[[rule]]\nname = \"x\"\n[[rule]]\nname = \"x\"\n");
+    assert_eq!(problems.len(), 1);
+    assert_eq!(problems[0].0, 4);
+}
+
+#[test]
+fn strip_removes_only_the_named_children() {
+    let xml = b"<message to='a@b'><body>hi</body><x xmlns='jabber:x:oob'><url>u</url></x><subject>s</subject></message>";
+    let out = strip_children(
+        xml,
+        &[
+            (Some("jabber:x:oob".into()), "x".into()),
+            (None, "subject".into()),
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "<message to='a@b'><body>hi</body></message>"
+    );
+    assert_eq!(strip_children(xml, &[(None, "thread".into())]), None);
+}
