@@ -71,8 +71,10 @@ fn main() -> ExitCode {
 fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
+    // Colours only for a person at a terminal, never into files or journald.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match config.log.format {
         LogFormat::Json => builder.json().init(),
@@ -114,6 +116,13 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
 /// SIGUSR1: one log line with the counters and the shared tables' sizes.
 fn log_stats(shared: &server::Shared) {
     let limits = shared.limiter.load().state.snapshot();
+    let config = shared.config.load();
+    let rules: Vec<String> = config
+        .policy
+        .rule_hits()
+        .into_iter()
+        .map(|(chain, rule, hits, shadow)| format!("{chain}/{rule}:{hits}/{shadow}"))
+        .collect();
     let s = &shared.stats;
     let n = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
     info!(
@@ -125,6 +134,7 @@ fn log_stats(shared: &server::Shared) {
         stanzas_to_client = n(&s.stanzas_to_client),
         stanzas_bounced = n(&s.stanzas_bounced),
         %limits,
+        rules = rules.join(","),
         "stats"
     );
 }

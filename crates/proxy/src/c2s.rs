@@ -93,7 +93,8 @@ pub async fn serve(
     Stats::add(&shared.stats.connections_accepted, 1);
     let config = shared.config.load_full();
     let limiter = Limiter::clone(&shared.limiter.load());
-    if config.policy.has_hook(Hook::Connect) {
+    let policy = shared.policy.load_full();
+    if policy.has_hook(Hook::Connect) {
         // The connect chain sees only the address: a refusal closes the socket
         // before a byte is read, like the gate.
         let marks = Marks::default();
@@ -105,7 +106,7 @@ pub async fn serve(
             marks: &marks,
             stranger: None,
         };
-        let decision = config.policy.evaluate(
+        let decision = policy.evaluate(
             Hook::Connect,
             None,
             &subject,
@@ -507,10 +508,10 @@ impl Connection {
         let session = Mutex::new(C2sSession::new(
             self.config.limits,
             tls,
-            self.limiter.clone(),
+            self.shared.limiter.clone(),
             conn,
             header.to.clone(),
-            self.config.policy.clone(),
+            self.shared.policy.clone(),
             self.peer.ip(),
         ));
         self.relay(client, server, reader, &session, header).await
@@ -775,7 +776,7 @@ impl Connection {
                         stanzas += u64::from(frame.token == Token::Element);
                         if sasl == Some(SaslOutcome::Failure) {
                             Stats::add(&stats.sasl_failures, 1);
-                            let failure = self.limiter.auth_failed(self.peer.ip(), Instant::now().into_std());
+                            let failure = self.shared.limiter.load().auth_failed(self.peer.ip(), Instant::now().into_std());
                             info!(address_successes = failure.successes, address_failures = failure.failures, "authentication failed");
                             if !failure.tarpit.is_zero() {
                                 // Tarpit: the failure reaches the client late, which
@@ -822,7 +823,7 @@ impl Connection {
                         }
                         if sasl == Some(SaslOutcome::Success) {
                             Stats::add(&stats.sasl_successes, 1);
-                            let (successes, failures) = self.limiter.auth_succeeded(self.peer.ip());
+                            let (successes, failures) = self.shared.limiter.load().auth_succeeded(self.peer.ip());
                             info!(auth = ?lock(session).auth(), address_successes = successes, address_failures = failures, "authenticated");
                         }
                         if restart {

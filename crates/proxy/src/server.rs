@@ -17,6 +17,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
+use xmppwall_policy::rules::Policy;
 use xmppwall_policy::{GateDecision, Limiter};
 
 use crate::c2s;
@@ -31,7 +32,9 @@ pub type UpstreamTlsConfig = Option<(Arc<ClientConfig>, ServerName<'static>)>;
 pub struct Shared {
     pub config: ArcSwap<Config>,
     /// XEP-0205 limits; a reload swaps the configuration and keeps the counters.
-    pub limiter: ArcSwap<Limiter>,
+    pub limiter: Arc<ArcSwap<Limiter>>,
+    /// The operator's rules; a reload applies to open streams at their next stanza.
+    pub policy: Arc<ArcSwap<Policy>>,
     pub certs: CertStore,
     pub upstream_tls: ArcSwap<UpstreamTlsConfig>,
     pub stats: Stats,
@@ -45,7 +48,8 @@ impl Shared {
         let upstream_tls = upstream_tls(&config)?;
         let limiter = Limiter::new(config.policy_limits.clone());
         Ok(Arc::new(Shared {
-            limiter: ArcSwap::from_pointee(limiter),
+            limiter: Arc::new(ArcSwap::from_pointee(limiter)),
+            policy: Arc::new(ArcSwap::new(config.policy.clone())),
             config: ArcSwap::from_pointee(config),
             certs,
             upstream_tls: ArcSwap::from_pointee(upstream_tls),
@@ -80,6 +84,7 @@ impl Shared {
             .load()
             .with_config(config.policy_limits.clone());
         self.limiter.store(Arc::new(limiter));
+        self.policy.store(config.policy.clone());
         self.config.store(Arc::new(config));
         Ok(())
     }

@@ -13,6 +13,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use arc_swap::ArcSwap;
+
 use base64::Engine as _;
 use tracing::info;
 use xmppwall_policy::rules::{self, Action, Hook, LogPayload, MarkScope, Marks, Policy, Subject};
@@ -108,9 +110,10 @@ pub enum SaslOutcome {
 #[derive(Debug)]
 pub struct C2sSession {
     limits: Limits,
-    limiter: Limiter,
+    /// The limits and rules in force now: a reload applies to open streams too.
+    limiter: Arc<ArcSwap<Limiter>>,
     conn: ConnectionLimits,
-    policy: Arc<Policy>,
+    policy: Arc<ArcSwap<Policy>>,
     /// The client's address, for rules and bans.
     ip: IpAddr,
     /// Marks rules set on this session.
@@ -139,7 +142,7 @@ pub struct C2sSession {
 
 impl Drop for C2sSession {
     fn drop(&mut self) {
-        self.limiter.connection_closed(&mut self.conn);
+        self.limiter.load().connection_closed(&mut self.conn);
     }
 }
 
@@ -147,10 +150,10 @@ impl C2sSession {
     pub fn new(
         limits: Limits,
         tls: ListenerTls,
-        limiter: Limiter,
+        limiter: Arc<ArcSwap<Limiter>>,
         conn: ConnectionLimits,
         domain: Option<String>,
-        policy: Arc<Policy>,
+        policy: Arc<ArcSwap<Policy>>,
         ip: IpAddr,
     ) -> Self {
         C2sSession {
@@ -222,10 +225,6 @@ impl C2sSession {
         }
     }
 
-    pub fn limiter(&self) -> &Limiter {
-        &self.limiter
-    }
-
     /// The user class whose limits apply now.
     pub fn user_class(&self) -> xmppwall_policy::UserClass {
         self.conn.class
@@ -233,7 +232,7 @@ impl C2sSession {
 
     /// XEP-0205 §2.7: `n` bytes were read from the client.
     pub fn bytes_read(&mut self, n: usize, now: Instant) -> Throttle {
-        self.limiter.bytes_read(&mut self.conn, n, now)
+        self.limiter.load().bytes_read(&mut self.conn, n, now)
     }
 
     /// Decides what happens to one frame the client sent.
@@ -328,7 +327,7 @@ impl C2sSession {
             });
             if binds {
                 // XEP-0205 §2.4: the slot is reserved before the server binds.
-                if let Err(error) = self.limiter.bind_requested(&mut self.conn, now) {
+                if let Err(error) = self.limiter.load().bind_requested(&mut self.conn, now) {
                     return match error.reply_to(&tag, None) {
                         Some(reply) => ClientAction::Reply(reply),
                         None => ClientAction::Drop,
@@ -341,7 +340,11 @@ impl C2sSession {
         let Some(stanza) = Stanza::parse(bytes) else {
             return ClientAction::Forward;
         };
-        match self.limiter.check_to_server(&mut self.conn, &stanza, now) {
+        match self
+            .limiter
+            .load()
+            .check_to_server(&mut self.conn, &stanza, now)
+        {
             Verdict::Pass => match self.run_policy(Hook::ToServer, Some(&stanza), now) {
                 PolicyOutcome::Pass(None) => ClientAction::Forward,
                 PolicyOutcome::Pass(Some(rewritten)) => ClientAction::ForwardRewritten(rewritten),
@@ -430,7 +433,7 @@ impl C2sSession {
                             }
                             Some("error") => {
                                 self.pending_bind = None;
-                                self.limiter.bind_refused(&mut self.conn);
+                                self.limiter.load().bind_refused(&mut self.conn);
                                 return ServerAction::Forward;
                             }
                             _ => {}
@@ -454,7 +457,7 @@ impl C2sSession {
     /// Limits, then rules, for a stanza the server sends the client.
     fn server_stanza(&mut self, stanza: &Stanza<'_>, now: Instant) -> ServerAction {
         if let Verdict::Drop(_) | Verdict::Bounce(..) | Verdict::Close(..) =
-            self.limiter.check_to_client(&self.conn, stanza, now)
+            self.limiter.load().check_to_client(&self.conn, stanza, now)
         {
             return ServerAction::Drop;
         }
@@ -488,12 +491,13 @@ impl C2sSession {
         stanza: Option<&Stanza<'_>>,
         now: Instant,
     ) -> PolicyOutcome {
-        if !self.policy.has_hook(hook) {
+        let policy = self.policy.load();
+        if !policy.has_hook(hook) {
             return PolicyOutcome::Pass(None);
         }
         let mut marks = self.marks.clone();
         if let Some(account) = &self.conn.account {
-            self.limiter.add_account_marks(account, &mut marks);
+            self.limiter.load().add_account_marks(account, &mut marks);
         }
         let mechanism = match &self.auth {
             Auth::InProgress { mechanism } | Auth::Authenticated { mechanism } => {
@@ -509,9 +513,7 @@ impl C2sSession {
             marks: &marks,
             stranger: None,
         };
-        let decision = self
-            .policy
-            .evaluate(hook, stanza, &subject, now, SystemTime::now());
+        let decision = policy.evaluate(hook, stanza, &subject, now, SystemTime::now());
         let bytes = stanza.map_or(&[][..], |s| s.bytes);
         for (rule, action) in &decision.shadowed {
             info!(rule, hook = hook.chain_name(), would = ?action, digest = %rules::digest(bytes), "shadow rule matched");
@@ -533,7 +535,7 @@ impl C2sSession {
                 let until = now + mark.expires;
                 match (mark.scope, &self.conn.account) {
                     (MarkScope::Account, Some(account)) => {
-                        self.limiter.mark_account(account, &mark.name, until)
+                        self.limiter.load().mark_account(account, &mark.name, until)
                     }
                     _ => self.marks.set(&mark.name, until),
                 }
@@ -548,7 +550,7 @@ impl C2sSession {
                 }
             }
             if let Some(duration) = effects.ban {
-                let until = self.limiter.ban(self.ip, duration, now);
+                let until = self.limiter.load().ban(self.ip, duration, now);
                 close = Some(xmppwall_policy::limiter::banned_error_for(until, rule));
             }
         }
@@ -571,6 +573,7 @@ impl C2sSession {
             Auth::None => String::new(),
         };
         self.limiter
+            .load()
             .authenticated(&mut self.conn, &mechanism, self.sasl_account.as_deref());
         self.auth = Auth::Authenticated { mechanism };
         self.last_sasl = Some(SaslOutcome::Success);

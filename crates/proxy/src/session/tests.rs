@@ -14,10 +14,12 @@ fn session_with(limits: LimitsConfig) -> C2sSession {
     C2sSession::new(
         Limits::default(),
         ListenerTls::Starttls,
-        limiter,
+        std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(limiter)),
         conn,
         Some("example.test".into()),
-        std::sync::Arc::new(xmppwall_policy::rules::Policy::default()),
+        std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(
+            xmppwall_policy::rules::Policy::default(),
+        )),
         "192.0.2.1".parse().unwrap(),
     )
 }

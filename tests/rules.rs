@@ -1,0 +1,285 @@
+//! The operator's rules against a real Prosody: drop, bounce, close, shadow, strip,
+//! and reload on SIGHUP, each asserted on the wire.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use support::certs::TestCert;
+use support::client::{tls_client_config, TestClient, TlsVersions};
+use support::ports::free_loopback_addr;
+use support::xml;
+use support::{Prosody, Xmppwall, ALICE, BOB, DOMAIN};
+
+struct Setup {
+    wall: Xmppwall,
+    listen: SocketAddr,
+    cert: TestCert,
+    prosody: Prosody,
+}
+
+fn config(upstream: SocketAddr, listen: SocketAddr, cert: &TestCert, rules: &str) -> String {
+    format!(
+        r#"
+domains = ["{DOMAIN}"]
+
+[upstream]
+address = "{upstream}"
+
+[[listen]]
+front = "c2s"
+tls = "starttls"
+address = "{listen}"
+
+[tls]
+default = {{ cert = "{}", key = "{}" }}
+
+{rules}
+"#,
+        cert.chain_path.display(),
+        cert.key_path.display()
+    )
+}
+
+impl Setup {
+    fn start(rules: &str) -> Setup {
+        let prosody = Prosody::start();
+        let cert = TestCert::generate(&[DOMAIN]);
+        let listen = free_loopback_addr();
+        let wall = Xmppwall::start(&config(prosody.c2s, listen, &cert, rules));
+        Setup {
+            wall,
+            listen,
+            cert,
+            prosody,
+        }
+    }
+
+    fn login(&self, account: support::Account, resource: &str) -> (TestClient, String) {
+        let mut c = TestClient::connect(self.listen);
+        c.open_stream();
+        c.starttls(&tls_client_config(&self.cert.ca_der, TlsVersions::Any));
+        c.auth_plain(account);
+        let jid = c.bind(Some(resource));
+        c.send_raw("<presence/>");
+        (c, jid)
+    }
+
+    /// Rewrites the config with other rules and waits for the reload to be logged.
+    fn reload(&mut self, rules: &str, expect: &str) {
+        let text = config(self.prosody.c2s, self.listen, &self.cert, rules);
+        self.wall.rewrite_config(&text);
+        let before = self.wall.log().matches(expect).count();
+        self.wall.send_signal("HUP");
+        support::process::wait_until(Duration::from_secs(10), expect, || {
+            (self.wall.log().matches(expect).count() > before).then_some(())
+        });
+    }
+
+    /// The `stats` line SIGUSR1 makes xmppwall log.
+    fn stats(&mut self) -> String {
+        let before = self.wall.log().matches(" stats ").count();
+        self.wall.send_signal("USR1");
+        support::process::wait_until(Duration::from_secs(10), "a stats line", || {
+            let log = self.wall.log();
+            (log.matches(" stats ").count() > before).then(|| {
+                log.lines()
+                    .rev()
+                    .find(|l| l.contains(" stats "))
+                    .unwrap_or("")
+                    .to_owned()
+            })
+        })
+    }
+}
+
+fn message(to: &str, id: &str, inner: &str) -> String {
+    format!("<message to='{to}' id='{id}'>{inner}</message>")
+}
+
+/// The next message `c` receives (skipping presence and the like).
+fn next_message(c: &mut TestClient) -> String {
+    c.read_element_matching(|e| xml::root_name(e) == "message")
+}
+
+const SUBJECT_SPAM: &str = r#"
+[[rule]]
+name = "normal-with-subject"
+action = "drop"
+[rule.match]
+kind = ["message"]
+type = ["normal"]
+has = ["subject"]
+"#;
+
+#[test]
+fn dropped_stanza_never_reaches_the_recipient_and_later_ones_do() {
+    let s = Setup::start(SUBJECT_SPAM);
+    let (mut alice, _) = s.login(ALICE, "a");
+    let (mut bob, bob_jid) = s.login(BOB, "b");
+    alice.send_raw(message(
+        &bob_jid,
+        "spam1",
+        "<subject>WIN</subject><body>buy now</body>",
+    ));
+    alice.send_raw(
+        message(&bob_jid, "ok1", "<body>hello</body>")
+            .replace("<message ", "<message type='chat' "),
+    );
+    let got = next_message(&mut bob);
+    assert_eq!(xml::root_attr(&got, "id").as_deref(), Some("ok1"), "{got}");
+}
+
+#[test]
+fn bounced_stanza_gets_the_configured_error_without_payload() {
+    let s = Setup::start(
+        r#"
+[[rule]]
+name = "no-casino"
+action = "bounce"
+bounce = { type = "modify", condition = "not-acceptable", text = "no gambling ads" }
+[rule.match]
+keywords = ["casino"]
+"#,
+    );
+    let (mut alice, alice_jid) = s.login(ALICE, "a");
+    let (_bob, bob_jid) = s.login(BOB, "b");
+    alice.send_raw(message(&bob_jid, "c1", "<body>Best CASINO online</body>"));
+    let reply = alice.read_element_matching(|e| xml::root_attr(e, "id").as_deref() == Some("c1"));
+    assert_eq!(
+        reply,
+        format!(
+            "<message type='error' id='c1' from='{bob_jid}' to='{alice_jid}'><error type='modify'>\
+             <not-acceptable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>\
+             <text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas' xml:lang='en'>no gambling ads</text>\
+             </error></message>"
+        )
+    );
+}
+
+#[test]
+fn close_rule_ends_the_stream_with_its_condition() {
+    let s = Setup::start(
+        r#"
+[[rule]]
+name = "card-leak"
+action = "close"
+close = { condition = "policy-violation", text = "payment card numbers may not be sent" }
+[rule.match]
+data_leak = ["card"]
+"#,
+    );
+    let (mut alice, _) = s.login(ALICE, "a");
+    alice.send_raw(message(
+        "bob@example.test",
+        "k1",
+        "<body>my card is 4111 1111 1111 1111</body>",
+    ));
+    let rest = alice.read_until_closed();
+    assert!(
+        rest.ends_with(
+            "<stream:error><policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>\
+             <text xmlns='urn:ietf:params:xml:ns:xmpp-streams' xml:lang='en'>payment card numbers may not be sent</text>\
+             </stream:error></stream:stream>"
+        ),
+        "{rest}"
+    );
+}
+
+#[test]
+fn shadow_rule_delivers_the_stanza_and_counts_the_hit() {
+    let mut s = Setup::start(
+        &SUBJECT_SPAM.replace("action = \"drop\"", "action = \"drop\"\nshadow = true"),
+    );
+    let (mut alice, _) = s.login(ALICE, "a");
+    let (mut bob, bob_jid) = s.login(BOB, "b");
+    alice.send_raw(message(
+        &bob_jid,
+        "sh1",
+        "<subject>WIN</subject><body>buy</body>",
+    ));
+    let got = next_message(&mut bob);
+    assert_eq!(xml::root_attr(&got, "id").as_deref(), Some("sh1"));
+    assert!(
+        s.wall.log().contains("shadow rule matched"),
+        "{}",
+        s.wall.log()
+    );
+    let stats = s.stats();
+    assert!(
+        stats.contains("to-server/normal-with-subject:0/1"),
+        "{stats}"
+    );
+}
+
+#[test]
+fn strip_rule_removes_the_child_and_delivers_the_rest() {
+    let s = Setup::start(
+        r#"
+[[rule]]
+name = "no-oob"
+strip = ["jabber:x:oob x"]
+[rule.match]
+payload = ["jabber:x:oob"]
+"#,
+    );
+    let (mut alice, _) = s.login(ALICE, "a");
+    let (mut bob, bob_jid) = s.login(BOB, "b");
+    alice.send_raw(
+        message(
+            &bob_jid,
+            "f1",
+            "<body>file</body><x xmlns='jabber:x:oob'><url>http://x.test/f</url></x>",
+        )
+        .replace("<message ", "<message type='chat' "),
+    );
+    let got = next_message(&mut bob);
+    assert_eq!(xml::text(&got, "body").as_deref(), Some("file"), "{got}");
+    assert!(!got.contains("jabber:x:oob"), "{got}");
+}
+
+#[test]
+fn sighup_swaps_rules_without_dropping_streams_and_a_bad_file_keeps_the_old_ones() {
+    let mut s = Setup::start("");
+    let (mut alice, _) = s.login(ALICE, "a");
+    let (mut bob, bob_jid) = s.login(BOB, "b");
+    let chat = |id: &str, body: &str| {
+        message(&bob_jid, id, &format!("<body>{body}</body>"))
+            .replace("<message ", "<message type='chat' ")
+    };
+
+    s.reload(
+        r#"
+[[rule]]
+name = "no-foo"
+action = "drop"
+[rule.match]
+keywords = ["foo"]
+"#,
+        "configuration reloaded",
+    );
+    alice.send_raw(chat("r1", "foo"));
+    alice.send_raw(chat("r2", "bar"));
+    assert_eq!(
+        xml::root_attr(&next_message(&mut bob), "id").as_deref(),
+        Some("r2")
+    );
+
+    // A broken rule: the reload is refused with the line, the running rules stay.
+    s.reload(
+        "[[rule]]\nname = \"broken\"\naction = \"explode\"\n",
+        "reload refused",
+    );
+    assert!(
+        s.wall.log().contains("xmppwall.toml:17:10: unknown action"),
+        "{}",
+        s.wall.log()
+    );
+    alice.send_raw(chat("r3", "foo"));
+    alice.send_raw(chat("r4", "baz"));
+    assert_eq!(
+        xml::root_attr(&next_message(&mut bob), "id").as_deref(),
+        Some("r4")
+    );
+}
