@@ -35,6 +35,26 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Evaluate the configuration's rules against a recording (`[record] path`) and
+    /// print what each rule would have done. Sends nothing anywhere.
+    Replay {
+        /// A full configuration whose rules (and included rules files) to use.
+        #[arg(
+            short,
+            long,
+            required_unless_present = "rules",
+            conflicts_with = "rules"
+        )]
+        config: Option<PathBuf>,
+        /// A rules file alone (`[policy]`, `[lists.*]`, `[[rule]]`).
+        #[arg(long)]
+        rules: Option<PathBuf>,
+        /// A JSON Lines stanza recording.
+        recording: PathBuf,
+        /// Also print the verdict of every recorded stanza.
+        #[arg(short, long)]
+        verbose: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -58,6 +78,18 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Replay {
+            config,
+            rules,
+            recording,
+            verbose,
+        } => match replay(config.as_deref(), rules.as_deref(), &recording, verbose) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("xmppwall: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Run { config } => match run(config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -66,6 +98,64 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+fn replay(
+    config: Option<&std::path::Path>,
+    rules: Option<&std::path::Path>,
+    recording: &std::path::Path,
+    verbose: bool,
+) -> anyhow::Result<()> {
+    let policy = match (config, rules) {
+        (Some(config), _) => {
+            Config::load(config)
+                .map_err(|e| anyhow::anyhow!("invalid configuration:\n{e}"))?
+                .policy
+        }
+        (None, Some(rules)) => std::sync::Arc::new(
+            Config::load_rules(rules).map_err(|e| anyhow::anyhow!("invalid rules:\n{e}"))?,
+        ),
+        (None, None) => anyhow::bail!("give --config FILE or --rules FILE"),
+    };
+    let text = std::fs::read_to_string(recording)
+        .with_context(|| format!("cannot read the recording {}", recording.display()))?;
+    let report = xmppwall_policy::recording::replay(&policy, &text);
+    for (line, why) in &report.bad_lines {
+        eprintln!("{}:{line}: skipped: {why}", recording.display());
+    }
+    if verbose {
+        for (line, verdict, rule) in &report.verdicts {
+            match rule {
+                Some(rule) => println!("{}:{line}: {verdict} by {rule}", recording.display()),
+                None => println!("{}:{line}: {verdict}", recording.display()),
+            }
+        }
+        println!();
+    }
+    println!(
+        "{:<40} {:>8} {:>8} {:>8}",
+        "RULE", "DECIDED", "EFFECTS", "SHADOW"
+    );
+    for chain in &policy.chains {
+        for rule in &chain.rules {
+            let t = report.rules.get(&rule.name).cloned().unwrap_or_default();
+            println!(
+                "{:<40} {:>8} {:>8} {:>8}",
+                format!("{}/{}", chain.name, rule.name),
+                t.decided,
+                t.matched_side_effects_only,
+                t.shadow
+            );
+        }
+    }
+    let mut totals: std::collections::BTreeMap<&str, u64> = Default::default();
+    for (_, verdict, _) in &report.verdicts {
+        let kind = verdict.split('(').next().unwrap_or(verdict);
+        *totals.entry(kind).or_default() += 1;
+    }
+    let totals: Vec<String> = totals.iter().map(|(k, n)| format!("{k} {n}")).collect();
+    println!("\n{} stanzas: {}", report.verdicts.len(), totals.join(", "));
+    Ok(())
 }
 
 fn init_logging(config: &Config) {

@@ -283,3 +283,27 @@ keywords = ["foo"]
         Some("r4")
     );
 }
+
+#[test]
+fn check_reports_a_bad_rule_in_an_included_file_with_its_path_and_line() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let rules = dir.path().join("extra-rules.toml");
+    std::fs::write(
+        &rules,
+        "[[rule]]\nname = \"ok\"\naction = \"drop\"\n\n[[rule]]\nname = \"bad\"\naction = \"drop\"\n[rule.match]\nregex = [\"(\"]\n",
+    )
+    .expect("writing the rules file");
+    let out = support::xmppwall::check(&format!(
+        "include = [\"{}\"]\n[upstream]\naddress = \"127.0.0.1:1\"\n[[listen]]\nfront = \"c2s\"\ntls = \"none\"\naddress = \"127.0.0.1:1\"\n",
+        rules.display()
+    ));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "{}:9:9: invalid regular expression",
+            rules.display()
+        )),
+        "{stderr}"
+    );
+}

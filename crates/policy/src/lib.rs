@@ -11,6 +11,7 @@ pub mod errors;
 pub mod limiter;
 pub mod limits;
 pub mod rate;
+pub mod recording;
 pub mod rules;
 pub mod stanza;
 pub mod table;

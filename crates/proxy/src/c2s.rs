@@ -505,7 +505,7 @@ impl Connection {
         }
 
         let conn = self.limiter.connection(&self.admission.ticket);
-        let session = Mutex::new(C2sSession::new(
+        let mut session = C2sSession::new(
             self.config.limits,
             tls,
             self.shared.limiter.clone(),
@@ -513,7 +513,11 @@ impl Connection {
             header.to.clone(),
             self.shared.policy.clone(),
             self.peer.ip(),
-        ));
+        );
+        if let Some(recorder) = self.shared.recorder.get() {
+            session.record_to(recorder.clone());
+        }
+        let session = Mutex::new(session);
         self.relay(client, server, reader, &session, header).await
     }
 

@@ -19,7 +19,7 @@ use xmppwall_policy::limits::{
     AuthLimits, Bandwidth, GateLimits, LimitsConfig, PayloadDirection, PayloadError, PayloadRule,
     PerPeriod, StanzaLimits,
 };
-use xmppwall_policy::rules::config::{RawList, RawPolicy, RawRule};
+use xmppwall_policy::rules::config::{compile_sources, RawList, RawPolicy, RawRule, Source};
 use xmppwall_policy::rules::Policy;
 
 use crate::session::FramerBudgets;
@@ -39,6 +39,8 @@ pub struct Config {
     pub policy_limits: LimitsConfig,
     /// The operator's rules, compiled.
     pub policy: std::sync::Arc<Policy>,
+    /// Where to record stanzas for `xmppwall replay`; `None`: no recording.
+    pub record: Option<PathBuf>,
     pub timeouts: Timeouts,
     pub log: Log,
 }
@@ -261,6 +263,24 @@ impl Config {
         let config = check.validate(raw);
         if check.problems.is_empty() {
             Ok(config)
+        } else {
+            Err(check.finish())
+        }
+    }
+
+    /// Reads a rules file alone (what `include` names), for `xmppwall replay --rules`.
+    pub fn load_rules(path: &Path) -> Result<Policy, ConfigError> {
+        let mut check = Checker {
+            file: path,
+            text: "",
+            problems: Vec::new(),
+        };
+        let empty = HashMap::new();
+        let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+        let include = [Spanned::new(0..0, absolute.display().to_string())];
+        let policy = check.rules(None, &empty, &[], &include);
+        if check.problems.is_empty() {
+            Ok(policy)
         } else {
             Err(check.finish())
         }
@@ -507,18 +527,7 @@ impl Checker<'_> {
             raw.gate.unwrap_or_default(),
             raw.auth.unwrap_or_default(),
         );
-        let base = self
-            .file
-            .parent()
-            .unwrap_or_else(|| Path::new("."))
-            .to_owned();
-        let policy = xmppwall_policy::rules::config::compile(
-            &raw.policy.unwrap_or_default(),
-            &raw.lists,
-            &raw.rule,
-            &base,
-            &mut |span, message| self.problem(span, message),
-        );
+        let policy = self.rules(raw.policy.as_ref(), &raw.lists, &raw.rule, &raw.include);
 
         let dt = Timeouts::default();
         let rt = raw.timeouts.unwrap_or_default();
@@ -548,6 +557,7 @@ impl Checker<'_> {
             limits,
             policy_limits,
             policy: std::sync::Arc::new(policy),
+            record: raw.record.as_ref().map(|r| self.path(&r.path)),
             timeouts,
             log,
         }
@@ -723,6 +733,81 @@ impl Checker<'_> {
         }
     }
 
+    /// Reads the included rules files and compiles every rule, reporting problems
+    /// in the file where they are.
+    fn rules(
+        &mut self,
+        policy: Option<&RawPolicy>,
+        lists: &HashMap<String, Spanned<RawList>>,
+        rules: &[RawRule],
+        include: &[Spanned<String>],
+    ) -> Policy {
+        let mut included = Vec::new();
+        for inc in include {
+            let path = self.path(inc.get_ref());
+            let text = match std::fs::read_to_string(&path) {
+                Ok(t) => t,
+                Err(e) => {
+                    self.problem(
+                        inc.span(),
+                        format!("cannot read the rules file {}: {e}", path.display()),
+                    );
+                    continue;
+                }
+            };
+            match toml::from_str::<RawRulesFile>(&text) {
+                Ok(raw) => included.push(Included { path, text, raw }),
+                Err(e) => {
+                    let (line, column) = line_column(&text, e.span().map_or(0, |s| s.start));
+                    self.problems.push(Problem {
+                        file: path,
+                        line,
+                        column,
+                        message: e.message().trim_end().to_owned(),
+                    });
+                }
+            }
+        }
+        let main_base = self
+            .file
+            .parent()
+            .unwrap_or_else(|| Path::new("."))
+            .to_owned();
+        let bases: Vec<PathBuf> = included
+            .iter()
+            .map(|i| i.path.parent().unwrap_or_else(|| Path::new(".")).to_owned())
+            .collect();
+        let mut sources = vec![Source {
+            file: 0,
+            policy,
+            lists,
+            rules,
+            base: &main_base,
+        }];
+        for (i, inc) in included.iter().enumerate() {
+            sources.push(Source {
+                file: i + 1,
+                policy: inc.raw.policy.as_ref(),
+                lists: &inc.raw.lists,
+                rules: &inc.raw.rule,
+                base: &bases[i],
+            });
+        }
+        compile_sources(&sources, &mut |file, span, message| {
+            if file == 0 {
+                self.problem(span, message);
+            } else if let Some(inc) = included.get(file - 1) {
+                let (line, column) = line_column(&inc.text, span.start);
+                self.problems.push(Problem {
+                    file: inc.path.clone(),
+                    line,
+                    column,
+                    message,
+                });
+            }
+        })
+    }
+
     fn duration_or_zero(&mut self, value: &Option<Spanned<String>>, default: Duration) -> Duration {
         match value {
             Some(v) if matches!(v.get_ref().trim(), "0" | "0s" | "0ms") => Duration::ZERO,
@@ -758,6 +843,10 @@ struct RawConfig {
     lists: HashMap<String, Spanned<RawList>>,
     #[serde(default)]
     rule: Vec<RawRule>,
+    /// Files of further `[policy]`, `[lists.*]` and `[[rule]]`, in order.
+    #[serde(default)]
+    include: Vec<Spanned<String>>,
+    record: Option<RawRecord>,
     timeouts: Option<RawTimeouts>,
     log: Option<RawLog>,
 }
@@ -911,6 +1000,30 @@ struct RawAuth {
     max_failures: Option<Spanned<String>>,
     ban: Option<Spanned<String>>,
     tarpit: Option<Spanned<String>>,
+}
+
+/// A rules file: what `include` names, and what `xmppwall replay --rules` reads.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRulesFile {
+    policy: Option<RawPolicy>,
+    #[serde(default)]
+    lists: HashMap<String, Spanned<RawList>>,
+    #[serde(default)]
+    rule: Vec<RawRule>,
+}
+
+/// An included rules file, read.
+struct Included {
+    path: PathBuf,
+    text: String,
+    raw: RawRulesFile,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRecord {
+    path: String,
 }
 
 #[derive(Deserialize, Default)]

@@ -8,6 +8,7 @@ pub mod c2s;
 pub mod config;
 pub mod io;
 pub mod proxy_header;
+pub mod recorder;
 pub mod server;
 pub mod session;
 pub mod stats;

@@ -38,6 +38,8 @@ pub struct Shared {
     pub certs: CertStore,
     pub upstream_tls: ArcSwap<UpstreamTlsConfig>,
     pub stats: Stats,
+    /// The stanza recording, when `[record] path` is set (fixed until restart).
+    pub recorder: std::sync::OnceLock<Arc<crate::recorder::Recorder>>,
     shutdown: watch::Sender<bool>,
     next_id: AtomicU64,
 }
@@ -54,6 +56,7 @@ impl Shared {
             certs,
             upstream_tls: ArcSwap::from_pointee(upstream_tls),
             stats: Stats::default(),
+            recorder: std::sync::OnceLock::new(),
             shutdown: watch::channel(false).0,
             next_id: AtomicU64::new(1),
         }))
@@ -123,6 +126,17 @@ pub async fn serve(
     listeners: Vec<(Listener, TcpListener)>,
     stop: impl std::future::Future<Output = ()>,
 ) {
+    if let Some(path) = shared.config.load().record.clone() {
+        match crate::recorder::Recorder::start(&path).await {
+            Ok(r) => {
+                info!(path = %path.display(), "recording stanzas");
+                let _ = shared.recorder.set(r);
+            }
+            Err(e) => {
+                warn!(path = %path.display(), error = %e, "cannot open the recording file; not recording")
+            }
+        }
+    }
     let tracker = TaskTracker::new();
     for (listener, socket) in listeners {
         let shared = shared.clone();

@@ -17,6 +17,7 @@ use arc_swap::ArcSwap;
 
 use base64::Engine as _;
 use tracing::info;
+use xmppwall_policy::recording::Record;
 use xmppwall_policy::rules::{self, Action, Hook, LogPayload, MarkScope, Marks, Policy, Subject};
 use xmppwall_policy::stanza::{bare_jid, Stanza};
 use xmppwall_policy::{ConnectionLimits, Limiter, Throttle, Verdict};
@@ -118,6 +119,7 @@ pub struct C2sSession {
     ip: IpAddr,
     /// Marks rules set on this session.
     marks: Marks,
+    recorder: Option<Arc<crate::recorder::Recorder>>,
     /// The stream's `to`: the domain of accounts named by SASL usernames.
     domain: Option<String>,
     /// The account the SASL exchange named, before the server confirms it.
@@ -163,6 +165,7 @@ impl C2sSession {
             policy,
             ip,
             marks: Marks::default(),
+            recorder: None,
             domain,
             sasl_account: None,
             auth: Auth::None,
@@ -228,6 +231,11 @@ impl C2sSession {
     /// The user class whose limits apply now.
     pub fn user_class(&self) -> xmppwall_policy::UserClass {
         self.conn.class
+    }
+
+    /// Records every stanza from now on (`[record] path`).
+    pub fn record_to(&mut self, recorder: Arc<crate::recorder::Recorder>) {
+        self.recorder = Some(recorder);
     }
 
     /// XEP-0205 §2.7: `n` bytes were read from the client.
@@ -492,7 +500,7 @@ impl C2sSession {
         now: Instant,
     ) -> PolicyOutcome {
         let policy = self.policy.load();
-        if !policy.has_hook(hook) {
+        if !policy.has_hook(hook) && (self.recorder.is_none() || stanza.is_none()) {
             return PolicyOutcome::Pass(None);
         }
         let mut marks = self.marks.clone();
@@ -513,7 +521,11 @@ impl C2sSession {
             marks: &marks,
             stranger: None,
         };
-        let decision = policy.evaluate(hook, stanza, &subject, now, SystemTime::now());
+        let wall = SystemTime::now();
+        if let (Some(recorder), Some(stanza)) = (&self.recorder, stanza) {
+            recorder.record(Record::new(hook, &subject, stanza.bytes, wall).to_line());
+        }
+        let decision = policy.evaluate(hook, stanza, &subject, now, wall);
         let bytes = stanza.map_or(&[][..], |s| s.bytes);
         for (rule, action) in &decision.shadowed {
             info!(rule, hook = hook.chain_name(), would = ?action, digest = %rules::digest(bytes), "shadow rule matched");

@@ -194,14 +194,20 @@ pub enum Condition {
     Has(Vec<(Option<String>, String)>),
     /// First-level payload namespaces.
     Payload(Vec<String>),
+    /// A namespace declared anywhere in the stanza (e.g. a Jingle file-transfer
+    /// description inside `<jingle/>`): each as `xmlns='…'` and `xmlns="…"`.
+    Declares(Vec<(Vec<u8>, Vec<u8>)>),
     Keywords(Arc<Keywords>, TextField),
     Regex(Arc<RegexSet>, TextField),
     /// A URL to one of these domains.
     UrlDomain(Arc<DomainSet>),
     /// At least this many URLs.
     UrlCount(u32),
-    CardNumber,
-    Iban,
+    /// Any of the detectors finds something: payment card numbers, IBANs.
+    DataLeak {
+        card: bool,
+        iban: bool,
+    },
     Address(Arc<CidrList>),
     Mechanism(Vec<String>),
     Class(Vec<UserClass>),
@@ -375,12 +381,19 @@ impl Condition {
                 s.payloads()
                     .any(|(_, n)| namespaces.iter().any(|ns| *ns == n))
             }),
+            Condition::Declares(needles) => f.stanza.is_some_and(|s| {
+                needles.iter().any(|(single, double)| {
+                    memchr::memmem::find(s.bytes, single).is_some()
+                        || memchr::memmem::find(s.bytes, double).is_some()
+                })
+            }),
             Condition::Keywords(k, field) => f.any_text(*field, |t| k.find_in(t)),
             Condition::Regex(set, field) => f.any_text(*field, |t| set.is_match(t)),
             Condition::UrlDomain(domains) => f.url_hosts().iter().any(|h| domains.contains(h)),
             Condition::UrlCount(n) => f.url_hosts().len() >= *n as usize,
-            Condition::CardNumber => f.any_text(TextField::Any, content::has_card_number),
-            Condition::Iban => f.any_text(TextField::Any, content::has_iban),
+            Condition::DataLeak { card, iban } => f.any_text(TextField::Any, |t| {
+                (*card && content::has_card_number(t)) || (*iban && content::has_iban(t))
+            }),
             Condition::Address(list) => list.contains(f.subject.ip),
             Condition::Mechanism(names) => f
                 .subject

@@ -70,6 +70,8 @@ pub struct RawConditions {
     pub to_domain: Option<Spanned<Strings>>,
     pub has: Option<Vec<String>>,
     pub payload: Option<Vec<String>>,
+    /// Namespaces declared anywhere in the stanza.
+    pub declares: Option<Vec<String>>,
     pub keywords: Option<Spanned<Strings>>,
     pub regex: Option<Spanned<Vec<String>>>,
     /// Which text `keywords` and `regex` read: "body" (default), "subject" or "any".
@@ -198,23 +200,42 @@ impl List {
     }
 }
 
-/// Compiles lists and rules. `base` is the directory list files are relative to.
-pub fn compile(
-    policy: &RawPolicy,
-    lists: &HashMap<String, Spanned<RawList>>,
-    rules: &[RawRule],
-    base: &Path,
-    report: &mut Report<'_>,
-) -> Policy {
+/// One file's share of the policy: the main configuration or an included file.
+pub struct Source<'a> {
+    /// An index the caller maps back to the file, passed to the report.
+    pub file: usize,
+    pub policy: Option<&'a RawPolicy>,
+    pub lists: &'a HashMap<String, Spanned<RawList>>,
+    pub rules: &'a [RawRule],
+    /// The directory list files of this source are relative to.
+    pub base: &'a Path,
+}
+
+/// Reports a problem in a source file at a byte span.
+pub type SourceReport<'a> = dyn FnMut(usize, Range<usize>, String) + 'a;
+
+/// Compiles lists and rules of every source, in order: rules run in the order
+/// they are written, the main file's first, then each included file's.
+pub fn compile_sources(sources: &[Source<'_>], report: &mut SourceReport<'_>) -> Policy {
     let mut compiled_lists = HashMap::new();
-    for (name, raw) in lists {
-        if let Some(list) = compile_list(raw, base, report) {
-            compiled_lists.insert(name.clone(), list);
+    for source in sources {
+        for (name, raw) in source.lists {
+            let mut r = |span: Range<usize>, m: String| report(source.file, span, m);
+            if let Some(list) = compile_list(raw, source.base, &mut r) {
+                if compiled_lists.insert(name.clone(), list).is_some() {
+                    report(
+                        source.file,
+                        raw.span(),
+                        format!("a list named {name:?} is defined twice"),
+                    );
+                }
+            }
         }
     }
     let mut c = Compiler {
         lists: compiled_lists,
         report,
+        file: 0,
     };
 
     // Chains in order of first mention; the hook chains always exist.
@@ -222,7 +243,7 @@ pub fn compile(
         .iter()
         .map(|h| h.chain_name().to_owned())
         .collect();
-    for r in rules {
+    for r in sources.iter().flat_map(|s| s.rules) {
         let name = r
             .chain
             .as_ref()
@@ -231,17 +252,23 @@ pub fn compile(
             chain_names.push(name.to_owned());
         }
     }
-    let shadow_chains: Vec<&str> = policy
-        .shadow_chains
-        .iter()
-        .map(|s| s.get_ref().as_str())
-        .collect();
-    for s in &policy.shadow_chains {
-        if !chain_names.iter().any(|n| n == s.get_ref()) {
-            (c.report)(
-                s.span(),
-                format!("no rule is in a chain named {:?}", s.get_ref()),
-            );
+    let mut shadow = false;
+    let mut shadow_chains: Vec<String> = Vec::new();
+    for source in sources {
+        let Some(policy) = source.policy else {
+            continue;
+        };
+        c.file = source.file;
+        shadow |= policy.shadow;
+        for s in &policy.shadow_chains {
+            if chain_names.iter().any(|n| n == s.get_ref()) {
+                shadow_chains.push(s.get_ref().clone());
+            } else {
+                c.problem(
+                    s.span(),
+                    format!("no rule is in a chain named {:?}", s.get_ref()),
+                );
+            }
         }
     }
     let mut chains: Vec<Chain> = chain_names
@@ -249,27 +276,30 @@ pub fn compile(
         .map(|n| Chain {
             name: n.clone(),
             rules: Vec::new(),
-            shadow: shadow_chains.contains(&n.as_str()),
+            shadow: shadow_chains.contains(n),
         })
         .collect();
     let mut names = std::collections::HashSet::new();
-    for r in rules {
-        if !names.insert(r.name.get_ref().clone()) {
-            (c.report)(
-                r.name.span(),
-                format!(
-                    "two rules are named {:?}; names must be unique (they name metrics)",
-                    r.name.get_ref()
-                ),
-            );
-        }
-        let chain = r
-            .chain
-            .as_ref()
-            .map_or("to-server", |c| c.get_ref().as_str());
-        let index = chain_names.iter().position(|n| n == chain).unwrap_or(0);
-        if let Some(rule) = c.rule(r, &chain_names) {
-            chains[index].rules.push(rule);
+    for source in sources {
+        c.file = source.file;
+        for r in source.rules {
+            if !names.insert(r.name.get_ref().clone()) {
+                c.problem(
+                    r.name.span(),
+                    format!(
+                        "two rules are named {:?}; names must be unique (they name metrics)",
+                        r.name.get_ref()
+                    ),
+                );
+            }
+            let chain = r
+                .chain
+                .as_ref()
+                .map_or("to-server", |c| c.get_ref().as_str());
+            let index = chain_names.iter().position(|n| n == chain).unwrap_or(0);
+            if let Some(rule) = c.rule(r, &chain_names) {
+                chains[index].rules.push(rule);
+            }
         }
     }
     let hooks = Hook::ALL
@@ -281,8 +311,26 @@ pub fn compile(
     Policy {
         chains,
         hooks,
-        shadow: policy.shadow,
+        shadow,
     }
+}
+
+/// Compiles one file's policy, lists and rules.
+pub fn compile(
+    policy: &RawPolicy,
+    lists: &HashMap<String, Spanned<RawList>>,
+    rules: &[RawRule],
+    base: &Path,
+    report: &mut Report<'_>,
+) -> Policy {
+    let source = Source {
+        file: 0,
+        policy: Some(policy),
+        lists,
+        rules,
+        base,
+    };
+    compile_sources(&[source], &mut |_, span, message| report(span, message))
 }
 
 fn read_entries(path: &Path) -> Result<Vec<String>, String> {
@@ -397,10 +445,16 @@ fn decode_hex32(s: &str) -> Option<[u8; 32]> {
 
 struct Compiler<'r, 'a> {
     lists: HashMap<String, List>,
-    report: &'r mut Report<'a>,
+    report: &'r mut SourceReport<'a>,
+    /// The source whose rules are being compiled.
+    file: usize,
 }
 
 impl Compiler<'_, '_> {
+    fn problem(&mut self, span: Range<usize>, message: String) {
+        (self.report)(self.file, span, message);
+    }
+
     /// The entries of `value`: inline, or from `list:NAME` of the wanted kind.
     fn strings(
         &mut self,
@@ -418,14 +472,14 @@ impl Compiler<'_, '_> {
                         Err(Some(list.clone()))
                     }
                     Some(list) => {
-                        (self.report)(
+                        self.problem(
                             value.span(),
                             format!("list {name:?} holds {}, not {want}", list.kind()),
                         );
                         Err(None)
                     }
                     None => {
-                        (self.report)(
+                        self.problem(
                             value.span(),
                             format!("no list named {name:?}; define it as [lists.{name}]"),
                         );
@@ -455,7 +509,7 @@ impl Compiler<'_, '_> {
                     "presence" => 2,
                     "iq" => 4,
                     other => {
-                        (self.report)(
+                        self.problem(
                             kinds.span(),
                             format!("unknown stanza kind {other:?}; use message, presence or iq"),
                         );
@@ -513,12 +567,24 @@ impl Compiler<'_, '_> {
         if let Some(p) = &raw.payload {
             out.push(Condition::Payload(p.clone()));
         }
+        if let Some(d) = &raw.declares {
+            out.push(Condition::Declares(
+                d.iter()
+                    .map(|ns| {
+                        (
+                            format!("xmlns='{ns}'").into_bytes(),
+                            format!("xmlns=\"{ns}\"").into_bytes(),
+                        )
+                    })
+                    .collect(),
+            ));
+        }
         let field = match raw.text.as_ref().map(|t| (t.get_ref().as_str(), t.span())) {
             None | Some(("body", _)) => TextField::Body,
             Some(("subject", _)) => TextField::Subject,
             Some(("any", _)) => TextField::Any,
             Some((other, span)) => {
-                (self.report)(
+                self.problem(
                     span,
                     format!("unknown text field {other:?}; use body, subject or any"),
                 );
@@ -534,7 +600,7 @@ impl Compiler<'_, '_> {
             if let Some(words) = words {
                 match Keywords::new(words) {
                     Ok(k) => out.push(Condition::Keywords(Arc::new(k), field)),
-                    Err(e) => (self.report)(v.span(), e),
+                    Err(e) => self.problem(v.span(), e),
                 }
             }
         }
@@ -545,7 +611,7 @@ impl Compiler<'_, '_> {
                 .build()
             {
                 Ok(set) => out.push(Condition::Regex(Arc::new(set), field)),
-                Err(e) => (self.report)(v.span(), format!("invalid regular expression: {e}")),
+                Err(e) => self.problem(v.span(), format!("invalid regular expression: {e}")),
             }
         }
         if let Some(v) = &raw.url_domains {
@@ -557,16 +623,18 @@ impl Compiler<'_, '_> {
             out.push(Condition::UrlCount(n));
         }
         if let Some(v) = &raw.data_leak {
+            let (mut card, mut iban) = (false, false);
             for d in v.get_ref() {
                 match d.as_str() {
-                    "card" => out.push(Condition::CardNumber),
-                    "iban" => out.push(Condition::Iban),
-                    other => (self.report)(
+                    "card" => card = true,
+                    "iban" => iban = true,
+                    other => self.problem(
                         v.span(),
                         format!("unknown data-leak detector {other:?}; use card or iban"),
                     ),
                 }
             }
+            out.push(Condition::DataLeak { card, iban });
         }
         if let Some(v) = &raw.address {
             match self.strings(v, "cidrs") {
@@ -575,7 +643,7 @@ impl Compiler<'_, '_> {
                     for e in &entries {
                         match CidrList::parse_entry(e) {
                             Ok(n) => nets.push(n),
-                            Err(m) => (self.report)(v.span(), m),
+                            Err(m) => self.problem(v.span(), m),
                         }
                     }
                     out.push(Condition::Address(Arc::new(CidrList::new(nets))));
@@ -594,7 +662,7 @@ impl Compiler<'_, '_> {
                     "anonymous" => classes.push(UserClass::Anonymous),
                     "registered" => classes.push(UserClass::Registered),
                     "trusted" => classes.push(UserClass::Trusted),
-                    other => (self.report)(
+                    other => self.problem(
                         v.span(),
                         format!(
                             "unknown user class {other:?}; use anonymous, registered or trusted"
@@ -610,7 +678,7 @@ impl Compiler<'_, '_> {
         if let Some(t) = &raw.time {
             match time_window(t.get_ref()) {
                 Ok(w) => out.push(Condition::Time(Arc::new(w))),
-                Err(e) => (self.report)(t.span(), e),
+                Err(e) => self.problem(t.span(), e),
             }
         }
         if let Some(m) = &raw.mark {
@@ -641,11 +709,11 @@ impl Compiler<'_, '_> {
                 let condition = b.map_or("policy-violation", |b| b.get_ref().condition.as_str());
                 let span = b.map_or(action_span.clone(), |b| b.span());
                 let Some(error_type) = error_type_of(error_type) else {
-                    (self.report)(span, format!("unknown error type {error_type:?}; use auth, cancel, continue, modify or wait"));
+                    self.problem(span, format!("unknown error type {error_type:?}; use auth, cancel, continue, modify or wait"));
                     return None;
                 };
                 let Some(condition) = stanza_condition(condition) else {
-                    (self.report)(
+                    self.problem(
                         span,
                         format!("{condition:?} is not a stanza error condition of RFC 6120 §8.3.3"),
                     );
@@ -662,7 +730,7 @@ impl Compiler<'_, '_> {
                 let c = r.close.as_ref();
                 let name = c.map_or("policy-violation", |c| c.get_ref().condition.as_str());
                 let Some(condition) = stream_condition(name) else {
-                    (self.report)(c.map_or(action_span, |c| c.span()), format!("{name:?} is not a stream error condition xmppwall sends (RFC 6120 §4.9.3)"));
+                    self.problem(c.map_or(action_span, |c| c.span()), format!("{name:?} is not a stream error condition xmppwall sends (RFC 6120 §4.9.3)"));
                     return None;
                 };
                 let mut e = StreamError::new(condition);
@@ -671,13 +739,13 @@ impl Compiler<'_, '_> {
             }
             "jump" => {
                 let Some(target) = &r.jump else {
-                    (self.report)(action_span, "action \"jump\" needs jump = \"CHAIN\"".into());
+                    self.problem(action_span, "action \"jump\" needs jump = \"CHAIN\"".into());
                     return None;
                 };
                 match chains.iter().position(|c| c == target.get_ref()) {
                     Some(i) => Action::Jump(i),
                     None => {
-                        (self.report)(
+                        self.problem(
                             target.span(),
                             format!("no rule is in a chain named {:?}", target.get_ref()),
                         );
@@ -686,7 +754,7 @@ impl Compiler<'_, '_> {
                 }
             }
             other => {
-                (self.report)(
+                self.problem(
                     action_span,
                     format!(
                         "unknown action {other:?}; use pass, drop, bounce, close, jump or continue"
@@ -702,7 +770,7 @@ impl Compiler<'_, '_> {
                 "full" => Some(LogPayload::Full),
                 "none" => Some(LogPayload::None),
                 other => {
-                    (self.report)(
+                    self.problem(
                         log.span(),
                         format!("unknown log payload {other:?}; use digest, full or none"),
                     );
@@ -716,7 +784,7 @@ impl Compiler<'_, '_> {
                 "session" => MarkScope::Session,
                 "account" => MarkScope::Account,
                 other => {
-                    (self.report)(
+                    self.problem(
                         m.span(),
                         format!("unknown mark scope {other:?}; use session or account"),
                     );
@@ -727,7 +795,7 @@ impl Compiler<'_, '_> {
                 None => Duration::from_secs(24 * 3600),
                 Some(Ok(d)) => d,
                 Some(Err(e)) => {
-                    (self.report)(m.span(), format!("invalid expires: {e}"));
+                    self.problem(m.span(), format!("invalid expires: {e}"));
                     Duration::from_secs(3600)
                 }
             };
@@ -740,7 +808,7 @@ impl Compiler<'_, '_> {
         if let Some(b) = &r.ban {
             match humantime::parse_duration(b.get_ref()) {
                 Ok(d) => effects.ban = Some(d),
-                Err(e) => (self.report)(b.span(), format!("invalid ban duration: {e}")),
+                Err(e) => self.problem(b.span(), format!("invalid ban duration: {e}")),
             }
         }
         effects.report = r.report.clone();
@@ -764,14 +832,14 @@ impl Compiler<'_, '_> {
                     "address" => RateKey::Address,
                     "account" => RateKey::Account,
                     other => {
-                        (self.report)(rl.span(), format!("unknown rate key {other:?}; use from, from-domain, to, address or account"));
+                        self.problem(rl.span(), format!("unknown rate key {other:?}; use from, from-domain, to, address or account"));
                         return None;
                     }
                 };
                 match PerPeriod::parse(&raw.limit) {
                     Ok(limit) => Some(RuleRate::new(key, limit, raw.max_keys.max(1))),
                     Err(e) => {
-                        (self.report)(rl.span(), e);
+                        self.problem(rl.span(), e);
                         return None;
                     }
                 }
