@@ -187,10 +187,23 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
         let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
         let mut user1 = signal(SignalKind::user_defined1()).context("cannot watch SIGUSR1")?;
         let reloader = shared.clone();
+        let mut list_check = tokio::time::interval(LIST_CHECK_INTERVAL);
+        let mut list_times = list_file_times(&reloader);
         let stop = async move {
             loop {
                 tokio::select! {
-                    _ = hangup.recv() => reload(&reloader, &path),
+                    _ = hangup.recv() => {
+                        reload(&reloader, &path);
+                        list_times = list_file_times(&reloader);
+                    }
+                    _ = list_check.tick() => {
+                        let now = list_file_times(&reloader);
+                        if now != list_times {
+                            info!("a list file changed; reloading");
+                            reload(&reloader, &path);
+                            list_times = list_file_times(&reloader);
+                        }
+                    }
                     _ = user1.recv() => log_stats(&reloader),
                     _ = terminate.recv() => { info!("SIGTERM received"); break }
                     _ = interrupt.recv() => { info!("SIGINT received"); break }
@@ -201,6 +214,20 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
         info!("stopped");
         Ok(())
     })
+}
+
+/// How often list files are checked for changes.
+const LIST_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The modification times of the policy's list files (a changed file reloads).
+fn list_file_times(shared: &server::Shared) -> Vec<Option<std::time::SystemTime>> {
+    shared
+        .policy
+        .load()
+        .files
+        .iter()
+        .map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok())
+        .collect()
 }
 
 /// SIGUSR1: one log line with the counters and the shared tables' sizes.

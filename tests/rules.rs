@@ -307,3 +307,38 @@ fn check_reports_a_bad_rule_in_an_included_file_with_its_path_and_line() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_changed_list_file_is_reloaded_without_a_signal() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let words = dir.path().join("words.txt");
+    std::fs::write(&words, "foo\n").expect("writing the list");
+    let s = Setup::start(&format!(
+        "[lists.words]\nkind = \"keywords\"\nfile = \"{}\"\n\n[[rule]]\nname = \"words\"\naction = \"drop\"\n[rule.match]\nkeywords = \"list:words\"\n",
+        words.display()
+    ));
+    let (mut alice, _) = s.login(ALICE, "a");
+    let (mut bob, bob_jid) = s.login(BOB, "b");
+    let chat = |id: &str, body: &str| {
+        format!("<message to='{bob_jid}' id='{id}' type='chat'><body>{body}</body></message>")
+    };
+    alice.send_raw(chat("w1", "foo"));
+    alice.send_raw(chat("w2", "bar"));
+    assert_eq!(
+        xml::root_attr(&next_message(&mut bob), "id").as_deref(),
+        Some("w2")
+    );
+    std::fs::write(&words, "bar\n").expect("rewriting the list");
+    support::process::wait_until(Duration::from_secs(15), "the list reload", || {
+        s.wall
+            .log()
+            .contains("configuration reloaded")
+            .then_some(())
+    });
+    alice.send_raw(chat("w3", "bar"));
+    alice.send_raw(chat("w4", "foo"));
+    assert_eq!(
+        xml::root_attr(&next_message(&mut bob), "id").as_deref(),
+        Some("w4")
+    );
+}

@@ -173,6 +173,8 @@ pub struct Policy {
     pub chains: Vec<Chain>,
     hooks: HashMap<Hook, usize>,
     pub shadow: bool,
+    /// The list files the policy was built from: a change to one reloads it.
+    pub files: Vec<std::path::PathBuf>,
 }
 
 /// What evaluation needs beyond the stanza.

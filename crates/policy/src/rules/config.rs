@@ -218,8 +218,12 @@ pub type SourceReport<'a> = dyn FnMut(usize, Range<usize>, String) + 'a;
 /// they are written, the main file's first, then each included file's.
 pub fn compile_sources(sources: &[Source<'_>], report: &mut SourceReport<'_>) -> Policy {
     let mut compiled_lists = HashMap::new();
+    let mut files = Vec::new();
     for source in sources {
         for (name, raw) in source.lists {
+            if let Some(file) = &raw.get_ref().file {
+                files.push(source.base.join(file.get_ref()));
+            }
             let mut r = |span: Range<usize>, m: String| report(source.file, span, m);
             if let Some(list) = compile_list(raw, source.base, &mut r) {
                 if compiled_lists.insert(name.clone(), list).is_some() {
@@ -312,6 +316,7 @@ pub fn compile_sources(sources: &[Source<'_>], report: &mut SourceReport<'_>) ->
         chains,
         hooks,
         shadow,
+        files,
     }
 }
 
