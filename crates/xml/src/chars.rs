@@ -101,6 +101,39 @@ pub(crate) fn decode(b: &[u8]) -> Decoded {
     }
 }
 
+/// The length of the UTF-8 sequence at the start of `s` when it is complete,
+/// valid and an XML `Char` (every non-ASCII scalar value is one but U+FFFE and
+/// U+FFFF); `None` when it is not, or when `s` starts with an ASCII byte.
+#[inline(always)]
+pub(crate) fn valid_char_len(s: &[u8]) -> Option<usize> {
+    let cont = |i: usize| s.get(i).is_some_and(|&c| c & 0xC0 == 0x80);
+    match *s.first()? {
+        0xC2..=0xDF if cont(1) => Some(2),
+        lead @ 0xE0..=0xEF => {
+            let second = *s.get(1)?;
+            let ok = match lead {
+                0xE0 => (0xA0..=0xBF).contains(&second),
+                // Surrogates (U+D800-U+DFFF) are not scalar values.
+                0xED => (0x80..=0x9F).contains(&second),
+                // U+FFFE and U+FFFF (EF BF BE, EF BF BF) are not `Char`s.
+                0xEF if second == 0xBF => s.get(2).is_some_and(|&c| (0x80..=0xBD).contains(&c)),
+                _ => second & 0xC0 == 0x80,
+            };
+            (ok && cont(2)).then_some(3)
+        }
+        lead @ 0xF0..=0xF4 => {
+            let second = *s.get(1)?;
+            let ok = match lead {
+                0xF0 => (0x90..=0xBF).contains(&second),
+                0xF4 => (0x80..=0x8F).contains(&second),
+                _ => second & 0xC0 == 0x80,
+            };
+            (ok && cont(2) && cont(3)).then_some(4)
+        }
+        _ => None,
+    }
+}
+
 /// A control character that XML 1.0 §2.2 excludes from `Char`. Written with
 /// non-short-circuit operators so that loops over it vectorise.
 #[inline(always)]
@@ -257,6 +290,62 @@ pub(crate) fn skip_plain(s: &[u8], mut i: usize, end: usize, class: &Plain) -> u
     i
 }
 
+/// Skips the bytes of an attribute value that need no closer look, from `i`:
+/// returns the index of the first byte below `(` (control characters, white
+/// space, both quotes and `&` are all there), of `<`, or of a byte of 0x80 and
+/// above, or `s.len()`. A few harmless bytes stop it too (space, `!`, `#`, `$`,
+/// `%` and the other quote): one range test costs less than a test per delimiter,
+/// and the caller steps over them. Eight bytes at a time: in each word the lowest
+/// flagged byte is exact (a borrow only runs upward, from a byte that is flagged).
+#[inline(always)]
+pub(crate) fn skip_value_run(s: &[u8], mut i: usize) -> usize {
+    while i + 8 <= s.len() {
+        let w = load(s, i);
+        let lt = w ^ (LO * u64::from(b'<'));
+        let stop = ((w.wrapping_sub(LO * 0x28) & !w) | w | (lt.wrapping_sub(LO) & !lt)) & HI;
+        if stop != 0 {
+            return i + (stop.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    while let Some(&c) = s.get(i) {
+        if !(0x28..0x80).contains(&c) || c == b'<' {
+            break;
+        }
+        i += 1;
+    }
+    i
+}
+
+/// The end of the run of ASCII name characters (colon excluded) from `i`.
+///
+/// Eight bytes at a time: with bit 5 set, letters of both cases become
+/// `a..=z`, and every other name character (digits, `-`, `.`, `_`) falls outside
+/// it, as every byte that ends a name does. So the first byte outside `a..=z`
+/// after that mapping is the end of the name, or a name character that the table
+/// steps over. In each word the lowest flagged byte is exact: borrows and carries
+/// only run upward, from a byte that is flagged itself.
+#[inline(always)]
+pub(crate) fn skip_ascii_name_chars(s: &[u8], mut i: usize) -> usize {
+    loop {
+        while i + 8 <= s.len() {
+            let w = load(s, i) | (LO * 0x20);
+            let below = w.wrapping_sub(LO * 0x61) & !w;
+            let above = w.wrapping_add(LO * (0x7F - 0x7A)) | w;
+            let stop = (below | above) & HI;
+            if stop != 0 {
+                i += (stop.trailing_zeros() / 8) as usize;
+                break;
+            }
+            i += 8;
+        }
+        match s.get(i) {
+            Some(&c) if is_ascii_name_char(c) => i += 1,
+            _ => return i,
+        }
+    }
+}
+
 /// Skips plain character data from `i`: returns the index of the first byte that
 /// stops it (see [`TEXT`]), or `s.len()`. Short runs go through a table; long ones
 /// (message bodies, base64 payloads) find the next delimiter with `memchr3`, then
@@ -274,8 +363,13 @@ pub(crate) fn skip_text(s: &[u8], mut i: usize) -> usize {
         return i;
     }
     let delimiter = memchr::memchr3(b'<', b'&', b']', &s[i..]).map_or(s.len(), |k| i + k);
-    while i + 8 <= delimiter && !has_unprintable(load(s, i)) {
-        i += 8;
+    // As signed bytes, those below 0x20 and those of 0x80 and above are exactly
+    // the ones below 0x20: one comparison per byte, which vectorises.
+    for chunk in s[i..delimiter].chunks_exact(32) {
+        if chunk.iter().fold(false, |acc, &c| acc | ((c as i8) < 0x20)) {
+            break;
+        }
+        i += 32;
     }
     while i < delimiter && !TEXT.stop[s[i] as usize] {
         i += 1;

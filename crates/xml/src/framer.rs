@@ -31,6 +31,13 @@
 //!   [`Error::TextAtStreamLevel`]);
 //! - a stream header that closes itself (`<stream:stream/>`).
 //!
+//! Speed: most start tags lie whole in the buffer and hold nothing unusual, so
+//! they are first read in one pass with no state kept per byte
+//! (`start_tag_whole`). That pass gives up on anything else (the end of the
+//! buffer, non-ASCII names, prefixed namespace declarations, any fault), and the
+//! resumable state machine then reads the tag again from its name: it alone
+//! decides which error a stream gets, so the answer cannot depend on the path.
+//!
 //! Everything the framer keeps across calls is either an offset from the start of
 //! the token being scanned (which stays at the front of the caller's buffer until
 //! its frame is returned) or a copy in a buffer reused from token to token: the
@@ -573,6 +580,7 @@ impl Framer {
     }
 
     /// After `<`: a start tag, an end tag, or a markup declaration.
+    #[inline(always)]
     fn after_lt(&mut self, b: &[u8], pos: usize) -> Result<Flow, Error> {
         let Some(&c) = b.get(pos) else {
             return Ok(Flow::Suspend(State::Lt, pos));
@@ -589,10 +597,11 @@ impl Framer {
                 // name was checked in its start tag; comparing is enough.
                 if let Some(open) = self.open.last() {
                     let name_end = pos + 1 + open.len();
-                    if b.get(name_end) == Some(&b'>') && b[pos + 1..name_end] == b[open.clone()] {
-                        self.name_start = pos + 1;
-                        self.name_end = name_end;
-                        return self.end_end_tag(b, name_end + 1);
+                    if b.get(name_end) == Some(&b'>')
+                        && same_short(&b[pos + 1..name_end], &b[open.clone()])
+                    {
+                        self.open.pop();
+                        return Ok(self.close_element(name_end + 1));
                     }
                 }
                 self.name_start = pos + 1;
@@ -617,12 +626,104 @@ impl Framer {
                     return Err(Error::LimitExceeded(Limit::Elements));
                 }
                 self.name_start = pos;
+                self.attributes.clear();
+                self.attribute_filter = 0;
+                self.default_ns_is_streams = false;
+                if let Some((end, self_closing, prefixed)) = self.start_tag_whole(b, pos) {
+                    if prefixed || self.phase != Phase::Stream {
+                        return self.end_start_tag(b, end, self_closing);
+                    }
+                    // No prefix to resolve, and not the stream header.
+                    return Ok(self.open_element(end, self_closing));
+                }
+                // Start over the general way, from a clean slate.
                 self.colon = 0;
                 self.attributes.clear();
                 self.attribute_filter = 0;
                 self.default_ns_is_streams = false;
                 self.start_tag(b, pos, State::StartName)
             }
+        }
+    }
+
+    /// The usual start tag, whose name begins at `pos`, in one pass without
+    /// states: all of it in `b`, ASCII names, no prefixed namespace declaration,
+    /// and no fault. Returns where it ends (after `>`), whether it closes itself
+    /// and whether a name in it has a prefix, having recorded the name and
+    /// attributes just as [`Self::start_tag`] does, for [`Self::end_start_tag`].
+    ///
+    /// `None` means "not here": at the end of `b`, on anything rare, and on every
+    /// fault. The caller then scans the tag again with [`Self::start_tag`], which
+    /// can stop at any byte and reports the first fault in byte order; so this
+    /// path only has to accept nothing that one rejects, and to leave nothing
+    /// behind that one does not set again (it declares no prefix, the only thing
+    /// that would outlive a restart).
+    #[inline]
+    fn start_tag_whole(&mut self, b: &[u8], pos: usize) -> Option<(usize, bool, bool)> {
+        let max_name = self.limits.max_name_bytes;
+        let (mut p, colon) = ascii_qname(b, pos)?;
+        if p - pos > max_name {
+            return None;
+        }
+        self.name_end = p;
+        self.name_colon = colon;
+        let mut prefixed = colon != 0;
+        let mut space = false;
+        loop {
+            let c = *b.get(p)?;
+            if chars::is_ws(c) {
+                space = true;
+                p += 1;
+                continue;
+            }
+            match c {
+                b'>' => return Some((p + 1, false, prefixed)),
+                b'/' => return (b.get(p + 1) == Some(&b'>')).then_some((p + 2, true, prefixed)),
+                _ if !space || self.attributes.len() >= self.limits.max_attributes => return None,
+                _ => {}
+            }
+            space = false;
+            let start = p;
+            let (end, colon) = ascii_qname(b, start)?;
+            if end - start > max_name || self.is_repeated(b, start, end) {
+                return None;
+            }
+            p = end;
+            while chars::is_ws(*b.get(p)?) {
+                p += 1;
+            }
+            if b[p] != b'=' {
+                return None;
+            }
+            p += 1;
+            while chars::is_ws(*b.get(p)?) {
+                p += 1;
+            }
+            let quote = b[p];
+            if quote != b'\'' && quote != b'"' {
+                return None;
+            }
+            let value_start = p + 1;
+            let (value_end, written_normalized) = value_whole(b, value_start, quote)?;
+            if value_end - value_start > self.limits.max_attribute_value_bytes {
+                return None;
+            }
+            self.attributes.push(Attribute {
+                start,
+                end,
+                colon,
+                uri: None,
+            });
+            if colon != 0 {
+                if b[start..colon] == *b"xmlns" {
+                    return None;
+                }
+                prefixed = true;
+            } else if b[start..end] == *b"xmlns" {
+                let value = &b[value_start..value_end];
+                self.default_namespace(value, !written_normalized).ok()?;
+            }
+            p = value_end + 1;
         }
     }
 
@@ -825,6 +926,11 @@ impl Framer {
                     flow => return Ok(flow),
                 },
                 b'&' => {
+                    if let Some(p) = reference_whole(b, pos + 1) {
+                        pos = p;
+                        continue;
+                    }
+                    // Cut by the end of the bytes, or a fault: byte by byte.
                     self.reference = Reference::START;
                     return Ok(Flow::Next(State::Reference { quote: None }, pos + 1));
                 }
@@ -964,7 +1070,23 @@ impl Framer {
     /// Records the attribute whose name just ended; rejects a repeated name
     /// (XML 1.0 §3.1, WFC: Unique Att Spec).
     fn add_attribute(&mut self, b: &[u8]) -> Result<(), Error> {
-        let name = &b[self.attr_start..self.attr_end];
+        if self.is_repeated(b, self.attr_start, self.attr_end) {
+            return Err(Error::NotWellFormed("an attribute repeated on one element"));
+        }
+        self.attributes.push(Attribute {
+            start: self.attr_start,
+            end: self.attr_end,
+            colon: self.attr_colon,
+            uri: None,
+        });
+        Ok(())
+    }
+
+    /// Whether the attribute name `b[start..end]` is one of the tag's attributes
+    /// already; if not, enters it in the filter (the caller records it).
+    #[inline(always)]
+    fn is_repeated(&mut self, b: &[u8], start: usize, end: usize) -> bool {
+        let name = &b[start..end];
         let (first, last) = (
             name.first().copied().unwrap_or(0),
             name.last().copied().unwrap_or(0),
@@ -975,16 +1097,10 @@ impl Framer {
         if self.attribute_filter & bit != 0
             && self.attributes.iter().any(|a| &b[a.start..a.end] == name)
         {
-            return Err(Error::NotWellFormed("an attribute repeated on one element"));
+            return true;
         }
         self.attribute_filter |= bit;
-        self.attributes.push(Attribute {
-            start: self.attr_start,
-            end: self.attr_end,
-            colon: self.attr_colon,
-            uri: None,
-        });
-        Ok(())
+        false
     }
 
     /// Checks a namespace declaration (Namespaces in XML 1.0 §3) when its value ends
@@ -996,22 +1112,7 @@ impl Framer {
             if name != b"xmlns" {
                 return Ok(());
             }
-            let value: &[u8] = if escape::attribute_needs_normalizing(value) {
-                self.scratch.clear();
-                escape::push_attribute_value(value, &mut self.scratch);
-                &self.scratch
-            } else {
-                value
-            };
-            if value == XML_NS || value == XMLNS_NS {
-                return Err(Error::NotWellFormed(
-                    "a reserved namespace name declared as the default namespace",
-                ));
-            }
-            if self.tag_depth == 0 {
-                self.default_ns_is_streams = value == STREAMS_NS.as_bytes();
-            }
-            return Ok(());
+            return self.default_namespace(value, escape::attribute_needs_normalizing(value));
         }
         if &b[self.attr_start..self.attr_colon] != b"xmlns" {
             return Ok(());
@@ -1045,6 +1146,27 @@ impl Framer {
                 Ok(())
             }
         }
+    }
+
+    /// Checks the value of a default namespace declaration `xmlns='...'` as written,
+    /// which `needs_normalizing` when it holds a reference, tab, line feed or CR.
+    fn default_namespace(&mut self, value: &[u8], needs_normalizing: bool) -> Result<(), Error> {
+        let value: &[u8] = if needs_normalizing {
+            self.scratch.clear();
+            escape::push_attribute_value(value, &mut self.scratch);
+            &self.scratch
+        } else {
+            value
+        };
+        if value == XML_NS || value == XMLNS_NS {
+            return Err(Error::NotWellFormed(
+                "a reserved namespace name declared as the default namespace",
+            ));
+        }
+        if self.tag_depth == 0 {
+            self.default_ns_is_streams = value == STREAMS_NS.as_bytes();
+        }
+        Ok(())
     }
 
     /// Finishes the start tag that ended just before `pos`: resolves its prefixes
@@ -1138,18 +1260,18 @@ impl Framer {
             }));
         }
 
+        Ok(self.open_element(pos, self_closing))
+    }
+
+    /// After a start tag below the stream root, checked and resolved, which ended
+    /// just before `pos`: its frame, if it closed itself at the top level.
+    #[inline(always)]
+    fn open_element(&mut self, pos: usize, self_closing: bool) -> Flow {
         if self_closing {
-            self.scope.leave_deeper_than(self.open.len());
-            if self.open.is_empty() {
-                return Ok(Flow::Frame(Frame {
-                    token: Token::Element,
-                    len: pos,
-                }));
-            }
-        } else {
-            self.open.push(self.name_start..self.name_end);
+            return self.close_element(pos);
         }
-        Ok(Flow::Next(State::Text, pos))
+        self.open.push(self.name_start..self.name_end);
+        Flow::Next(State::Text, pos)
     }
 
     /// Finishes the end tag that ended just before `pos` (XML 1.0 §3, WFC: Element
@@ -1176,22 +1298,36 @@ impl Framer {
                         "an end tag that does not match its start tag",
                     ));
                 }
-                self.scope.leave_deeper_than(self.open.len());
-                if self.open.is_empty() {
-                    return Ok(Flow::Frame(Frame {
-                        token: Token::Element,
-                        len: pos,
-                    }));
-                }
-                Ok(Flow::Next(State::Text, pos))
+                Ok(self.close_element(pos))
             }
         }
     }
 
+    /// After the end of an element below the stream root, which ended just before
+    /// `pos` and was taken off the open elements: its frame, if it was top-level.
+    #[inline(always)]
+    fn close_element(&mut self, pos: usize) -> Flow {
+        self.scope.leave_deeper_than(self.open.len());
+        if self.open.is_empty() {
+            return Flow::Frame(Frame {
+                token: Token::Element,
+                len: pos,
+            });
+        }
+        Flow::Next(State::Text, pos)
+    }
+
+    /// Takes one byte of the reference being scanned; see [`Reference::byte`].
+    fn reference_byte(&mut self, c: u8) -> Result<bool, Error> {
+        self.reference.byte(c)
+    }
+}
+
+impl Reference {
     /// Takes one byte of a reference (XML 1.0 §4.1); true when the reference ended
     /// with it. Only the five predefined entities pass (RFC 6120 §11.1).
-    fn reference_byte(&mut self, c: u8) -> Result<bool, Error> {
-        let r = &mut self.reference;
+    fn byte(&mut self, c: u8) -> Result<bool, Error> {
+        let r = self;
         r.len += 1;
         if r.len > MAX_REFERENCE_BYTES {
             return Err(Error::NotWellFormed("a reference longer than 32 bytes"));
@@ -1268,7 +1404,19 @@ const FORBIDDEN_CONTROL: Error = Error::NotWellFormed("a control character that 
 /// Skips a run of non-ASCII bytes from `pos` (before `end`), checking that they are
 /// UTF-8 made of XML `Char`s. Returns where the run stops, and false when it stops
 /// inside a sequence that bytes past `end` may complete.
-fn skip_non_ascii(b: &[u8], pos: usize, end: usize) -> Result<(usize, bool), Error> {
+fn skip_non_ascii(b: &[u8], mut pos: usize, end: usize) -> Result<(usize, bool), Error> {
+    // Runs in text are short (a word of another script, an emoji): step over
+    // the characters that are plainly valid, and leave the rest (faults,
+    // sequences cut by `end`) to the general check from the first of them, whose
+    // answer cannot depend on the valid characters before it.
+    let b_end = &b[..end];
+    while let Some(len) = chars::valid_char_len(&b_end[pos..]) {
+        pos += len;
+        match b_end.get(pos) {
+            Some(&c) if c >= 0x80 => {}
+            _ => return Ok((pos, true)),
+        }
+    }
     let run_end = b[pos..end]
         .iter()
         .position(|&c| c < 0x80)
@@ -1281,6 +1429,107 @@ fn skip_non_ascii(b: &[u8], pos: usize, end: usize) -> Result<(usize, bool), Err
     } else {
         Ok((pos + valid, false))
     }
+}
+
+/// An attribute value from `p` (after its opening quote) to its closing quote,
+/// all in `b` and valid; returns where the quote is, and whether the value is
+/// written as it is normalized (no reference, tab, line feed or carriage return).
+#[inline(always)]
+fn value_whole(b: &[u8], mut p: usize, quote: u8) -> Option<(usize, bool)> {
+    let mut normalized = true;
+    loop {
+        p = chars::skip_value_run(b, p);
+        let c = *b.get(p)?;
+        match c {
+            _ if c == quote => return Some((p, normalized)),
+            b' ' | b'!' | b'"' | b'#' | b'$' | b'%' | b'\'' => p += 1,
+            b'&' => {
+                normalized = false;
+                p = reference_whole(b, p + 1)?;
+            }
+            b'\t' | b'\n' => {
+                normalized = false;
+                p += 1;
+            }
+            b'\r' if b.get(p + 1) == Some(&b'\n') => {
+                normalized = false;
+                p += 2;
+            }
+            0x80.. => match skip_non_ascii(b, p, b.len()) {
+                Ok((next, true)) => p = next,
+                _ => return None,
+            },
+            _ => return None,
+        }
+    }
+}
+
+/// A reference from `p` (after `&`) that ends in `b` and is valid; returns
+/// where it ends (after `;`). Checks what [`Reference::byte`] checks, the
+/// predefined entities without a round per byte.
+#[inline]
+fn reference_whole(b: &[u8], p: usize) -> Option<usize> {
+    let rest = b.get(p..)?;
+    for entity in [&b"amp;"[..], b"lt;", b"gt;", b"quot;", b"apos;"] {
+        if rest.starts_with(entity) {
+            return Some(p + entity.len());
+        }
+    }
+    let mut reference = Reference::START;
+    for (i, &c) in rest.iter().enumerate() {
+        if reference.byte(c).ok()? {
+            return Some(p + i + 1);
+        }
+    }
+    None
+}
+
+/// `a == b` for short slices (names) without a call to `memcmp`: equal lengths,
+/// then the bytes, as a head and a tail word that may overlap.
+#[inline(always)]
+fn same_short(a: &[u8], b: &[u8]) -> bool {
+    fn u64_at(s: &[u8], i: usize) -> u64 {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&s[i..i + 8]);
+        u64::from_le_bytes(w)
+    }
+    fn u32_at(s: &[u8], i: usize) -> u32 {
+        let mut w = [0u8; 4];
+        w.copy_from_slice(&s[i..i + 4]);
+        u32::from_le_bytes(w)
+    }
+    let len = a.len();
+    if len != b.len() {
+        return false;
+    }
+    match len {
+        17.. => a == b,
+        8.. => u64_at(a, 0) == u64_at(b, 0) && u64_at(a, len - 8) == u64_at(b, len - 8),
+        4.. => u32_at(a, 0) == u32_at(b, 0) && u32_at(a, len - 4) == u32_at(b, len - 4),
+        _ => a.iter().zip(b).all(|(x, y)| x == y),
+    }
+}
+
+/// The usual name (see [`Framer::scan_name`]) from `start`: ASCII, at most one
+/// colon, and followed in `b` by an ASCII byte other than a colon. Returns where it
+/// ends and the offset of its colon (0 for none); `None` for anything else.
+#[inline(always)]
+fn ascii_qname(b: &[u8], start: usize) -> Option<(usize, usize)> {
+    if !chars::is_ascii_name_start(*b.get(start)?) {
+        return None;
+    }
+    let mut p = chars::skip_ascii_name_chars(b, start + 1);
+    let mut c = *b.get(p)?;
+    let mut colon = 0;
+    if c == b':' {
+        if !chars::is_ascii_name_start(*b.get(p + 1)?) {
+            return None;
+        }
+        colon = p;
+        p = chars::skip_ascii_name_chars(b, p + 2);
+        c = *b.get(p)?;
+    }
+    (c < 0x80 && c != b':').then_some((p, colon))
 }
 
 /// A CR not followed by LF is legal in an attribute value, but rxml rejects it, and

@@ -826,3 +826,176 @@ fn elements_limit_counts_each_stanza_afresh() {
 
 const HEADER_FOR_ELEMENTS: &[u8] =
     b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>";
+
+/// Frames and error of `body` after the header, fed whole or one byte per read
+/// (`Framer::start_tag_whole` only runs on tags that are whole in the buffer).
+fn outcome_in_stream_with(
+    limits: Limits,
+    body: &[u8],
+    byte_by_byte: bool,
+) -> (Vec<(Token, Vec<u8>)>, Option<Error>) {
+    let mut framer = Framer::new(LIMITS);
+    framer.next(HEADER.as_bytes()).unwrap();
+    framer.set_limits(limits);
+    let mut buf = Vec::new();
+    let mut frames = Vec::new();
+    let step = if byte_by_byte { 1 } else { body.len().max(1) };
+    for read in body.chunks(step) {
+        buf.extend_from_slice(read);
+        loop {
+            match framer.next(&buf) {
+                Ok(Some(frame)) => frames.push((frame.token, buf.drain(..frame.len).collect())),
+                Ok(None) => break,
+                Err(e) => return (frames, Some(e)),
+            }
+        }
+    }
+    (frames, None)
+}
+
+#[test]
+fn whole_tags_and_byte_by_byte_agree_at_the_limits_and_on_faults() {
+    let tight = Limits {
+        max_attributes: 2,
+        max_name_bytes: 4,
+        max_attribute_value_bytes: 4,
+        ..LIMITS
+    };
+    let bodies: &[&[u8]] = &[
+        b"<abcd x='1234' y='1'/>",
+        b"<abcde/>",
+        b"<ab:cd/>",
+        b"<a abcde='1'/>",
+        b"<a x='12345'/>",
+        b"<a x='&amp;'/>",
+        b"<a x='12&amp;'/>",
+        b"<a x='1' y='2'/>",
+        b"<a x='1' y='2' z='3'/>",
+        b"<a xmlns='u' y='2' z='3'/>",
+        b"<a x='caf\xc3\xa9 \xf0\x9f\x98\x80 \xd1\x81' y=\"it's\"><b/></a>",
+        b"<a x='&amp;&lt;&gt;&quot;&apos;&#x41;&#65;' y='\t\r\n'/>",
+        b"<a x='&ampx;'/>",
+        b"<a x='&am'/>",
+        b"<a x='&#xD800;'/>",
+        b"<a x='a\rb'/>",
+        b"<a x='\xef\xbf\xbe'/>",
+        b"<a x='\xef\xbf\xbd\xe0\x80\x80'/>",
+        b"<a x='\xf4\x90\x80\x80'/>",
+        b"<a x='\xed\xa0\x80'/>",
+        b"<a x='\xc3'/>",
+        b"<a xmlns='urn:x' y='\x01'/>",
+        b"<a xmlns='http://www.w3.org/XML/1998/namespace' x='1' x='2'/>",
+        b"<a xmlns='http://www.w3.org/XML/1998/&#110;amespace'/>",
+        b"<a xmlns:p='u' p:x='1' x='1' p:x='2'/>",
+        b"<a x='1' y='2' x='3'/>",
+        b"<a x='1'y='2'/>",
+        b"<a x='1'/ >",
+        b"<a x='1' / >",
+        b"<a\tx\n=\r\n'1'\t/>",
+        b"<a x='1'\xc3\xa9/>",
+        b"<a\xc3\xa9 x='1'/>",
+        b"<a x\xc3\xa9='1'/>",
+        b"<a x:y:z='1'/>",
+        b"<a x:='1'/>",
+        b"<p:a x='1'/>",
+        b"<a><b x='1'></b><c/></a>",
+        b"<a><b x='1'></c></a>",
+        b"<a>\xc3\xa9\xe0\x87</a>",
+        b"<a>\xf0\x9f\x98\x80\xf0\x9f</a>",
+        b"<a>\xf0\x9f\x98\x80\xc3\xa9\xe2\x82\xac\xef\xbf\xbe</a>",
+        b"<a>&amp;&lt;&#x1F600;&#0;</a>",
+        b"<a>&amp;&foo;</a>",
+        b"<a>&amp</a>",
+    ];
+    for limits in [LIMITS, tight] {
+        for body in bodies {
+            assert_eq!(
+                outcome_in_stream_with(limits, body, false),
+                outcome_in_stream_with(limits, body, true),
+                "{:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+    // Some of the above pass or fail for the reason they were written for.
+    assert_eq!(error_in_stream_with(tight, b"<abcd x='1234' y='1'/>"), None);
+    assert_eq!(
+        error_in_stream_with(tight, b"<a x='1' y='2' z='3'/>"),
+        Some(Error::LimitExceeded(Limit::Attributes))
+    );
+    assert_eq!(
+        error_in_stream_with(tight, b"<a x='12345'/>"),
+        Some(Error::LimitExceeded(Limit::AttributeValueBytes))
+    );
+    assert_eq!(
+        error_in_stream_with(tight, b"<a abcde='1'/>"),
+        Some(Error::LimitExceeded(Limit::NameBytes))
+    );
+    assert_eq!(
+        error_in_stream_with(
+            LIMITS,
+            b"<a xmlns='http://www.w3.org/XML/1998/namespace' x='1' x='2'/>"
+        ),
+        Some(Error::NotWellFormed(
+            "a reserved namespace name declared as the default namespace"
+        ))
+    );
+    assert_eq!(
+        error_in_stream_with(LIMITS, b"<a x='caf\xc3\xa9 \xf0\x9f\x98\x80' y=\"it's\"/>"),
+        None
+    );
+}
+
+#[test]
+fn valid_char_len_agrees_with_check_chars() {
+    // Every lead byte and second byte, with the bytes after them from the
+    // boundaries of the continuation ranges.
+    let tails: &[u8] = &[
+        0x00, 0x41, 0x7F, 0x80, 0x8F, 0x90, 0x9F, 0xA0, 0xBD, 0xBE, 0xBF, 0xC0, 0xFF,
+    ];
+    for lead in 0x80..=0xFFu8 {
+        for second in 0..=0xFFu8 {
+            for &third in tails {
+                // Only a four-byte sequence looks at the fourth byte.
+                let fourths = if lead >= 0xF0 { tails } else { &tails[1..2] };
+                for &fourth in fourths {
+                    let s = [lead, second, third, fourth];
+                    let expected =
+                        (1..=4).find(|&n| matches!(chars::check_chars(&s[..n]), Ok(v) if v == n));
+                    assert_eq!(chars::valid_char_len(&s), expected, "{s:02x?}");
+                    if let Some(n) = expected {
+                        for cut in 1..n {
+                            assert_eq!(chars::valid_char_len(&s[..cut]), None, "{s:02x?}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn word_at_a_time_scans_stop_where_byte_at_a_time_ones_do() {
+    // Every byte value at every offset of a 20-byte run of name characters, with
+    // the scan starting at each offset before it.
+    for c in 0..=0xFFu8 {
+        for at in 0..20 {
+            let mut s = *b"abcdefgh_ijk-lm.n0p9";
+            s[at] = c;
+            for from in 0..=at {
+                let name_end = (from..s.len())
+                    .find(|&i| !chars::is_ascii_name_char(s[i]))
+                    .unwrap_or(s.len());
+                assert_eq!(
+                    chars::skip_ascii_name_chars(&s, from),
+                    name_end,
+                    "{c:#x} at {at}"
+                );
+                let value_end = (from..s.len())
+                    .find(|&i| s[i] < 0x28 || s[i] >= 0x80 || s[i] == b'<')
+                    .unwrap_or(s.len());
+                assert_eq!(chars::skip_value_run(&s, from), value_end, "{c:#x} at {at}");
+            }
+        }
+    }
+}

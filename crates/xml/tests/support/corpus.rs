@@ -90,6 +90,9 @@ pub fn corpus() -> Vec<Vec<u8>> {
         "<a xmlns='u' xmlns='v'/>",
         "<a b:c='1' xmlns:b='u'/>",
         "<a xmlns:p='u'/><p:b/>",
+        "<a x='caf\u{e9} \u{1F600}' y=\"it's\" z='&amp;&#x41;'><b/></a>",
+        "<a xmlns='urn:x' y='\u{1}'/>",
+        "<a x='1' y='2' x='3'/>",
     ];
     let mut corpus: Vec<Vec<u8>> = Vec::new();
     for body in bodies {
@@ -130,6 +133,7 @@ pub fn corpus() -> Vec<Vec<u8>> {
         // Found by the fuzzer: two faults in one CDATA run, reported the same however split.
         b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams'><a><![CDATA[x\xe0\x87 \x01]]></a>",
         b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams'><a>\xef\xbf\xbe\xc3\x01</a>",
+        b"<stream:stream xmlns:stream='http://etherx.jabber.org/streams'><a x='\xc3\xa9\xe0\x80\x80'/>",
     ];
     corpus.extend(raw.iter().map(|r| r.to_vec()));
     corpus
