@@ -4,7 +4,7 @@
 //! on first use, the body and subject text (unescaped) only if a content condition
 //! asks, each at most once per evaluation, however many rules look.
 
-use std::collections::HashSet;
+use rustc_hash::FxHashSet;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -22,14 +22,18 @@ use crate::stanza::{bare_jid, domain_of, Kind, Stanza};
 /// (the form real-time block lists publish).
 #[derive(Debug, Clone, Default)]
 pub struct JidSet {
-    pub plain: HashSet<String>,
-    pub hashed: HashSet<[u8; 32]>,
+    pub plain: FxHashSet<String>,
+    pub hashed: FxHashSet<[u8; 32]>,
 }
 
 impl JidSet {
     pub fn contains(&self, jid: &str) -> bool {
-        let bare = bare_jid(jid);
-        if self.plain.contains(&bare) {
+        self.contains_bare(&bare_jid(jid))
+    }
+
+    /// For a bare JID already lowercased.
+    fn contains_bare(&self, bare: &str) -> bool {
+        if self.plain.contains(bare) {
             return true;
         }
         !self.hashed.is_empty()
@@ -40,49 +44,82 @@ impl JidSet {
 }
 
 /// Domains, each matching itself and its subdomains.
-#[derive(Debug, Clone, Default)]
-pub struct DomainSet {
-    domains: HashSet<String>,
+///
+/// A handful of domains are compared directly (no hashing: most rules name one or
+/// two); larger lists use a hash set with a fast non-cryptographic hasher, one
+/// lookup per label of the host.
+#[derive(Debug, Clone)]
+pub enum DomainSet {
+    Few(Vec<String>),
+    Many(FxHashSet<String>),
 }
+
+impl Default for DomainSet {
+    fn default() -> Self {
+        DomainSet::Few(Vec::new())
+    }
+}
+
+/// Lists up to this size are scanned rather than hashed.
+const FEW_DOMAINS: usize = 8;
 
 impl DomainSet {
     pub fn new(domains: impl IntoIterator<Item = String>) -> DomainSet {
-        DomainSet {
-            domains: domains
-                .into_iter()
-                .map(|d| {
-                    d.trim()
-                        .trim_start_matches("*.")
-                        .trim_end_matches('.')
-                        .to_ascii_lowercase()
-                })
-                .filter(|d| !d.is_empty())
-                .collect(),
+        let mut all: Vec<String> = domains
+            .into_iter()
+            .map(|d| {
+                d.trim()
+                    .trim_start_matches("*.")
+                    .trim_end_matches('.')
+                    .to_ascii_lowercase()
+            })
+            .filter(|d| !d.is_empty())
+            .collect();
+        all.sort();
+        all.dedup();
+        if all.len() <= FEW_DOMAINS {
+            DomainSet::Few(all)
+        } else {
+            DomainSet::Many(all.into_iter().collect())
         }
     }
 
-    /// Whether `host` or one of its parent domains is in the set (one hash lookup
-    /// per label).
+    /// Whether `host` or one of its parent domains is in the set.
     pub fn contains(&self, host: &str) -> bool {
-        let host = host.trim_end_matches('.').to_ascii_lowercase();
-        let mut rest = host.as_str();
-        loop {
-            if self.domains.contains(rest) {
-                return true;
-            }
-            match rest.split_once('.') {
-                Some((_, parent)) => rest = parent,
-                None => return false,
+        if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            return self.contains(&host.to_ascii_lowercase());
+        }
+        let host = host.trim_end_matches('.');
+        match self {
+            DomainSet::Few(domains) => domains.iter().any(|d| {
+                host.len() >= d.len()
+                    && host.ends_with(d.as_str())
+                    && (host.len() == d.len() || host.as_bytes()[host.len() - d.len() - 1] == b'.')
+            }),
+            DomainSet::Many(domains) => {
+                let mut rest = host;
+                loop {
+                    if domains.contains(rest) {
+                        return true;
+                    }
+                    match rest.split_once('.') {
+                        Some((_, parent)) => rest = parent,
+                        None => return false,
+                    }
+                }
             }
         }
     }
 
     pub fn len(&self) -> usize {
-        self.domains.len()
+        match self {
+            DomainSet::Few(d) => d.len(),
+            DomainSet::Many(d) => d.len(),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.domains.is_empty()
+        self.len() == 0
     }
 }
 
@@ -103,11 +140,13 @@ impl JidGlob {
     }
 
     pub fn matches(&self, jid: &str) -> bool {
-        let subject = if self.full {
-            jid.to_ascii_lowercase()
-        } else {
-            bare_jid(jid)
-        };
+        let jid = jid.to_ascii_lowercase();
+        self.matches_address(&Address::new(jid))
+    }
+
+    /// Against an address already read (lowercased) by [`Facts`].
+    fn matches_address(&self, a: &Address) -> bool {
+        let subject = if self.full { a.full.as_str() } else { a.bare() };
         glob(self.pattern.as_bytes(), subject.as_bytes())
     }
 }
@@ -216,12 +255,45 @@ pub enum Condition {
     Mark(String),
 }
 
-/// What conditions are checked against, read lazily.
+/// A JID as conditions compare it: lowercased once, the bare part and the domain
+/// found once.
+#[derive(Debug, Clone)]
+pub struct Address {
+    full: String,
+    bare_len: usize,
+    domain_start: usize,
+}
+
+impl Address {
+    fn new(full: String) -> Address {
+        let bare_len = full.find('/').unwrap_or(full.len());
+        let domain_start = full[..bare_len].rfind('@').map_or(0, |i| i + 1);
+        Address {
+            full,
+            bare_len,
+            domain_start,
+        }
+    }
+
+    fn bare(&self) -> &str {
+        &self.full[..self.bare_len]
+    }
+
+    fn domain(&self) -> &str {
+        &self.full[self.domain_start..self.bare_len]
+    }
+}
+
+/// What conditions are checked against, read lazily and at most once.
 pub struct Facts<'s, 'a> {
     stanza: Option<&'s Stanza<'a>>,
     subject: &'s Subject<'s>,
     now: Instant,
     wall: SystemTime,
+    from: Option<Option<Address>>,
+    to: Option<Option<Address>>,
+    /// First-level children: (local name, namespace).
+    payloads: Option<Vec<(&'a [u8], std::borrow::Cow<'a, str>)>>,
     body: Option<Option<String>>,
     subject_text: Option<Option<String>>,
     hosts: Option<Vec<String>>,
@@ -239,6 +311,9 @@ impl<'s, 'a> Facts<'s, 'a> {
             subject,
             now,
             wall,
+            from: None,
+            to: None,
+            payloads: None,
             body: None,
             subject_text: None,
             hosts: None,
@@ -331,18 +406,65 @@ impl<'s, 'a> Facts<'s, 'a> {
     }
 
     /// The sender: the stanza's `from`, or (client to server) the account.
-    fn from(&self) -> Option<String> {
-        self.stanza
-            .and_then(|s| s.from().map(|f| f.into_owned()))
-            .or_else(|| self.subject.account.map(str::to_owned))
+    fn from(&mut self) -> Option<&Address> {
+        if self.from.is_none() {
+            let jid = self
+                .stanza
+                .and_then(|s| s.from())
+                .map(|f| f.to_ascii_lowercase())
+                .or_else(|| self.subject.account.map(str::to_ascii_lowercase));
+            self.from = Some(jid.map(Address::new));
+        }
+        self.from.as_ref().and_then(Option::as_ref)
     }
 
-    fn to(&self) -> Option<String> {
-        self.stanza.and_then(|s| s.to().map(|t| t.into_owned()))
+    fn to(&mut self) -> Option<&Address> {
+        if self.to.is_none() {
+            let jid = self
+                .stanza
+                .and_then(|s| s.to())
+                .map(|t| t.to_ascii_lowercase());
+            self.to = Some(jid.map(Address::new));
+        }
+        self.to.as_ref().and_then(Option::as_ref)
+    }
+
+    fn payloads(&mut self) -> &[(&'a [u8], std::borrow::Cow<'a, str>)] {
+        if self.payloads.is_none() {
+            self.payloads = Some(
+                self.stanza
+                    .map(|s| s.payloads().collect())
+                    .unwrap_or_default(),
+            );
+        }
+        self.payloads.as_deref().unwrap_or(&[])
     }
 }
 
 impl Condition {
+    /// A rough cost of checking: rules check their cheapest conditions first, so a
+    /// rule that cannot match is usually left after an integer comparison.
+    pub fn cost(&self) -> u8 {
+        match self {
+            Condition::Kind(_)
+            | Condition::Class(_)
+            | Condition::Stranger(_)
+            | Condition::Mechanism(_) => 0,
+            Condition::Type(_) | Condition::Address(_) | Condition::Mark(_) => 1,
+            Condition::From(_)
+            | Condition::To(_)
+            | Condition::FromJids(_)
+            | Condition::ToJids(_)
+            | Condition::FromDomain(_)
+            | Condition::ToDomain(_) => 2,
+            Condition::Has(_) | Condition::Payload(_) => 3,
+            Condition::Declares(_) | Condition::Time(_) => 4,
+            Condition::UrlCount(_) | Condition::UrlDomain(_) => 5,
+            Condition::Keywords(..) | Condition::DataLeak { .. } => 6,
+            Condition::Regex(..) => 7,
+        }
+    }
+
     pub fn holds(&self, f: &mut Facts<'_, '_>) -> bool {
         match self {
             Condition::Kind(mask) => f.stanza.is_some_and(|s| {
@@ -364,23 +486,28 @@ impl Condition {
             }),
             Condition::From(globs) => f
                 .from()
-                .is_some_and(|j| globs.iter().any(|g| g.matches(&j))),
-            Condition::To(globs) => f.to().is_some_and(|j| globs.iter().any(|g| g.matches(&j))),
-            Condition::FromJids(set) => f.from().is_some_and(|j| set.contains(&j)),
-            Condition::ToJids(set) => f.to().is_some_and(|j| set.contains(&j)),
-            Condition::FromDomain(set) => f.from().is_some_and(|j| set.contains(domain_of(&j))),
-            Condition::ToDomain(set) => f.to().is_some_and(|j| set.contains(domain_of(&j))),
-            Condition::Has(children) => f.stanza.is_some_and(|s| {
-                children.iter().all(|(ns, local)| {
-                    s.payloads().any(|(l, n)| {
-                        l == local.as_bytes() && ns.as_deref().is_none_or(|ns| ns == n)
+                .is_some_and(|a| globs.iter().any(|g| g.matches_address(a))),
+            Condition::To(globs) => f
+                .to()
+                .is_some_and(|a| globs.iter().any(|g| g.matches_address(a))),
+            Condition::FromJids(set) => f.from().is_some_and(|a| set.contains_bare(a.bare())),
+            Condition::ToJids(set) => f.to().is_some_and(|a| set.contains_bare(a.bare())),
+            Condition::FromDomain(set) => f.from().is_some_and(|a| set.contains(a.domain())),
+            Condition::ToDomain(set) => f.to().is_some_and(|a| set.contains(a.domain())),
+            Condition::Has(children) => {
+                f.stanza.is_some() && {
+                    let payloads = f.payloads();
+                    children.iter().all(|(ns, local)| {
+                        payloads.iter().any(|(l, n)| {
+                            *l == local.as_bytes() && ns.as_deref().is_none_or(|ns| ns == n)
+                        })
                     })
-                })
-            }),
-            Condition::Payload(namespaces) => f.stanza.is_some_and(|s| {
-                s.payloads()
-                    .any(|(_, n)| namespaces.iter().any(|ns| *ns == n))
-            }),
+                }
+            }
+            Condition::Payload(namespaces) => f
+                .payloads()
+                .iter()
+                .any(|(_, n)| namespaces.iter().any(|ns| ns == n)),
             Condition::Declares(needles) => f.stanza.is_some_and(|s| {
                 needles.iter().any(|(single, double)| {
                     memchr::memmem::find(s.bytes, single).is_some()

@@ -400,7 +400,7 @@ fn compile_list(raw: &Spanned<RawList>, base: &Path, report: &mut Report<'_>) ->
             hashed: Default::default(),
         })),
         "hashed_jids" => {
-            let mut hashed = std::collections::HashSet::new();
+            let mut hashed = rustc_hash::FxHashSet::default();
             for e in &entries {
                 match decode_hex32(e) {
                     Some(h) => {
@@ -689,6 +689,9 @@ impl Compiler<'_, '_> {
         if let Some(m) = &raw.mark {
             out.push(Condition::Mark(m.clone()));
         }
+        // Every condition must hold and none has side effects, so their order is
+        // free: cheapest first.
+        out.sort_by_key(Condition::cost);
         out
     }
 
