@@ -26,6 +26,8 @@ const ROSTER_NS: &str = "jabber:iq:roster";
 const PUBSUB_NS: &str = "http://jabber.org/protocol/pubsub";
 /// Correspondents remembered per account, for the distinct-recipient exemption.
 const CORRESPONDENTS_PER_ACCOUNT: usize = 256;
+/// Rooms tracked per account even with `rooms_joined = "off"`: memory stays bounded.
+const ROOMS_HARD_CAP: u32 = 1000;
 
 /// Each limit, for counting its hits (`xmppwall_limit_hits_total{limit=...}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -320,8 +322,16 @@ fn wall_clock(now: Instant, at: Instant) -> SystemTime {
     SystemTime::now() + at.saturating_duration_since(now)
 }
 
-/// The `<policy-violation/>` a banned address gets, saying until when.
+/// The `<policy-violation/>` a banned address gets when it connects, saying until when.
 pub fn banned_error(until: SystemTime) -> StreamError {
+    StreamError::new(StreamCondition::PolicyViolation).with_text(format!(
+        "this address is banned until {}",
+        humantime::format_rfc3339_seconds(until)
+    ))
+}
+
+/// The `<policy-violation/>` that ends the stream whose failure caused the ban.
+pub fn auth_banned_error(until: SystemTime) -> StreamError {
     StreamError::new(StreamCondition::PolicyViolation).with_text(format!(
         "too many failed authentication attempts from this address; banned until {}",
         humantime::format_rfc3339_seconds(until)
@@ -494,7 +504,13 @@ impl Limiter {
         if self.config.gate.allow.contains(ip) {
             return failure;
         }
-        if entry.failures.try_take(&limit.rate(), 1.0, now).is_err() {
+        // The Nth failure within the period bans (ejabberd's mod_fail2ban bans at
+        // its c2s_max_auth_failures-th): the bucket holds N - 1, the Nth overflows.
+        let rate = crate::rate::Rate {
+            burst: f64::from(limit.count.saturating_sub(1)),
+            ..limit.rate()
+        };
+        if entry.failures.try_take(&rate, 1.0, now).is_err() {
             let until = now + auth.ban;
             entry.banned_until = Some(until);
             entry.failures = TokenBucket::new();
@@ -938,18 +954,20 @@ fn check_presence(
     let index = match (known, joining) {
         (Some(i), _) => i,
         (None, true) => {
-            if let Some(max) = limits.rooms_joined {
-                if entry.rooms.len() >= max as usize {
-                    return Verdict::Bounce(
-                        LimitKind::RoomsJoined,
-                        StanzaError {
-                            error_type: ErrorType::Cancel,
-                            condition: "policy-violation",
-                            app_condition: None,
-                            text: Some(format!("at most {max} rooms may be joined at once")),
-                        },
-                    );
-                }
+            let max = limits
+                .rooms_joined
+                .unwrap_or(ROOMS_HARD_CAP)
+                .min(ROOMS_HARD_CAP);
+            if entry.rooms.len() >= max as usize {
+                return Verdict::Bounce(
+                    LimitKind::RoomsJoined,
+                    StanzaError {
+                        error_type: ErrorType::Cancel,
+                        condition: "policy-violation",
+                        app_condition: None,
+                        text: Some(format!("at most {max} rooms may be joined at once")),
+                    },
+                );
             }
             entry
                 .rooms

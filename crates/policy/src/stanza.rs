@@ -63,11 +63,25 @@ impl<'a> Stanza<'a> {
     /// Each first-level child's local name and namespace (its own `xmlns`, or the
     /// stanza's content namespace when it declares none).
     pub fn payloads(&self) -> impl Iterator<Item = (&'a [u8], Cow<'a, str>)> + 'a {
-        view::children(self.bytes).map(|c| {
-            let ns = c
-                .start
-                .attribute(b"xmlns")
-                .unwrap_or(Cow::Borrowed("jabber:client"));
+        let stanza = self.start;
+        view::children(self.bytes).map(move |c| {
+            let ns = match c.start.prefix() {
+                // `<a:query xmlns:a='…'/>`: the prefix is declared on the child or,
+                // failing that, on the stanza.
+                Some(prefix) => {
+                    let mut attr = Vec::with_capacity(6 + prefix.len());
+                    attr.extend_from_slice(b"xmlns:");
+                    attr.extend_from_slice(prefix);
+                    c.start
+                        .attribute(&attr)
+                        .or_else(|| stanza.attribute(&attr))
+                        .unwrap_or(Cow::Borrowed(""))
+                }
+                None => c
+                    .start
+                    .attribute(b"xmlns")
+                    .unwrap_or(Cow::Borrowed("jabber:client")),
+            };
             (c.start.local_name(), ns)
         })
     }
@@ -104,6 +118,24 @@ mod tests {
         assert_eq!(s.to().as_deref(), Some("pubsub.example.org"));
         assert!(s.has_payload(b"pubsub", "http://jabber.org/protocol/pubsub"));
         assert!(!s.has_payload(b"query", "jabber:iq:roster"));
+    }
+
+    #[test]
+    fn prefixed_payloads_resolve_their_namespace() {
+        let xml =
+            b"<iq type='get' xmlns:b='urn:b'><a:query xmlns:a='jabber:iq:avatar'/><b:x/></iq>";
+        let s = Stanza::parse(xml).unwrap();
+        let p: Vec<(Vec<u8>, String)> = s
+            .payloads()
+            .map(|(l, n)| (l.to_vec(), n.into_owned()))
+            .collect();
+        assert_eq!(
+            p,
+            vec![
+                (b"query".to_vec(), "jabber:iq:avatar".to_string()),
+                (b"x".to_vec(), "urn:b".to_string())
+            ]
+        );
     }
 
     #[test]

@@ -7,7 +7,6 @@
 //! What an eviction means for each limit is documented beside that limit.
 
 use std::hash::Hash;
-use std::num::NonZeroUsize;
 
 use lru::LruCache;
 
@@ -15,16 +14,19 @@ use lru::LruCache;
 #[derive(Debug)]
 pub struct BoundedTable<K: Hash + Eq, V> {
     name: &'static str,
+    /// Grows as entries come (nothing is reserved up front: many tables are per
+    /// account and mostly small); `cap` is enforced on insertion.
     entries: LruCache<K, V>,
+    cap: usize,
     evictions: u64,
 }
 
 impl<K: Hash + Eq, V> BoundedTable<K, V> {
     pub fn new(name: &'static str, cap: usize) -> Self {
-        let cap = NonZeroUsize::new(cap).unwrap_or(NonZeroUsize::MIN);
         BoundedTable {
             name,
-            entries: LruCache::new(cap),
+            entries: LruCache::unbounded(),
+            cap: cap.max(1),
             evictions: 0,
         }
     }
@@ -36,7 +38,7 @@ impl<K: Hash + Eq, V> BoundedTable<K, V> {
     /// The entry for `key`, made with `make` if absent (evicting the least recently
     /// used entry when full), and marked as most recently used.
     pub fn entry(&mut self, key: K, make: impl FnOnce() -> V) -> &mut V {
-        if !self.entries.contains(&key) && self.entries.len() == self.entries.cap().get() {
+        if self.entries.len() >= self.cap && !self.entries.contains(&key) {
             self.entries.pop_lru();
             self.evictions += 1;
         }
@@ -75,7 +77,7 @@ impl<K: Hash + Eq, V> BoundedTable<K, V> {
     }
 
     pub fn cap(&self) -> usize {
-        self.entries.cap().get()
+        self.cap
     }
 
     pub fn evictions(&self) -> u64 {

@@ -33,7 +33,7 @@ use crate::stats::Stats;
 use crate::stream_error::{StreamCondition, StreamError};
 use crate::tls::describe_handshake_error;
 use std::time::SystemTime;
-use xmppwall_policy::limiter::banned_error;
+use xmppwall_policy::limiter::{auth_banned_error, banned_error};
 use xmppwall_policy::rules::{Action, Hook, Marks, Subject};
 use xmppwall_policy::{ConnectionTicket, Limiter, Throttle};
 
@@ -794,7 +794,7 @@ impl Connection {
                             if let Some(until) = failure.banned_until {
                                 warn!(address = %self.peer.ip(), "too many authentication failures; address banned");
                                 let _ = wr.write_all(&buf[run_start..pos + frame.len]).await;
-                                let error = banned_error(until);
+                                let error = auth_banned_error(until);
                                 let bytes = lock(session).stream_error_bytes(&error, self.domain(Some(header)));
                                 return self.refuse(&mut wr, bytes, StreamCondition::PolicyViolation).await;
                             }

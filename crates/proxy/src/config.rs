@@ -150,7 +150,8 @@ impl Default for Limits {
             // Prosody's c2s_stanza_size_limit and ejabberd's c2s max_stanza_size: 256 KiB.
             stanza_bytes: 256 * 1024,
             stanza_bytes_close: 1024 * 1024,
-            preauth_stanza_bytes: 16 * 1024,
+            // Prosody's limit for streams before authentication.
+            preauth_stanza_bytes: 10_000,
             max_depth: 32,
             max_elements: 1000,
             max_attributes: 64,

@@ -318,6 +318,10 @@ impl C2sSession {
                 );
             }
             // XEP-0205 §2.5: not processed, answered without the original payload.
+            self.limiter
+                .load()
+                .state
+                .hit(xmppwall_policy::LimitKind::StanzaSize);
             return match StanzaError::stanza_too_big(self.limits.stanza_bytes)
                 .reply_to(&tag, self.bound_jid.as_deref())
             {
