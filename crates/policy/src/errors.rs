@@ -155,6 +155,29 @@ impl StanzaError {
         }
     }
 
+    /// The `<error>…</error>` element alone.
+    pub fn error_element(&self) -> String {
+        let mut s = String::with_capacity(200);
+        let _ = write!(
+            s,
+            "<error type='{}'><{} xmlns='{STANZAS_NS}'/>",
+            self.error_type.name(),
+            self.condition
+        );
+        if let Some(text) = &self.text {
+            let _ = write!(
+                s,
+                "<text xmlns='{STANZAS_NS}' xml:lang='en'>{}</text>",
+                escape_text(text)
+            );
+        }
+        if let Some(app) = self.app_condition {
+            let _ = write!(s, "<{app} xmlns='{ERRORS_NS}'/>");
+        }
+        s.push_str("</error>");
+        s
+    }
+
     /// The error stanza answering the stanza whose start tag is `stanza`, sent to
     /// its sender, or `None` where RFC 6120 forbids answering: errors (§8.3.1) and
     /// IQ results (§8.2.3). `sender` is the address to send to (the sender's full
@@ -182,23 +205,9 @@ impl StanzaError {
         if let Some(sender) = sender {
             let _ = write!(s, " to='{}'", escape_attribute(sender));
         }
-        let _ = write!(
-            s,
-            "><error type='{}'><{} xmlns='{STANZAS_NS}'/>",
-            self.error_type.name(),
-            self.condition
-        );
-        if let Some(text) = &self.text {
-            let _ = write!(
-                s,
-                "<text xmlns='{STANZAS_NS}' xml:lang='en'>{}</text>",
-                escape_text(text)
-            );
-        }
-        if let Some(app) = self.app_condition {
-            let _ = write!(s, "<{app} xmlns='{ERRORS_NS}'/>");
-        }
-        let _ = write!(s, "</error></{kind}>");
+        s.push('>');
+        s.push_str(&self.error_element());
+        let _ = write!(s, "</{kind}>");
         Some(s.into_bytes())
     }
 }

@@ -801,6 +801,12 @@ impl Connection {
                         }
                         match action {
                             ServerAction::Forward => pos += frame.len,
+                            ServerAction::ReplaceThenClose(replacement, error) => {
+                                let _ = wr.write_all(&buf[run_start..pos]).await;
+                                let _ = wr.write_all(&replacement).await;
+                                let bytes = lock(session).stream_error_bytes(&error, self.domain(Some(header)));
+                                return self.refuse(&mut wr, bytes, error.condition).await;
+                            }
                             ServerAction::ForwardThenClose(error) => {
                                 let _ = wr.write_all(&buf[run_start..pos + frame.len]).await;
                                 let bytes = lock(session).stream_error_bytes(&error, self.domain(Some(header)));

@@ -76,6 +76,8 @@ pub enum ServerAction {
     /// Send the original bytes, then end the stream with this error (a rule of the
     /// auth or bind hook refused the session).
     ForwardThenClose(StreamError),
+    /// Send these bytes instead, then end the stream with this error.
+    ReplaceThenClose(Vec<u8>, StreamError),
 }
 
 /// What the rules decided, side effects applied.
@@ -435,8 +437,30 @@ impl C2sSession {
                                 self.pending_bind = None;
                                 if self.conn.account.is_none() {
                                     // A mechanism that names no user (EXTERNAL, ...):
-                                    // the account is known from the bind result on.
+                                    // the account is known from the bind result on, and
+                                    // its resource slot is taken now. Over the limit,
+                                    // the client gets the XEP-0205 §2.4 error instead of
+                                    // the result, and the stream (which the server has
+                                    // bound) ends.
                                     self.conn.account = self.bound_jid.as_deref().map(bare_jid);
+                                    if let Err(error) =
+                                        self.limiter.load().bind_requested(&mut self.conn, now)
+                                    {
+                                        let reply = format!(
+                                            "<iq type='error' id='{}'>{}</iq>",
+                                            view::escape_attribute(
+                                                &tag.attribute(b"id").unwrap_or_default()
+                                            ),
+                                            error.error_element()
+                                        );
+                                        return ServerAction::ReplaceThenClose(
+                                            reply.into_bytes(),
+                                            StreamError::new(StreamCondition::PolicyViolation)
+                                                .with_text(
+                                                    "too many resources bound to this account",
+                                                ),
+                                        );
+                                    }
                                 }
                                 if let Some(error) = self.run_stream_hook(Hook::Bind, now) {
                                     return ServerAction::ForwardThenClose(error);

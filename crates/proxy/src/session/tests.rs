@@ -319,3 +319,68 @@ fn client_header_checks_namespace_version_and_host() {
         StreamCondition::HostUnknown
     );
 }
+
+/// Two sessions of one instance, sharing its limiter.
+fn sessions_sharing(limits: LimitsConfig) -> (C2sSession, C2sSession) {
+    let limiter = std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(Limiter::new(limits)));
+    let policy = std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(
+        xmppwall_policy::rules::Policy::default(),
+    ));
+    let make = |ip: &str| {
+        let l = limiter.load();
+        let GateDecision::Admit(ticket) = l.admit(ip.parse().unwrap(), Instant::now()) else {
+            panic!("admitted");
+        };
+        C2sSession::new(
+            Limits::default(),
+            ListenerTls::Starttls,
+            limiter.clone(),
+            l.connection(&ticket),
+            Some("example.test".into()),
+            policy.clone(),
+            ip.parse().unwrap(),
+        )
+    };
+    (make("192.0.2.1"), make("192.0.2.2"))
+}
+
+fn external_login(s: &mut C2sSession, bind_id: &str) -> ServerAction {
+    s.on_server_frame(Token::StreamOpen, SERVER_HEADER.as_bytes(), Instant::now());
+    client(
+        s,
+        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>",
+    );
+    server(s, "<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>");
+    s.take_client_restart();
+    s.take_server_restart();
+    s.on_server_frame(Token::StreamOpen, SERVER_HEADER.as_bytes(), Instant::now());
+    let bind = format!(
+        "<iq type='set' id='{bind_id}'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>"
+    );
+    assert_eq!(client(s, &bind), ClientAction::Forward);
+    server(
+        s,
+        &format!("<iq type='result' id='{bind_id}'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><jid>alice@example.test/{bind_id}</jid></bind></iq>"),
+    )
+}
+
+#[test]
+fn resource_limit_holds_for_mechanisms_that_name_no_user_at_the_bind_result() {
+    let mut limits = LimitsConfig::default();
+    limits.registered.resources_per_account = Some(1);
+    let (mut first, mut second) = sessions_sharing(limits);
+    assert_eq!(external_login(&mut first, "b1"), ServerAction::Forward);
+    match external_login(&mut second, "b2") {
+        ServerAction::ReplaceThenClose(reply, error) => {
+            assert_eq!(
+                String::from_utf8(reply).unwrap(),
+                "<iq type='error' id='b2'><error type='cancel'>\
+                 <resource-constraint xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>\
+                 <text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas' xml:lang='en'>at most 1 resources may be bound to one account</text>\
+                 <resource-limit-exceeded xmlns='urn:xmpp:errors'/></error></iq>"
+            );
+            assert_eq!(error.condition, StreamCondition::PolicyViolation);
+        }
+        other => panic!("expected the bind to be refused, got {other:?}"),
+    }
+}
