@@ -26,6 +26,8 @@ const ROSTER_NS: &str = "jabber:iq:roster";
 const PUBSUB_NS: &str = "http://jabber.org/protocol/pubsub";
 /// Correspondents remembered per account, for the distinct-recipient exemption.
 const CORRESPONDENTS_PER_ACCOUNT: usize = 256;
+/// Recipients remembered per account at most, whatever `distinct_recipients` says.
+const RECIPIENTS_HARD_CAP: usize = 10_000;
 /// Rooms tracked per account even with `rooms_joined = "off"`: memory stays bounded.
 const ROOMS_HARD_CAP: u32 = 1000;
 
@@ -37,6 +39,7 @@ pub enum LimitKind {
     ConnectionAttempts,
     AuthFailureBan,
     BannedAddress,
+    AddressTableFull,
     Resources,
     StanzaSize,
     DistinctRecipients,
@@ -53,12 +56,13 @@ pub enum LimitKind {
 }
 
 impl LimitKind {
-    pub const ALL: [LimitKind; 18] = [
+    pub const ALL: [LimitKind; 19] = [
         LimitKind::DeniedAddress,
         LimitKind::ConnectionsPerAddress,
         LimitKind::ConnectionAttempts,
         LimitKind::AuthFailureBan,
         LimitKind::BannedAddress,
+        LimitKind::AddressTableFull,
         LimitKind::Resources,
         LimitKind::StanzaSize,
         LimitKind::DistinctRecipients,
@@ -81,6 +85,7 @@ impl LimitKind {
             LimitKind::ConnectionAttempts => "connection_attempts",
             LimitKind::AuthFailureBan => "auth_failure_ban",
             LimitKind::BannedAddress => "banned_address",
+            LimitKind::AddressTableFull => "address_table_full",
             LimitKind::Resources => "resources_per_account",
             LimitKind::StanzaSize => "stanza_size",
             LimitKind::DistinctRecipients => "distinct_recipients",
@@ -118,6 +123,7 @@ pub struct LimiterState {
     /// Marks rules set on accounts (`mark = { scope = "account" }`).
     account_marks: Mutex<BoundedTable<String, Marks>>,
     hits: [AtomicU64; LimitKind::ALL.len()],
+    next_connection: AtomicU64,
 }
 
 impl LimiterState {
@@ -133,6 +139,7 @@ impl LimiterState {
                 config.max_tracked_accounts,
             )),
             hits: std::array::from_fn(|_| AtomicU64::new(0)),
+            next_connection: AtomicU64::new(1),
         })
     }
 
@@ -221,11 +228,42 @@ struct AddressState {
 }
 
 impl AddressState {
+    /// What a full table evicts first: entries holding no connection and no ban
+    /// (their rate counters are what an attacker with many addresses resets anyway).
+    fn evictable(&self, now: Instant) -> bool {
+        self.connections == 0 && self.banned_until.is_none_or(|t| t <= now)
+    }
+
     fn idle(&self, now: Instant) -> bool {
         self.connections == 0
             && self.attempts.is_full(now)
             && self.failures.is_full(now)
             && self.banned_until.is_none_or(|t| t <= now)
+    }
+}
+
+/// A room an account joined, through one of its connections.
+#[derive(Debug)]
+struct JoinedRoom {
+    jid: String,
+    messages: TokenBucket,
+    presences: TokenBucket,
+    /// The connection whose join this was: the room is left when it closes.
+    joined_by: u64,
+}
+
+impl AccountState {
+    /// Nothing would be lost by forgetting the account: no session, every counter
+    /// back to full, no room, no recipient in a window. (Correspondents only ever
+    /// exempt; losing them makes the limit stricter, never looser.)
+    fn idle(&self, now: Instant) -> bool {
+        self.resources == 0
+            && self.bandwidth.is_full(now)
+            && self.subscriptions.is_full(now)
+            && self.presence_broadcasts.is_full(now)
+            && self.publishes.is_full(now)
+            && self.rooms.is_empty()
+            && self.recipients.as_ref().is_none_or(|r| r.is_empty())
     }
 }
 
@@ -238,8 +276,8 @@ struct AccountState {
     subscriptions: TokenBucket,
     presence_broadcasts: TokenBucket,
     publishes: TokenBucket,
-    /// Joined rooms (bare JIDs) with each occupant's message and presence buckets.
-    rooms: Vec<(String, TokenBucket, TokenBucket)>,
+    /// Joined rooms with each occupant's message and presence buckets.
+    rooms: Vec<JoinedRoom>,
 }
 
 /// The configured limits over the shared state.
@@ -285,6 +323,8 @@ impl Drop for ConnectionTicket {
 /// What one connection carries of the limits: its tier and its own buckets.
 #[derive(Debug)]
 pub struct ConnectionLimits {
+    /// Unique within this instance.
+    id: u64,
     pub class: UserClass,
     /// The account's bare JID, once known.
     pub account: Option<String>,
@@ -396,7 +436,14 @@ impl Limiter {
         let key = AddressKey::new(ip, gate.ipv4_prefix, gate.ipv6_prefix);
         let mut table = self.state.addresses();
         table.trim_idle(|e| e.idle(now));
-        let entry = table.entry(key, AddressState::default);
+        // A table full of addresses that hold connections or bans refuses newcomers
+        // rather than forget one of them (a flood cannot reset a cap or lift a ban).
+        let Some(entry) = table.entry_evicting(key, AddressState::default, |e| e.evictable(now))
+        else {
+            drop(table);
+            self.state.hit(LimitKind::AddressTableFull);
+            return GateDecision::Refuse(LimitKind::AddressTableFull);
+        };
         let refused = if let Some(limit) = gate.connection_attempts {
             entry.attempts.try_take(&limit.rate(), 1.0, now).is_err()
         } else {
@@ -525,6 +572,7 @@ impl Limiter {
     /// or trusted for allow-listed addresses).
     pub fn connection(&self, ticket: &ConnectionTicket) -> ConnectionLimits {
         ConnectionLimits {
+            id: self.state.next_connection.fetch_add(1, Ordering::Relaxed),
             class: if ticket.trusted_address {
                 UserClass::Trusted
             } else {
@@ -582,7 +630,7 @@ impl Limiter {
             return Ok(());
         }
         let mut table = self.state.accounts();
-        table.trim_idle(|a| a.resources == 0 && a.bandwidth.is_full(now));
+        table.trim_idle(|a| a.idle(now));
         let entry = table.entry(account, AccountState::default);
         if entry.resources >= max {
             drop(table);
@@ -609,6 +657,12 @@ impl Limiter {
     /// The connection ended.
     pub fn connection_closed(&self, conn: &mut ConnectionLimits) {
         self.release_resource(conn);
+        if let Some(account) = &conn.account {
+            if let Some(entry) = self.state.accounts().get_mut(account) {
+                // The server makes this connection's occupants leave their rooms.
+                entry.rooms.retain(|r| r.joined_by != conn.id);
+            }
+        }
     }
 
     fn release_resource(&self, conn: &mut ConnectionLimits) {
@@ -677,7 +731,7 @@ impl Limiter {
                 if stanza.kind == Kind::Message {
                     check_message(entry, limits, &account, stanza, ty.as_deref(), now)
                 } else {
-                    check_presence(entry, limits, &account, stanza, ty.as_deref(), now)
+                    check_presence(entry, limits, &account, conn.id, stanza, ty.as_deref(), now)
                 }
             }
         };
@@ -825,7 +879,7 @@ fn distinct_recipient(
     }
     let recipients = entry
         .recipients
-        .get_or_insert_with(|| BoundedTable::new("recipients", limit.count.max(1) as usize));
+        .get_or_insert_with(|| BoundedTable::new("recipients", RECIPIENTS_HARD_CAP));
     recipients.trim_idle(|&t| now.saturating_duration_since(t) >= limit.period);
     if let Some(t) = recipients.get_mut(&to) {
         *t = now;
@@ -841,8 +895,10 @@ fn distinct_recipient(
     }
     let recipients = entry
         .recipients
-        .get_or_insert_with(|| BoundedTable::new("recipients", limit.count.max(1) as usize));
-    if recipients.len() >= limit.count as usize {
+        .get_or_insert_with(|| BoundedTable::new("recipients", RECIPIENTS_HARD_CAP));
+    // Compared with the limit in force now (a reload may change it); the table's
+    // own cap only bounds memory.
+    if recipients.len() >= (limit.count as usize).min(RECIPIENTS_HARD_CAP) {
         return Err(StanzaError {
             error_type: ErrorType::Wait,
             condition: "unexpected-request",
@@ -870,20 +926,20 @@ fn check_message(
         return Verdict::Pass;
     };
     if ty == Some("groupchat") {
-        if let Some(limit) = limits.muc_messages {
-            let room = bare_jid(&to);
-            let bucket = match entry.rooms.iter_mut().find(|(r, _, _)| *r == room) {
-                Some((_, messages, _)) => messages,
-                None => return Verdict::Pass,
-            };
-            if bucket.try_take(&limit.rate(), 1.0, now).is_err() {
-                return Verdict::Bounce(
-                    LimitKind::MucMessages,
-                    rate_error("groupchat messages", limit),
-                );
+        let room = bare_jid(&to);
+        if let Some(joined) = entry.rooms.iter_mut().find(|r| r.jid == room) {
+            if let Some(limit) = limits.muc_messages {
+                if joined.messages.try_take(&limit.rate(), 1.0, now).is_err() {
+                    return Verdict::Bounce(
+                        LimitKind::MucMessages,
+                        rate_error("groupchat messages", limit),
+                    );
+                }
             }
+            return Verdict::Pass;
         }
-        return Verdict::Pass;
+        // A groupchat message to a room this account was not seen joining is a
+        // message like any other: it counts as a recipient.
     }
     if let Some(limit) = limits.distinct_recipients {
         if let Err(e) = distinct_recipient(entry, limit, account, &to, now) {
@@ -897,6 +953,7 @@ fn check_presence(
     entry: &mut AccountState,
     limits: &StanzaLimits,
     account: &str,
+    conn_id: u64,
     stanza: &Stanza<'_>,
     ty: Option<&str>,
     now: Instant,
@@ -944,7 +1001,7 @@ fn check_presence(
     }
     let room = bare_jid(&to);
     let joining = stanza.has_payload(b"x", MUC_NS);
-    let known = entry.rooms.iter().position(|(r, _, _)| *r == room);
+    let known = entry.rooms.iter().position(|r| r.jid == room);
     if ty == Some("unavailable") {
         if let Some(i) = known {
             entry.rooms.swap_remove(i);
@@ -969,9 +1026,12 @@ fn check_presence(
                     },
                 );
             }
-            entry
-                .rooms
-                .push((room, TokenBucket::new(), TokenBucket::new()));
+            entry.rooms.push(JoinedRoom {
+                jid: room,
+                messages: TokenBucket::new(),
+                presences: TokenBucket::new(),
+                joined_by: conn_id,
+            });
             entry.rooms.len() - 1
         }
         // Directed presence to a contact: not amplified.
@@ -979,7 +1039,7 @@ fn check_presence(
     };
     if let Some(limit) = limits.muc_presences {
         if entry.rooms[index]
-            .2
+            .presences
             .try_take(&limit.rate(), 1.0, now)
             .is_err()
         {

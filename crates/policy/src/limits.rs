@@ -136,7 +136,9 @@ impl Default for StanzaLimits {
                 bytes_per_second: 10000,
                 burst_bytes: 60000,
             }),
-            bandwidth_close_after: Duration::from_secs(60),
+            // Long enough that one stanza of the default maximum size (256 KiB) read at
+            // the default rate (20000 burst + 3000 B/s x 120 s) is slowed, not closed.
+            bandwidth_close_after: Duration::from_secs(120),
             roster_requests: Some(PerPeriod::new(10, MINUTE)),
             // ejabberd mod_pres_counter: count 5, interval 60.
             subscription_requests: Some(PerPeriod::new(5, MINUTE)),

@@ -10,6 +10,9 @@ use std::hash::Hash;
 
 use lru::LruCache;
 
+/// How many of the oldest entries a full table looks through for an idle one.
+pub const EVICTION_SCAN: usize = 32;
+
 /// A map with a hard cap on entries, evicting the least recently used.
 #[derive(Debug)]
 pub struct BoundedTable<K: Hash + Eq, V> {
@@ -43,6 +46,34 @@ impl<K: Hash + Eq, V> BoundedTable<K, V> {
             self.evictions += 1;
         }
         self.entries.get_or_insert_mut(key, make)
+    }
+
+    /// Like [`Self::entry`], but a full table evicts the least recently used entry
+    /// for which `evictable` holds, looking at most [`EVICTION_SCAN`] entries from
+    /// the old end. When none of those may go, nothing is evicted and `None` is
+    /// returned: the caller refuses the newcomer rather than forget an entry that
+    /// holds connections or a ban.
+    pub fn entry_evicting(
+        &mut self,
+        key: K,
+        make: impl FnOnce() -> V,
+        evictable: impl Fn(&V) -> bool,
+    ) -> Option<&mut V>
+    where
+        K: Clone,
+    {
+        if self.entries.len() >= self.cap && !self.entries.contains(&key) {
+            let victim = self
+                .entries
+                .iter()
+                .rev()
+                .take(EVICTION_SCAN)
+                .find(|(_, v)| evictable(v))
+                .map(|(k, _)| k.clone())?;
+            self.entries.pop(&victim);
+            self.evictions += 1;
+        }
+        Some(self.entries.get_or_insert_mut(key, make))
     }
 
     pub fn get_mut(&mut self, key: &K) -> Option<&mut V> {
@@ -110,6 +141,22 @@ mod tests {
         }
         assert_eq!(t.len(), 100);
         assert_eq!(t.evictions(), 9_900);
+    }
+
+    #[test]
+    fn full_table_evicts_an_idle_entry_before_an_older_busy_one() {
+        let mut t = BoundedTable::new("t", 3);
+        t.entry(1, || 1); // busy (odd), oldest
+        t.entry(2, || 2);
+        t.entry(3, || 3);
+        assert!(t.entry_evicting(4, || 4, |v| v % 2 == 0).is_some());
+        assert!(t.peek(&1).is_some());
+        assert!(t.peek(&2).is_none());
+        assert_eq!(t.evictions(), 1);
+        // none may go: the newcomer is refused and nothing is forgotten
+        assert!(t.entry_evicting(5, || 5, |_| false).is_none());
+        assert!(t.peek(&1).is_some());
+        assert_eq!(t.len(), 3);
     }
 
     #[test]

@@ -737,8 +737,42 @@ impl Connection {
         });
         let mut buf = BytesMut::new();
         let mut shutdown = self.shutdown.clone();
+        let mut c2s_done = false;
         loop {
+            // Biased: what the client direction asks (an error reply, a stream error
+            // to end with) goes before more server data. When the client direction
+            // ends the stream it queues the error first and only then tells the
+            // server, so the server's reaction can never overtake the error.
             tokio::select! {
+                biased;
+                _ = shutdown.changed() => {
+                    let error = StreamError::new(StreamCondition::SystemShutdown)
+                        .with_text("the server is shutting down");
+                    let bytes = lock(session).stream_error_bytes(&error, self.domain(Some(header)));
+                    let _ = self.refuse(&mut wr, bytes, StreamCondition::SystemShutdown).await;
+                    return End::Shutdown;
+                }
+                message = from_c2s.recv(), if !c2s_done => {
+                    match message {
+                        Some(ToClient::Bytes(bytes)) => {
+                            if let Err(e) = wr.write_all(&bytes).await {
+                                return End::ClientIo(e);
+                            }
+                        }
+                        Some(ToClient::Close(error)) => {
+                            let condition = error.condition;
+                            let bytes = lock(session).stream_error_bytes(&error, self.domain(Some(header)));
+                            return self.refuse(&mut wr, bytes, condition).await;
+                        }
+                        Some(ToClient::CloseWith(bytes)) => {
+                            let _ = self.refuse(&mut wr, bytes, StreamCondition::UndefinedCondition).await;
+                            return End::RefusedOther;
+                        }
+                        // The client direction ended; keep relaying what the server
+                        // still says until it closes (bounded by the caller).
+                        None => c2s_done = true,
+                    }
+                }
                 read = read_into(&mut rd, &mut buf) => {
                     match read {
                         Ok(0) => {
@@ -845,36 +879,6 @@ impl Connection {
                         return End::ClientIo(e);
                     }
                     release_consumed(&mut buf, pos);
-                }
-                message = from_c2s.recv() => {
-                    match message {
-                        Some(ToClient::Bytes(bytes)) => {
-                            if let Err(e) = wr.write_all(&bytes).await {
-                                return End::ClientIo(e);
-                            }
-                        }
-                        Some(ToClient::Close(error)) => {
-                            let condition = error.condition;
-                            let bytes = lock(session).stream_error_bytes(&error, self.domain(Some(header)));
-                            return self.refuse(&mut wr, bytes, condition).await;
-                        }
-                        Some(ToClient::CloseWith(bytes)) => {
-                            let _ = self.refuse(&mut wr, bytes, StreamCondition::UndefinedCondition).await;
-                            return End::RefusedOther;
-                        }
-                        None => {
-                            // The client direction ended; keep relaying what the
-                            // server still says until it closes (bounded by the caller).
-                            std::future::pending::<()>().await;
-                        }
-                    }
-                }
-                _ = shutdown.changed() => {
-                    let error = StreamError::new(StreamCondition::SystemShutdown)
-                        .with_text("the server is shutting down");
-                    let bytes = lock(session).stream_error_bytes(&error, self.domain(Some(header)));
-                    let _ = self.refuse(&mut wr, bytes, StreamCondition::SystemShutdown).await;
-                    return End::Shutdown;
                 }
             }
         }
