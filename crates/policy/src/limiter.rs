@@ -436,10 +436,16 @@ impl Limiter {
         let key = AddressKey::new(ip, gate.ipv4_prefix, gate.ipv6_prefix);
         let mut table = self.state.addresses();
         table.trim_idle(|e| e.idle(now));
-        // A table full of addresses that hold connections or bans refuses newcomers
-        // rather than forget one of them (a flood cannot reset a cap or lift a ban).
-        let Some(entry) = table.entry_evicting(key, AddressState::default, |e| e.evictable(now))
-        else {
+        // A full table forgets an address without connections or ban first, then one
+        // without a ban (its connection count is lost: it had the oldest activity of
+        // the 256 looked at); a table whose oldest entries are all banned refuses the
+        // newcomer rather than lift a ban.
+        let Some(entry) = table.entry_evicting(
+            key,
+            AddressState::default,
+            |e| e.evictable(now),
+            |e| e.banned_until.is_none_or(|t| t <= now),
+        ) else {
             drop(table);
             self.state.hit(LimitKind::AddressTableFull);
             return GateDecision::Refuse(LimitKind::AddressTableFull);

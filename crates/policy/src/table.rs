@@ -11,7 +11,7 @@ use std::hash::Hash;
 use lru::LruCache;
 
 /// How many of the oldest entries a full table looks through for an idle one.
-pub const EVICTION_SCAN: usize = 32;
+pub const EVICTION_SCAN: usize = 256;
 
 /// A map with a hard cap on entries, evicting the least recently used.
 #[derive(Debug)]
@@ -48,28 +48,33 @@ impl<K: Hash + Eq, V> BoundedTable<K, V> {
         self.entries.get_or_insert_mut(key, make)
     }
 
-    /// Like [`Self::entry`], but a full table evicts the least recently used entry
-    /// for which `evictable` holds, looking at most [`EVICTION_SCAN`] entries from
-    /// the old end. When none of those may go, nothing is evicted and `None` is
-    /// returned: the caller refuses the newcomer rather than forget an entry that
-    /// holds connections or a ban.
+    /// Like [`Self::entry`], but a full table chooses what to evict among the
+    /// [`EVICTION_SCAN`] oldest entries: the oldest for which `prefer` holds, else the
+    /// oldest for which `allow` holds. When none may go, nothing is evicted and `None`
+    /// is returned: the caller refuses the newcomer.
     pub fn entry_evicting(
         &mut self,
         key: K,
         make: impl FnOnce() -> V,
-        evictable: impl Fn(&V) -> bool,
+        prefer: impl Fn(&V) -> bool,
+        allow: impl Fn(&V) -> bool,
     ) -> Option<&mut V>
     where
         K: Clone,
     {
         if self.entries.len() >= self.cap && !self.entries.contains(&key) {
-            let victim = self
-                .entries
-                .iter()
-                .rev()
-                .take(EVICTION_SCAN)
-                .find(|(_, v)| evictable(v))
-                .map(|(k, _)| k.clone())?;
+            let mut fallback = None;
+            let mut victim = None;
+            for (k, v) in self.entries.iter().rev().take(EVICTION_SCAN) {
+                if prefer(v) {
+                    victim = Some(k.clone());
+                    break;
+                }
+                if fallback.is_none() && allow(v) {
+                    fallback = Some(k.clone());
+                }
+            }
+            let victim = victim.or(fallback)?;
             self.entries.pop(&victim);
             self.evictions += 1;
         }
@@ -149,13 +154,18 @@ mod tests {
         t.entry(1, || 1); // busy (odd), oldest
         t.entry(2, || 2);
         t.entry(3, || 3);
-        assert!(t.entry_evicting(4, || 4, |v| v % 2 == 0).is_some());
+        assert!(t
+            .entry_evicting(4, || 4, |v| v % 2 == 0, |_| true)
+            .is_some());
         assert!(t.peek(&1).is_some());
         assert!(t.peek(&2).is_none());
         assert_eq!(t.evictions(), 1);
-        // none may go: the newcomer is refused and nothing is forgotten
-        assert!(t.entry_evicting(5, || 5, |_| false).is_none());
+        // nothing preferred: the oldest allowed goes (1 is not allowed, 3 is)
+        assert!(t.entry_evicting(5, || 5, |_| false, |v| *v != 1).is_some());
         assert!(t.peek(&1).is_some());
+        assert!(t.peek(&3).is_none());
+        // none may go: the newcomer is refused and nothing is forgotten
+        assert!(t.entry_evicting(6, || 6, |_| false, |_| false).is_none());
         assert_eq!(t.len(), 3);
     }
 
