@@ -10,18 +10,16 @@ use support::certs::TestCert;
 use support::client::{tls_client_config, TestClient, TlsVersions};
 use support::ports::free_loopback_addr;
 use support::slixmpp::{Slixmpp, SlixmppLogin, SlixmppTls};
+use support::wall::{Wall, WallConfig};
 use support::xml;
-use support::{Ejabberd, Prosody, ProsodyOptions, Xmppwall, ALICE, BOB, DOMAIN};
+use support::{Ejabberd, Prosody, ProsodyOptions, ALICE, BOB, DOMAIN};
 
 const STREAMS: &str = "urn:ietf:params:xml:ns:xmpp-streams";
 
-/// A server with xmppwall in front of it: STARTTLS, direct TLS and plaintext listeners.
+/// A server with xmppwall in front of it (STARTTLS, direct TLS and plaintext
+/// listeners); derefs to the [`Wall`].
 struct Setup<S = Prosody> {
-    wall: Xmppwall,
-    starttls: SocketAddr,
-    direct: SocketAddr,
-    plain: SocketAddr,
-    cert: TestCert,
+    wall: Wall,
     // Dropped last: xmppwall goes first.
     server: S,
 }
@@ -43,90 +41,23 @@ impl<S> Setup<S> {
     /// xmppwall in front of `server` listening at `upstream`; `upstream_extra` goes
     /// inside `[upstream]`, `extra` at the end of the config.
     fn in_front_of(server: S, upstream: SocketAddr, upstream_extra: &str, extra: &str) -> Setup<S> {
-        let cert = TestCert::generate(&[DOMAIN]);
-        let starttls = free_loopback_addr();
-        let direct = free_loopback_addr();
-        let plain = free_loopback_addr();
-        let config = config(
+        let wall = Wall::start(
             upstream,
-            [starttls, direct, plain],
-            &cert,
-            upstream_extra,
-            extra,
+            WallConfig {
+                upstream: upstream_extra.to_owned(),
+                tables: extra.to_owned(),
+                ..WallConfig::default()
+            },
         );
-        let wall = Xmppwall::start(&config);
-        Setup {
-            wall,
-            starttls,
-            direct,
-            plain,
-            cert,
-            server,
-        }
-    }
-
-    fn tls(&self) -> std::sync::Arc<rustls::ClientConfig> {
-        tls_client_config(&self.cert.ca_der, TlsVersions::Any)
-    }
-
-    /// A client on the STARTTLS listener, past TLS, with the post-TLS features read.
-    fn client_after_tls(&self) -> (TestClient, String) {
-        let mut c = TestClient::connect(self.starttls);
-        c.open_stream();
-        let features = c.starttls(&self.tls());
-        (c, features)
-    }
-
-    /// A logged-in, bound client over STARTTLS.
-    fn login(&self, account: support::Account, resource: &str) -> (TestClient, String) {
-        let (mut c, _) = self.client_after_tls();
-        c.auth_plain(account);
-        let jid = c.bind(Some(resource));
-        c.send_raw("<presence/>");
-        (c, jid)
+        Setup { wall, server }
     }
 }
 
-/// `upstream_extra` goes inside `[upstream]`, `extra` after everything.
-fn config(
-    upstream: SocketAddr,
-    [starttls, direct, plain]: [SocketAddr; 3],
-    cert: &TestCert,
-    upstream_extra: &str,
-    extra: &str,
-) -> String {
-    format!(
-        r#"
-domains = ["{DOMAIN}"]
-
-[upstream]
-address = "{upstream}"
-connect_timeout = "2s"
-{upstream_extra}
-
-[[listen]]
-front = "c2s"
-tls = "starttls"
-address = "{starttls}"
-
-[[listen]]
-front = "c2s"
-tls = "direct"
-address = "{direct}"
-
-[[listen]]
-front = "c2s"
-tls = "none"
-address = "{plain}"
-
-[tls]
-default = {{ cert = "{}", key = "{}" }}
-
-{extra}
-"#,
-        cert.chain_path.display(),
-        cert.key_path.display()
-    )
+impl<S> std::ops::Deref for Setup<S> {
+    type Target = Wall;
+    fn deref(&self) -> &Wall {
+        &self.wall
+    }
 }
 
 /// The bytes a stream error ends with, as xmppwall writes them after the server's header.
@@ -531,7 +462,7 @@ fn whitespace_keepalives_and_stream_management_pass_through() {
 fn sigterm_sends_system_shutdown_to_open_streams() {
     let mut s = Setup::start();
     let (mut c, _) = s.login(ALICE, "bye");
-    s.wall.send_signal("TERM");
+    s.wall.xmppwall.send_signal("TERM");
     let rest = c.read_until_closed();
     assert!(
         rest.ends_with(&stream_error(
@@ -543,6 +474,7 @@ fn sigterm_sends_system_shutdown_to_open_streams() {
     );
     let status = s
         .wall
+        .xmppwall
         .wait_exit(Duration::from_secs(10))
         .expect("xmppwall exits");
     assert!(status.success(), "{status:?}");
@@ -556,9 +488,10 @@ fn sighup_reloads_certificates_without_dropping_streams() {
     let fresh = TestCert::generate(&[DOMAIN]);
     std::fs::copy(&fresh.chain_path, &s.cert.chain_path).expect("test set-up");
     std::fs::copy(&fresh.key_path, &s.cert.key_path).expect("test set-up");
-    s.wall.send_signal("HUP");
+    s.wall.xmppwall.send_signal("HUP");
     support::process::wait_until(Duration::from_secs(10), "the reload to be logged", || {
         s.wall
+            .xmppwall
             .log()
             .contains("configuration reloaded")
             .then_some(())
@@ -577,15 +510,19 @@ fn sighup_reloads_certificates_without_dropping_streams() {
 fn broken_config_on_sighup_keeps_the_running_one() {
     let mut s = Setup::start();
     let (mut alice, alice_jid) = s.login(ALICE, "stay");
-    s.wall.rewrite_config("[upstream\naddress = ");
-    s.wall.send_signal("HUP");
+    s.wall.xmppwall.rewrite_config("[upstream\naddress = ");
+    s.wall.xmppwall.send_signal("HUP");
     support::process::wait_until(Duration::from_secs(10), "the refusal to be logged", || {
-        s.wall.log().contains("reload refused").then_some(())
+        s.wall
+            .xmppwall
+            .log()
+            .contains("reload refused")
+            .then_some(())
     });
     assert!(
-        s.wall.log().contains("xmppwall.toml:1:"),
+        s.wall.xmppwall.log().contains("xmppwall.toml:1:"),
         "{}",
-        s.wall.log()
+        s.wall.xmppwall.log()
     );
     let (mut bob, _) = s.login(BOB, "b");
     bob.send_raw(chat(&alice_jid, "still", "works"));

@@ -13,10 +13,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use socket2::{Domain, Protocol, Socket, Type};
 use support::client::TestClient;
-use support::ports::free_loopback_addr;
 use support::process::wait_until;
+use support::wall::{Wall, WallConfig};
 use support::xml;
-use support::{Account, Prosody, ProsodyOptions, Xmppwall, ALICE, BOB, CAROL, DOMAIN, IO_TIMEOUT};
+use support::{Account, Prosody, ProsodyOptions, ALICE, BOB, CAROL, IO_TIMEOUT};
 
 const STREAMS: &str = "urn:ietf:params:xml:ns:xmpp-streams";
 const STANZAS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
@@ -37,9 +37,10 @@ fn prosody_with_muc_and_anonymous() -> ProsodyOptions {
     }
 }
 
-/// Prosody with xmppwall in front of it on a plaintext listener.
+/// Prosody with xmppwall in front of it; these tests use the plaintext listener.
 struct Setup {
-    wall: Xmppwall,
+    wall: Wall,
+    /// The plaintext listener.
     addr: SocketAddr,
     // Dropped last: xmppwall goes first.
     _prosody: Prosody,
@@ -53,28 +54,17 @@ impl Setup {
 
     fn start_with(limits: &str, options: ProsodyOptions) -> Setup {
         let prosody = Prosody::start_with(options);
-        let addr = free_loopback_addr();
-        let config = format!(
-            r#"
-domains = ["{DOMAIN}", "{ANON_DOMAIN}"]
-
-[upstream]
-address = "{}"
-connect_timeout = "2s"
-
-[[listen]]
-front = "c2s"
-tls = "none"
-address = "{addr}"
-
-{limits}
-"#,
-            prosody.c2s
+        let wall = Wall::start(
+            prosody.c2s,
+            WallConfig {
+                domains: vec![ANON_DOMAIN.to_owned()],
+                tables: limits.to_owned(),
+                ..WallConfig::default()
+            },
         );
-        let wall = Xmppwall::start(&config);
         Setup {
+            addr: wall.plain,
             wall,
-            addr,
             _prosody: prosody,
         }
     }
@@ -85,34 +75,12 @@ address = "{addr}"
     }
 
     fn login_from(&self, source: IpAddr, account: Account, resource: &str) -> (TestClient, String) {
-        let mut c = TestClient::connect_from(source, self.addr);
-        c.open_stream();
-        c.auth_plain(account);
-        let jid = c.bind(Some(resource));
-        c.send_raw("<presence/>");
-        (c, jid)
+        self.wall.login_plain_from(source, account, resource)
     }
 
-    /// Asks xmppwall for a `stats` line (SIGUSR1) and returns the new one.
     fn stats(&mut self) -> String {
-        let count = |log: &str| log.lines().filter(|l| is_stats(l)).count();
-        let before = count(&self.wall.log());
-        self.wall.send_signal("USR1");
-        let wall = &self.wall;
-        wait_until(IO_TIMEOUT, "a stats line after SIGUSR1", || {
-            let log = wall.log();
-            (count(&log) > before).then(|| {
-                log.lines()
-                    .rfind(|l| is_stats(l))
-                    .expect("counted above")
-                    .to_owned()
-            })
-        })
+        self.wall.stats()
     }
-}
-
-fn is_stats(line: &str) -> bool {
-    line.contains("limits=addresses=")
 }
 
 /// `127.0.0.n`.
@@ -312,8 +280,9 @@ fn deny_listed_addresses_are_closed_before_any_stream() {
 
 #[test]
 fn allow_listed_addresses_are_exempt_from_the_gate_caps() {
+    // 127.0.0.1 is allow-listed too: the harness's readiness probes come from it.
     let mut s = Setup::start(
-        "[gate]\nmax_connections_per_address = 1\nconnection_attempts = \"1/1h\"\nallow = [\"127.0.0.10\"]\n",
+        "[gate]\nmax_connections_per_address = 1\nconnection_attempts = \"1/1h\"\nallow = [\"127.0.0.10\", \"127.0.0.1\"]\n",
     );
     let held: Vec<_> = (0..4)
         .map(|_| stream_from(loopback(10), s.addr).expect("allow-listed address refused"))

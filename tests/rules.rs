@@ -3,94 +3,37 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use support::certs::TestCert;
-use support::client::{tls_client_config, TestClient, TlsVersions};
-use support::ports::free_loopback_addr;
+use support::client::TestClient;
+use support::wall::{Wall, WallConfig};
 use support::xml;
-use support::{Prosody, Xmppwall, ALICE, BOB, DOMAIN};
+use support::{Prosody, ALICE, BOB};
 
 struct Setup {
-    wall: Xmppwall,
-    listen: SocketAddr,
-    cert: TestCert,
-    prosody: Prosody,
-}
-
-fn config(upstream: SocketAddr, listen: SocketAddr, cert: &TestCert, rules: &str) -> String {
-    format!(
-        r#"
-domains = ["{DOMAIN}"]
-
-[upstream]
-address = "{upstream}"
-
-[[listen]]
-front = "c2s"
-tls = "starttls"
-address = "{listen}"
-
-[tls]
-default = {{ cert = "{}", key = "{}" }}
-
-{rules}
-"#,
-        cert.chain_path.display(),
-        cert.key_path.display()
-    )
+    wall: Wall,
+    // Dropped last: xmppwall goes first.
+    _prosody: Prosody,
 }
 
 impl Setup {
     fn start(rules: &str) -> Setup {
         let prosody = Prosody::start();
-        let cert = TestCert::generate(&[DOMAIN]);
-        let listen = free_loopback_addr();
-        let wall = Xmppwall::start(&config(prosody.c2s, listen, &cert, rules));
+        let wall = Wall::start(
+            prosody.c2s,
+            WallConfig {
+                tables: rules.to_owned(),
+                ..WallConfig::default()
+            },
+        );
         Setup {
             wall,
-            listen,
-            cert,
-            prosody,
+            _prosody: prosody,
         }
     }
 
     fn login(&self, account: support::Account, resource: &str) -> (TestClient, String) {
-        let mut c = TestClient::connect(self.listen);
-        c.open_stream();
-        c.starttls(&tls_client_config(&self.cert.ca_der, TlsVersions::Any));
-        c.auth_plain(account);
-        let jid = c.bind(Some(resource));
-        c.send_raw("<presence/>");
-        (c, jid)
-    }
-
-    /// Rewrites the config with other rules and waits for the reload to be logged.
-    fn reload(&mut self, rules: &str, expect: &str) {
-        let text = config(self.prosody.c2s, self.listen, &self.cert, rules);
-        self.wall.rewrite_config(&text);
-        let before = self.wall.log().matches(expect).count();
-        self.wall.send_signal("HUP");
-        support::process::wait_until(Duration::from_secs(10), expect, || {
-            (self.wall.log().matches(expect).count() > before).then_some(())
-        });
-    }
-
-    /// The `stats` line SIGUSR1 makes xmppwall log.
-    fn stats(&mut self) -> String {
-        let before = self.wall.log().matches(" stats ").count();
-        self.wall.send_signal("USR1");
-        support::process::wait_until(Duration::from_secs(10), "a stats line", || {
-            let log = self.wall.log();
-            (log.matches(" stats ").count() > before).then(|| {
-                log.lines()
-                    .rev()
-                    .find(|l| l.contains(" stats "))
-                    .unwrap_or("")
-                    .to_owned()
-            })
-        })
+        self.wall.login(account, resource)
     }
 }
 
@@ -202,11 +145,11 @@ fn shadow_rule_delivers_the_stanza_and_counts_the_hit() {
     let got = next_message(&mut bob);
     assert_eq!(xml::root_attr(&got, "id").as_deref(), Some("sh1"));
     assert!(
-        s.wall.log().contains("shadow rule matched"),
+        s.wall.xmppwall.log().contains("shadow rule matched"),
         "{}",
-        s.wall.log()
+        s.wall.xmppwall.log()
     );
-    let stats = s.stats();
+    let stats = s.wall.stats();
     assert!(
         stats.contains("to-server/normal-with-subject:0/1"),
         "{stats}"
@@ -249,7 +192,7 @@ fn sighup_swaps_rules_without_dropping_streams_and_a_bad_file_keeps_the_old_ones
             .replace("<message ", "<message type='chat' ")
     };
 
-    s.reload(
+    s.wall.reload(
         r#"
 [[rule]]
 name = "no-foo"
@@ -267,14 +210,17 @@ keywords = ["foo"]
     );
 
     // A broken rule: the reload is refused with the line, the running rules stay.
-    s.reload(
+    s.wall.reload(
         "[[rule]]\nname = \"broken\"\naction = \"explode\"\n",
         "reload refused",
     );
     assert!(
-        s.wall.log().contains("xmppwall.toml:17:10: unknown action"),
+        s.wall
+            .xmppwall
+            .log()
+            .contains("xmppwall.toml:30:10: unknown action"),
         "{}",
-        s.wall.log()
+        s.wall.xmppwall.log()
     );
     alice.send_raw(chat("r3", "foo"));
     alice.send_raw(chat("r4", "baz"));
@@ -331,6 +277,7 @@ fn a_changed_list_file_is_reloaded_without_a_signal() {
     std::fs::write(&words, "bar\n").expect("rewriting the list");
     support::process::wait_until(Duration::from_secs(15), "the list reload", || {
         s.wall
+            .xmppwall
             .log()
             .contains("configuration reloaded")
             .then_some(())

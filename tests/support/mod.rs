@@ -20,6 +20,7 @@ pub mod process;
 pub mod prosody;
 pub mod proxy_protocol;
 pub mod slixmpp;
+pub mod wall;
 pub mod xml;
 pub mod xmppwall;
 

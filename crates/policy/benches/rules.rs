@@ -7,38 +7,19 @@
 //!   close to zero, because only what rules need is read from a stanza.
 //! - `no_policy`: an empty policy, the floor.
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::Path;
 use std::time::{Instant, SystemTime};
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use serde::Deserialize;
-use toml::Spanned;
 use xmppwall_policy::limits::UserClass;
-use xmppwall_policy::rules::config::{compile, RawList, RawPolicy, RawRule};
+use xmppwall_policy::rules::config::RulesFile;
 use xmppwall_policy::rules::{Hook, Marks, Policy, Subject};
 use xmppwall_policy::stanza::Stanza;
 
-#[derive(Deserialize)]
-struct File {
-    #[serde(default)]
-    policy: RawPolicy,
-    #[serde(default)]
-    lists: HashMap<String, Spanned<RawList>>,
-    #[serde(default)]
-    rule: Vec<RawRule>,
-}
-
 fn load(text: &str) -> Policy {
-    let file: File = toml::from_str(text).expect("valid TOML");
-    compile(
-        &file.policy,
-        &file.lists,
-        &file.rule,
-        Path::new("."),
-        &mut |_, m| panic!("bench policy: {m}"),
-    )
+    let file: RulesFile = toml::from_str(text).expect("valid TOML");
+    file.compile(Path::new("."), &mut |_, m| panic!("bench policy: {m}"))
 }
 
 /// A pseudo-random word generator (deterministic, no dependency).

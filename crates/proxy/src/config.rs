@@ -19,7 +19,9 @@ use xmppwall_policy::limits::{
     AuthLimits, Bandwidth, GateLimits, LimitsConfig, PayloadDirection, PayloadError, PayloadRule,
     PerPeriod, StanzaLimits,
 };
-use xmppwall_policy::rules::config::{compile_sources, RawList, RawPolicy, RawRule, Source};
+use xmppwall_policy::rules::config::{
+    compile_sources, RawList, RawPolicy, RawRule, RulesFile, Source,
+};
 use xmppwall_policy::rules::Policy;
 
 use crate::session::FramerBudgets;
@@ -756,7 +758,7 @@ impl Checker<'_> {
                     continue;
                 }
             };
-            match toml::from_str::<RawRulesFile>(&text) {
+            match toml::from_str::<RulesFile>(&text) {
                 Ok(raw) => included.push(Included { path, text, raw }),
                 Err(e) => {
                     let (line, column) = line_column(&text, e.span().map_or(0, |s| s.start));
@@ -1003,22 +1005,11 @@ struct RawAuth {
     tarpit: Option<Spanned<String>>,
 }
 
-/// A rules file: what `include` names, and what `xmppwall replay --rules` reads.
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawRulesFile {
-    policy: Option<RawPolicy>,
-    #[serde(default)]
-    lists: HashMap<String, Spanned<RawList>>,
-    #[serde(default)]
-    rule: Vec<RawRule>,
-}
-
 /// An included rules file, read.
 struct Included {
     path: PathBuf,
     text: String,
-    raw: RawRulesFile,
+    raw: RulesFile,
 }
 
 #[derive(Deserialize)]

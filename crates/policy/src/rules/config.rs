@@ -34,6 +34,31 @@ pub struct RawPolicy {
     pub shadow_chains: Vec<Spanned<String>>,
 }
 
+/// A rules file: `[policy]`, `[lists.*]` and `[[rule]]` (what `include` names, and what
+/// `xmppwall replay --rules` reads).
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RulesFile {
+    pub policy: Option<RawPolicy>,
+    #[serde(default)]
+    pub lists: HashMap<String, Spanned<RawList>>,
+    #[serde(default)]
+    pub rule: Vec<RawRule>,
+}
+
+impl RulesFile {
+    /// Compiles this file alone; list files are relative to `base`.
+    pub fn compile(&self, base: &Path, report: &mut Report<'_>) -> Policy {
+        compile(
+            self.policy.as_ref().unwrap_or(&RawPolicy::default()),
+            &self.lists,
+            &self.rule,
+            base,
+            report,
+        )
+    }
+}
+
 /// `[lists.NAME]`: one named list, inline or from a file (one entry per line,
 /// `#` comments), of one kind.
 #[derive(Debug, Deserialize, Default)]

@@ -1,38 +1,18 @@
-use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
-use serde::Deserialize;
-use toml::Spanned;
-
-use super::config::{compile, RawList, RawPolicy, RawRule};
+use super::config::RulesFile;
 use super::*;
 use crate::stanza::Stanza;
 
-#[derive(Deserialize)]
-struct File {
-    #[serde(default)]
-    policy: RawPolicy,
-    #[serde(default)]
-    lists: HashMap<String, Spanned<RawList>>,
-    #[serde(default)]
-    rule: Vec<RawRule>,
-}
-
 /// Compiles `text`; returns the policy and the problems as (line, message).
 fn load(text: &str) -> (Policy, Vec<(usize, String)>) {
-    let file: File = toml::from_str(text).expect("valid TOML");
+    let file: RulesFile = toml::from_str(text).expect("valid TOML");
     let mut problems = Vec::new();
-    let policy = compile(
-        &file.policy,
-        &file.lists,
-        &file.rule,
-        Path::new("."),
-        &mut |span, message| {
-            let line = text[..span.start].matches('\n').count() + 1;
-            problems.push((line, message));
-        },
-    );
+    let policy = file.compile(Path::new("."), &mut |span, message| {
+        let line = text[..span.start].matches('\n').count() + 1;
+        problems.push((line, message));
+    });
     (policy, problems)
 }
 
