@@ -838,6 +838,16 @@ fn payload_verdict(
     if limits.payloads.is_empty() {
         return None;
     }
+    // A namespace can only be declared if its text occurs in the stanza: one SIMD
+    // substring search per rule spares the walk over the children for almost every
+    // stanza. (A namespace with characters XML would escape is always walked for.)
+    let may_occur = |ns: &str| {
+        ns.bytes().any(|b| matches!(b, b'&' | b'<' | b'\'' | b'"'))
+            || memchr::memmem::find(stanza.bytes, ns.as_bytes()).is_some()
+    };
+    if !limits.payloads.iter().any(|r| may_occur(&r.namespace)) {
+        return None;
+    }
     for (_, ns) in stanza.payloads() {
         let rule = limits.payloads.iter().find(|r| {
             r.namespace == ns
