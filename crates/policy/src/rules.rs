@@ -12,6 +12,7 @@
 pub mod conditions;
 pub mod config;
 pub mod content;
+pub mod index;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -165,6 +166,8 @@ pub struct Chain {
     pub name: String,
     pub rules: Vec<Rule>,
     pub shadow: bool,
+    /// Which rules could match, by kind and domains; built once the rules are in.
+    pub index: Option<index::ChainIndex>,
 }
 
 /// A compiled policy.
@@ -278,7 +281,30 @@ impl Policy {
         let Some(c) = self.chains.get(chain) else {
             return false;
         };
-        for rule in &c.rules {
+        let candidates = c.index.as_ref().map(|index| {
+            let kind = facts.kind_index();
+            let to = if index.needs_to() {
+                facts.to_domain().map(str::to_owned)
+            } else {
+                None
+            };
+            let from = if index.needs_from() {
+                facts.from_domain().map(str::to_owned)
+            } else {
+                None
+            };
+            index.candidates(&index::Keys {
+                kind,
+                to_domain: to.as_deref(),
+                from_domain: from.as_deref(),
+            })
+        });
+        let order: Box<dyn Iterator<Item = usize>> = match &candidates {
+            Some(set) => Box::new(set.iter()),
+            None => Box::new(0..c.rules.len()),
+        };
+        for i in order {
+            let rule = &c.rules[i];
             if !rule.matches(facts, now) {
                 continue;
             }

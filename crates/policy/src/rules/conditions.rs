@@ -111,6 +111,14 @@ impl DomainSet {
         }
     }
 
+    /// Every domain in the set.
+    pub fn iter(&self) -> Box<dyn Iterator<Item = &str> + '_> {
+        match self {
+            DomainSet::Few(d) => Box::new(d.iter().map(String::as_str)),
+            DomainSet::Many(d) => Box::new(d.iter().map(String::as_str)),
+        }
+    }
+
     pub fn len(&self) -> usize {
         match self {
             DomainSet::Few(d) => d.len(),
@@ -384,6 +392,26 @@ impl<'s, 'a> Facts<'s, 'a> {
             self.hosts = Some(hosts);
         }
         self.hosts.as_deref().unwrap_or(&[])
+    }
+
+    /// The stanza kind for the rule index: 0 message, 1 presence, 2 iq, 3 none.
+    pub fn kind_index(&self) -> usize {
+        match self.stanza.map(|s| s.kind) {
+            Some(Kind::Message) => 0,
+            Some(Kind::Presence) => 1,
+            Some(Kind::Iq) => 2,
+            None => 3,
+        }
+    }
+
+    /// The recipient's domain, lowercased (as `to_domain` conditions see it).
+    pub fn to_domain(&mut self) -> Option<&str> {
+        self.to().map(|a| a.domain())
+    }
+
+    /// The sender's domain, lowercased (as `from_domain` conditions see it).
+    pub fn from_domain(&mut self) -> Option<&str> {
+        self.from().map(|a| a.domain())
     }
 
     /// The key a rate-limited rule counts under.

@@ -306,6 +306,7 @@ pub fn compile_sources(sources: &[Source<'_>], report: &mut SourceReport<'_>) ->
             name: n.clone(),
             rules: Vec::new(),
             shadow: shadow_chains.contains(n),
+            index: None,
         })
         .collect();
     let mut names = std::collections::HashSet::new();
@@ -330,6 +331,10 @@ pub fn compile_sources(sources: &[Source<'_>], report: &mut SourceReport<'_>) ->
                 chains[index].rules.push(rule);
             }
         }
+    }
+    for chain in &mut chains {
+        let index = super::index::ChainIndex::build(&chain.rules);
+        chain.index = index.is_useful().then_some(index);
     }
     let hooks = Hook::ALL
         .iter()

@@ -532,3 +532,72 @@ fn strip_removes_only_the_named_children() {
     );
     assert_eq!(strip_children(xml, &[(None, "thread".into())]), None);
 }
+
+#[test]
+fn the_rule_index_never_changes_a_verdict() {
+    let text = r#"
+[lists.many]
+domains = ["a.example", "b.example", "c.example", "d.example", "e.example", "f.example", "g.example", "h.example", "i.example"]
+[[rule]]
+name = "kind-and-to"
+action = "drop"
+[rule.match]
+kind = ["message"]
+to_domain = ["spam.example"]
+[[rule]]
+name = "from-list"
+action = "bounce"
+[rule.match]
+from_domain = "list:many"
+[[rule]]
+name = "iq-only"
+action = "drop"
+[rule.match]
+kind = ["iq"]
+has = ["query"]
+[[rule]]
+name = "any-subject"
+action = "drop"
+[rule.match]
+has = ["subject"]
+[[rule]]
+name = "to-sub"
+action = "close"
+[rule.match]
+to_domain = ["example.net"]
+"#;
+    let indexed = policy(text);
+    let mut plain = policy(text);
+    for chain in &mut plain.chains {
+        chain.index = None;
+    }
+    assert!(indexed.chains.iter().any(|c| c.index.is_some()));
+    let stanzas = [
+        "<message to='x@spam.example'><body>hi</body></message>",
+        "<message to='x@SPAM.example/r'/>",
+        "<presence to='x@spam.example'/>",
+        "<message from='u@sub.c.example' to='x@y'/>",
+        "<message from='u@notc.example' to='x@y'/>",
+        "<iq type='get' id='1'><query xmlns='jabber:iq:roster'/></iq>",
+        "<message to='a@b'><subject>s</subject></message>",
+        "<message to='a@deep.example.net'/>",
+        "<message to='a@example.net.'/>",
+        "<message/>",
+    ];
+    let marks = Marks::default();
+    for xml in stanzas {
+        for hook in [Hook::ToServer] {
+            let a = decide(&indexed, hook, xml, &subject(&marks));
+            let b = decide(&plain, hook, xml, &subject(&marks));
+            assert_eq!((a.action, a.rule), (b.action, b.rule), "{xml}");
+        }
+    }
+    // and the account stands in for a missing `from`, in both
+    let marks = Marks::default();
+    let from_list = Subject {
+        account: Some("boss@e.example"),
+        ..subject(&marks)
+    };
+    let a = decide(&indexed, Hook::ToServer, "<message to='q@r'/>", &from_list);
+    assert_eq!(a.rule.as_deref(), Some("from-list"));
+}
