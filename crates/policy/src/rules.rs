@@ -176,6 +176,8 @@ pub struct Policy {
     pub chains: Vec<Chain>,
     hooks: HashMap<Hook, usize>,
     pub shadow: bool,
+    /// Every rule's regular expressions, one set per text field.
+    pub regexes: conditions::PolicyRegexes,
     /// The list files the policy was built from: a change to one reloads it.
     pub files: Vec<std::path::PathBuf>,
 }
@@ -265,7 +267,7 @@ impl Policy {
         let Some(&chain) = self.hooks.get(&hook) else {
             return decision;
         };
-        let mut facts = Facts::new(stanza, subject, now, wall);
+        let mut facts = Facts::new(&self.regexes, stanza, subject, now, wall);
         self.run_chain(chain, &mut facts, &mut decision, 0, now);
         decision
     }

@@ -137,14 +137,27 @@ impl DomainSet {
 pub struct JidGlob {
     pattern: String,
     full: bool,
+    /// `*@domain` with a literal domain, the common case: compared, not globbed.
+    any_at: Option<String>,
 }
 
 impl JidGlob {
     pub fn new(pattern: &str) -> JidGlob {
+        let pattern = pattern.to_ascii_lowercase();
+        let any_at = pattern
+            .strip_prefix("*@")
+            .filter(|d| !d.is_empty() && !d.contains(['*', '?', '/', '@']))
+            .map(str::to_owned);
         JidGlob {
-            pattern: pattern.to_ascii_lowercase(),
             full: pattern.contains('/'),
+            pattern,
+            any_at,
         }
+    }
+
+    /// The domain of a `*@domain` pattern.
+    pub fn any_at_domain(&self) -> Option<&str> {
+        self.any_at.as_deref()
     }
 
     pub fn matches(&self, jid: &str) -> bool {
@@ -154,6 +167,10 @@ impl JidGlob {
 
     /// Against an address already read (lowercased) by [`Facts`].
     fn matches_address(&self, a: &Address) -> bool {
+        if let Some(domain) = &self.any_at {
+            // A node is there (the bare JID has an '@') and the domain is exactly this.
+            return a.domain_start > 0 && a.domain() == domain;
+        }
         let subject = if self.full { a.full.as_str() } else { a.bare() };
         glob(self.pattern.as_bytes(), subject.as_bytes())
     }
@@ -245,7 +262,9 @@ pub enum Condition {
     /// description inside `<jingle/>`): each as `xmlns='…'` and `xmlns="…"`.
     Declares(Vec<(Vec<u8>, Vec<u8>)>),
     Keywords(Arc<Keywords>, TextField),
-    Regex(Arc<RegexSet>, TextField),
+    /// Patterns `range` of the policy's [`PolicyRegexes`] set for `field`: every
+    /// rule's patterns are matched in one pass over each text.
+    Regex(std::ops::Range<usize>, TextField),
     /// A URL to one of these domains.
     UrlDomain(Arc<DomainSet>),
     /// At least this many URLs.
@@ -292,8 +311,29 @@ impl Address {
     }
 }
 
+/// Every rule's regular expressions, one set per text field, matched at most once per
+/// stanza (XEP-agnostic: linear time in the text, whatever the number of patterns).
+#[derive(Debug, Default)]
+pub struct PolicyRegexes {
+    /// Indexed by [`TextField::index`].
+    pub sets: [Option<RegexSet>; 3],
+}
+
+impl TextField {
+    pub fn index(self) -> usize {
+        match self {
+            TextField::Body => 0,
+            TextField::Subject => 1,
+            TextField::Any => 2,
+        }
+    }
+}
+
 /// What conditions are checked against, read lazily and at most once.
 pub struct Facts<'s, 'a> {
+    regexes: &'s PolicyRegexes,
+    /// Which patterns of each field's set matched (indices), once asked.
+    regex_matches: [Option<Vec<usize>>; 3],
     stanza: Option<&'s Stanza<'a>>,
     subject: &'s Subject<'s>,
     now: Instant,
@@ -309,12 +349,15 @@ pub struct Facts<'s, 'a> {
 
 impl<'s, 'a> Facts<'s, 'a> {
     pub fn new(
+        regexes: &'s PolicyRegexes,
         stanza: Option<&'s Stanza<'a>>,
         subject: &'s Subject<'s>,
         now: Instant,
         wall: SystemTime,
     ) -> Self {
         Facts {
+            regexes,
+            regex_matches: [None, None, None],
             stanza,
             subject,
             now,
@@ -392,6 +435,24 @@ impl<'s, 'a> Facts<'s, 'a> {
             self.hosts = Some(hosts);
         }
         self.hosts.as_deref().unwrap_or(&[])
+    }
+
+    /// Whether any pattern in `range` of `field`'s set matches the text.
+    fn regex_matched(&mut self, field: TextField, range: &std::ops::Range<usize>) -> bool {
+        let i = field.index();
+        if self.regex_matches[i].is_none() {
+            let Some(set) = &self.regexes.sets[i] else {
+                return false;
+            };
+            let mut matched: Vec<usize> = Vec::new();
+            for text in self.texts(field).into_iter().flatten() {
+                matched.extend(set.matches(&text).iter());
+            }
+            self.regex_matches[i] = Some(matched);
+        }
+        self.regex_matches[i]
+            .as_ref()
+            .is_some_and(|m| m.iter().any(|p| range.contains(p)))
     }
 
     /// The stanza kind for the rule index: 0 message, 1 presence, 2 iq, 3 none.
@@ -543,7 +604,7 @@ impl Condition {
                 })
             }),
             Condition::Keywords(k, field) => f.any_text(*field, |t| k.find_in(t)),
-            Condition::Regex(set, field) => f.any_text(*field, |t| set.is_match(t)),
+            Condition::Regex(range, field) => f.regex_matched(*field, range),
             Condition::UrlDomain(domains) => f.url_hosts().iter().any(|h| domains.contains(h)),
             Condition::UrlCount(n) => f.url_hosts().len() >= *n as usize,
             Condition::DataLeak { card, iban } => f.any_text(TextField::Any, |t| {

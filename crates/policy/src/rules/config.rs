@@ -263,6 +263,7 @@ pub fn compile_sources(sources: &[Source<'_>], report: &mut SourceReport<'_>) ->
     }
     let mut c = Compiler {
         lists: compiled_lists,
+        patterns: Default::default(),
         report,
         file: 0,
     };
@@ -332,6 +333,21 @@ pub fn compile_sources(sources: &[Source<'_>], report: &mut SourceReport<'_>) ->
             }
         }
     }
+    let mut regexes = super::conditions::PolicyRegexes::default();
+    let all_patterns = std::mem::take(&mut c.patterns);
+    for (i, patterns) in all_patterns.iter().enumerate() {
+        if patterns.is_empty() {
+            continue;
+        }
+        // Each pattern compiled alone above; together they may exceed the size limit.
+        match RegexSetBuilder::new(patterns).size_limit(64 << 20).build() {
+            Ok(set) => regexes.sets[i] = Some(set),
+            Err(e) => c.problem(
+                0..0,
+                format!("the rules' regular expressions together are too large: {e}"),
+            ),
+        }
+    }
     for chain in &mut chains {
         let index = super::index::ChainIndex::build(&chain.rules);
         chain.index = index.is_useful().then_some(index);
@@ -346,6 +362,7 @@ pub fn compile_sources(sources: &[Source<'_>], report: &mut SourceReport<'_>) ->
         chains,
         hooks,
         shadow,
+        regexes,
         files,
     }
 }
@@ -480,6 +497,8 @@ fn decode_hex32(s: &str) -> Option<[u8; 32]> {
 
 struct Compiler<'r, 'a> {
     lists: HashMap<String, List>,
+    /// Every rule's regular expressions, by text field (see [`TextField::index`]).
+    patterns: [Vec<String>; 3],
     report: &'r mut SourceReport<'a>,
     /// The source whose rules are being compiled.
     file: usize,
@@ -640,12 +659,18 @@ impl Compiler<'_, '_> {
             }
         }
         if let Some(v) = &raw.regex {
-            // One RegexSet per rule: linear time, every pattern in one pass.
+            // Checked alone here (to report a bad pattern at its rule), then matched
+            // with every other rule's patterns in one set per text field.
             match RegexSetBuilder::new(v.get_ref())
                 .size_limit(10 << 20)
                 .build()
             {
-                Ok(set) => out.push(Condition::Regex(Arc::new(set), field)),
+                Ok(_) => {
+                    let patterns = &mut self.patterns[field.index()];
+                    let start = patterns.len();
+                    patterns.extend(v.get_ref().iter().cloned());
+                    out.push(Condition::Regex(start..patterns.len(), field));
+                }
                 Err(e) => self.problem(v.span(), format!("invalid regular expression: {e}")),
             }
         }

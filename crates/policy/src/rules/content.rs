@@ -24,9 +24,11 @@ impl Keywords {
             .map(|w| w.as_ref().trim().to_lowercase())
             .filter(|w| !w.is_empty())
             .collect();
+        // A DFA: the most memory, the fastest search; keyword lists are read-mostly.
         let automaton = AhoCorasickBuilder::new()
             .ascii_case_insensitive(true)
             .match_kind(MatchKind::LeftmostLongest)
+            .kind(Some(aho_corasick::AhoCorasickKind::DFA))
             .build(&words)
             .map_err(|e| format!("cannot build the keyword matcher: {e}"))?;
         Ok(Keywords { automaton })
@@ -50,59 +52,50 @@ fn is_word_byte(b: u8) -> bool {
 
 /// The host of each URL in `text`: `http://`, `https://`, `ftp://` and bare
 /// `www.` forms, lowercased, without port or user info.
+///
+/// Candidates are found with two substring searches (`://` and `www.`, SIMD-fast), so
+/// text without links costs two scans and no allocation.
 pub fn url_hosts(text: &str) -> impl Iterator<Item = String> + '_ {
-    let lower_starts = ["http://", "https://", "ftp://", "www."];
     let bytes = text.as_bytes();
-    let mut pos = 0;
-    std::iter::from_fn(move || {
-        while pos < bytes.len() {
-            let rest = &text[pos..];
-            let found = lower_starts
-                .iter()
-                .filter_map(|p| find_ascii_ci(rest, p).map(|i| (i, *p)))
-                .min_by_key(|(i, _)| *i);
-            let (i, prefix) = found?;
-            let start = pos + i;
-            // `www.` only counts at a word start.
-            if prefix == "www." && start > 0 && is_word_byte(bytes[start - 1]) {
-                pos = start + prefix.len();
-                continue;
-            }
-            let host_start = if prefix == "www." {
-                start
-            } else {
-                start + prefix.len()
-            };
-            let end = text[host_start..]
-                .find(|c: char| {
-                    c.is_whitespace() || matches!(c, '/' | '?' | '#' | '"' | '\'' | '<' | '>')
-                })
-                .map_or(text.len(), |e| host_start + e);
-            pos = end.max(host_start + 1);
-            let authority = &text[host_start..end];
-            let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-            let host = match host.rsplit_once(':') {
-                Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
-                _ => host,
-            };
-            let host = host
-                .trim_end_matches(['.', ',', ';', ')', ']', '!'])
-                .to_ascii_lowercase();
-            if !host.is_empty() {
-                return Some(host);
-            }
-        }
-        None
+    let scheme = memchr::memmem::find_iter(bytes, b"://").filter_map(move |i| {
+        // Which scheme ends here: http, https or ftp, any case, at a word start.
+        let before = &bytes[..i];
+        let name_start = before
+            .iter()
+            .rposition(|b| !b.is_ascii_alphabetic())
+            .map_or(0, |p| p + 1);
+        let name = &before[name_start..];
+        let known = [&b"http"[..], b"https", b"ftp"]
+            .iter()
+            .any(|s| name.eq_ignore_ascii_case(s));
+        known.then_some((name_start, i + 3))
+    });
+    let www = memchr::memmem::find_iter(bytes, b"www.")
+        .chain(memchr::memmem::find_iter(bytes, b"WWW."))
+        .filter(move |&i| {
+            // At a word start, and not the host of a URL with a scheme.
+            (i == 0 || !is_word_byte(bytes[i - 1])) && !(i >= 3 && &bytes[i - 3..i] == b"://")
+        })
+        .map(|i| (i, i));
+    let mut starts: Vec<(usize, usize)> = scheme.chain(www).collect();
+    starts.sort_unstable();
+    starts.into_iter().filter_map(move |(_, host_start)| {
+        let end = text[host_start..]
+            .find(|c: char| {
+                c.is_whitespace() || matches!(c, '/' | '?' | '#' | '"' | '\'' | '<' | '>')
+            })
+            .map_or(text.len(), |e| host_start + e);
+        let authority = &text[host_start..end];
+        let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+        let host = match host.rsplit_once(':') {
+            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => host,
+        };
+        let host = host
+            .trim_end_matches(['.', ',', ';', ')', ']', '!'])
+            .to_ascii_lowercase();
+        (!host.is_empty()).then_some(host)
     })
-}
-
-fn find_ascii_ci(haystack: &str, needle: &str) -> Option<usize> {
-    let h = haystack.as_bytes();
-    let n = needle.as_bytes();
-    if n.len() > h.len() {
-        return None;
-    }
-    (0..=h.len() - n.len()).find(|&i| h[i..i + n.len()].eq_ignore_ascii_case(n))
 }
 
 /// Whether `host` is `domain` or one of its subdomains.

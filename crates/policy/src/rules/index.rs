@@ -9,7 +9,7 @@
 
 use rustc_hash::FxHashMap;
 
-use super::conditions::{Condition, DomainSet};
+use super::conditions::{Condition, DomainSet, JidGlob};
 use super::Rule;
 
 /// A set of rule positions.
@@ -75,18 +75,21 @@ struct DomainIndex {
 }
 
 impl DomainIndex {
+    /// `pick` names the domains a condition requires (the value's domain or one of its
+    /// parents must be among them), or `None` for a condition that does not constrain
+    /// this dimension.
     fn build(
         rules: &[Rule],
-        pick: impl Fn(&Condition) -> Option<&DomainSet>,
+        pick: impl Fn(&Condition) -> Option<Vec<&str>>,
     ) -> Option<DomainIndex> {
         let mut free = RuleSet::empty(rules.len());
         let mut by_domain: FxHashMap<String, RuleSet> = FxHashMap::default();
         let mut any = false;
         for (i, rule) in rules.iter().enumerate() {
             match rule.conditions.iter().find_map(&pick) {
-                Some(set) => {
+                Some(domains) => {
                     any = true;
-                    for d in set.iter() {
+                    for d in domains {
                         by_domain
                             .entry(d.to_owned())
                             .or_insert_with(|| RuleSet::empty(rules.len()))
@@ -111,6 +114,16 @@ impl DomainIndex {
         }
         set
     }
+}
+
+fn domains(set: &DomainSet) -> Vec<&str> {
+    set.iter().collect()
+}
+
+/// The domains of JID globs that are all `*@domain`: such a condition requires the
+/// JID's domain to be one of them (a superset is fine for an index).
+fn any_at_domains(globs: &[JidGlob]) -> Option<Vec<&str>> {
+    globs.iter().map(JidGlob::any_at_domain).collect()
 }
 
 /// The index of one chain.
@@ -159,11 +172,13 @@ impl ChainIndex {
             rules: rules.len(),
             kinds,
             to: DomainIndex::build(rules, |c| match c {
-                Condition::ToDomain(set) => Some(&**set),
+                Condition::ToDomain(set) => Some(domains(set)),
+                Condition::To(globs) => any_at_domains(globs),
                 _ => None,
             }),
             from: DomainIndex::build(rules, |c| match c {
-                Condition::FromDomain(set) => Some(&**set),
+                Condition::FromDomain(set) => Some(domains(set)),
+                Condition::From(globs) => any_at_domains(globs),
                 _ => None,
             }),
         }

@@ -565,6 +565,11 @@ name = "to-sub"
 action = "close"
 [rule.match]
 to_domain = ["example.net"]
+[[rule]]
+name = "from-glob"
+action = "drop"
+[rule.match]
+from = ["*@glob.example"]
 "#;
     let indexed = policy(text);
     let mut plain = policy(text);
@@ -583,6 +588,9 @@ to_domain = ["example.net"]
         "<message to='a@deep.example.net'/>",
         "<message to='a@example.net.'/>",
         "<message/>",
+        "<message from='u@glob.example/r' to='a@b'/>",
+        "<message from='u@sub.glob.example' to='a@b'/>",
+        "<message from='glob.example' to='a@b'/>",
     ];
     let marks = Marks::default();
     for xml in stanzas {
@@ -598,4 +606,18 @@ to_domain = ["example.net"]
     };
     let a = decide(&indexed, Hook::ToServer, "<message to='q@r'/>", &from_list);
     assert_eq!(a.rule.as_deref(), Some("from-list"));
+    let glob = decide(
+        &indexed,
+        Hook::ToServer,
+        "<message from='u@glob.example/r' to='a@b'/>",
+        &subject(&marks),
+    );
+    assert_eq!(glob.rule.as_deref(), Some("from-glob"));
+    let not_glob = decide(
+        &indexed,
+        Hook::ToServer,
+        "<message from='glob.example' to='a@b'/>",
+        &subject(&marks),
+    );
+    assert_eq!(not_glob.rule, None);
 }
