@@ -1387,3 +1387,13 @@ fn the_snapshot_names_every_limit_that_was_hit() {
         "{text}"
     );
 }
+
+#[test]
+fn xmlns_values_are_read_as_written_with_or_without_prefix() {
+    let xml = b"<iq xmlns = \"jabber:client\"><a:query xmlns:a='jabber:iq:avatar'/><x>xmlns</x><y xmlnsz='n'/></iq>";
+    let values: Vec<&[u8]> = super::xmlns_values(xml).collect();
+    assert_eq!(
+        values,
+        vec![&b"jabber:client"[..], &b"jabber:iq:avatar"[..]]
+    );
+}
