@@ -691,7 +691,7 @@ impl Limiter {
         }
         if let (Some(bw), Some(account)) = (limits.account_bandwidth, &conn.account) {
             let mut table = self.state.accounts();
-            let entry = table.entry(account.clone(), AccountState::default);
+            let entry = table.entry_ref(account, AccountState::default);
             pause = pause.max(entry.bandwidth.take_with_debt(&bw.rate(), n as f64, now));
         }
         if pause.is_zero() {
@@ -729,15 +729,15 @@ impl Limiter {
         let verdict = match stanza.kind {
             Kind::Iq => self.check_iq(conn, limits, stanza, ty.as_deref(), now),
             Kind::Message | Kind::Presence => {
-                let Some(account) = conn.account.clone() else {
+                let Some(account) = &conn.account else {
                     return Verdict::Pass;
                 };
                 let mut table = self.state.accounts();
-                let entry = table.entry(account.clone(), AccountState::default);
+                let entry = table.entry_ref(account, AccountState::default);
                 if stanza.kind == Kind::Message {
-                    check_message(entry, limits, &account, stanza, ty.as_deref(), now)
+                    check_message(entry, limits, account, stanza, ty.as_deref(), now)
                 } else {
-                    check_presence(entry, limits, &account, conn.id, stanza, ty.as_deref(), now)
+                    check_presence(entry, limits, account, conn.id, stanza, ty.as_deref(), now)
                 }
             }
         };
@@ -781,7 +781,7 @@ impl Limiter {
                         });
                     if publishes {
                         let mut table = self.state.accounts();
-                        let entry = table.entry(account.clone(), AccountState::default);
+                        let entry = table.entry_ref(account, AccountState::default);
                         if entry.publishes.try_take(&limit.rate(), 1.0, now).is_err() {
                             return Verdict::Bounce(
                                 LimitKind::PubsubPublishes,
@@ -818,7 +818,7 @@ impl Limiter {
             if !matches!(ty.as_deref(), Some("error" | "groupchat" | "headline")) {
                 if let (Some(account), Some(from)) = (&conn.account, stanza.from()) {
                     let mut table = self.state.accounts();
-                    let entry = table.entry(account.clone(), AccountState::default);
+                    let entry = table.entry_ref(account, AccountState::default);
                     let correspondents = entry.correspondents.get_or_insert_with(|| {
                         BoundedTable::new("correspondents", CORRESPONDENTS_PER_ACCOUNT)
                     });

@@ -81,6 +81,20 @@ impl<K: Hash + Eq, V> BoundedTable<K, V> {
         Some(self.entries.get_or_insert_mut(key, make))
     }
 
+    /// Like [`Self::entry`] for a borrowed key: the key is cloned only when the entry
+    /// is new, so a lookup of a hot entry allocates nothing.
+    pub fn entry_ref(&mut self, key: &K, make: impl FnOnce() -> V) -> &mut V
+    where
+        K: Clone,
+    {
+        if !self.entries.contains(key) {
+            return self.entry(key.clone(), make);
+        }
+        self.entries
+            .get_mut(key)
+            .expect("the entry was found just above, under the same borrow")
+    }
+
     pub fn get_mut(&mut self, key: &K) -> Option<&mut V> {
         self.entries.get_mut(key)
     }
