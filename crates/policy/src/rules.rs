@@ -220,6 +220,14 @@ impl Marks {
         self.marks.is_empty()
     }
 
+    /// The names of the marks in force at `now`.
+    pub fn in_force(&self, now: Instant) -> impl Iterator<Item = &str> {
+        self.marks
+            .iter()
+            .filter(move |(_, until)| *until > now)
+            .map(|(n, _)| n.as_str())
+    }
+
     pub fn merge(&mut self, other: &Marks) {
         for (n, until) in &other.marks {
             self.set(n, *until);
@@ -295,10 +303,23 @@ impl Policy {
             } else {
                 None
             };
+            let payloads: Vec<String> = if index.needs_payloads() {
+                facts.payload_namespaces()
+            } else {
+                Vec::new()
+            };
+            let payloads: Vec<&str> = payloads.iter().map(String::as_str).collect();
+            let marks: Vec<&str> = if index.needs_marks() {
+                facts.marks_in_force()
+            } else {
+                Vec::new()
+            };
             index.candidates(&index::Keys {
                 kind,
                 to_domain: to.as_deref(),
                 from_domain: from.as_deref(),
+                payloads: &payloads,
+                marks: &marks,
             })
         });
         let order: Box<dyn Iterator<Item = usize>> = match &candidates {

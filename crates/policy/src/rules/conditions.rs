@@ -455,6 +455,19 @@ impl<'s, 'a> Facts<'s, 'a> {
             .is_some_and(|m| m.iter().any(|p| range.contains(p)))
     }
 
+    /// The stanza's first-level payload namespaces, for the rule index.
+    pub fn payload_namespaces(&mut self) -> Vec<String> {
+        self.payloads()
+            .iter()
+            .map(|(_, ns)| ns.to_string())
+            .collect()
+    }
+
+    /// The marks in force, for the rule index.
+    pub fn marks_in_force(&self) -> Vec<&'s str> {
+        self.subject.marks.in_force(self.now).collect()
+    }
+
     /// The stanza kind for the rule index: 0 message, 1 presence, 2 iq, 3 none.
     pub fn kind_index(&self) -> usize {
         match self.stanza.map(|s| s.kind) {

@@ -102,6 +102,17 @@ impl DomainIndex {
         any.then_some(DomainIndex { free, by_domain })
     }
 
+    /// The rules that could match a stanza carrying these keys (namespaces, marks).
+    fn candidates_any<'k>(&self, keys: impl Iterator<Item = &'k str>) -> RuleSet {
+        let mut set = self.free.clone();
+        for k in keys {
+            if let Some(rules) = self.by_domain.get(k) {
+                set.union_with(rules);
+            }
+        }
+        set
+    }
+
     /// The rules that could match a stanza whose domain on this dimension is `domain`.
     fn candidates(&self, domain: Option<&str>) -> RuleSet {
         let mut set = self.free.clone();
@@ -134,6 +145,10 @@ pub struct ChainIndex {
     kinds: Option<[RuleSet; 4]>,
     to: Option<DomainIndex>,
     from: Option<DomainIndex>,
+    /// By first-level payload namespace (`payload` conditions).
+    payload: Option<DomainIndex>,
+    /// By mark name (`mark` conditions).
+    marks: Option<DomainIndex>,
 }
 
 /// What the index needs to know of a stanza.
@@ -142,6 +157,10 @@ pub struct Keys<'a> {
     pub kind: usize,
     pub to_domain: Option<&'a str>,
     pub from_domain: Option<&'a str>,
+    /// The stanza's first-level payload namespaces (when [`ChainIndex::needs_payloads`]).
+    pub payloads: &'a [&'a str],
+    /// The marks in force (when [`ChainIndex::needs_marks`]).
+    pub marks: &'a [&'a str],
 }
 
 impl ChainIndex {
@@ -181,12 +200,34 @@ impl ChainIndex {
                 Condition::From(globs) => any_at_domains(globs),
                 _ => None,
             }),
+            payload: DomainIndex::build(rules, |c| match c {
+                Condition::Payload(namespaces) => {
+                    Some(namespaces.iter().map(String::as_str).collect())
+                }
+                _ => None,
+            }),
+            marks: DomainIndex::build(rules, |c| match c {
+                Condition::Mark(name) => Some(vec![name.as_str()]),
+                _ => None,
+            }),
         }
+    }
+
+    pub fn needs_payloads(&self) -> bool {
+        self.payload.is_some()
+    }
+
+    pub fn needs_marks(&self) -> bool {
+        self.marks.is_some()
     }
 
     /// Whether the index can exclude anything at all.
     pub fn is_useful(&self) -> bool {
-        self.kinds.is_some() || self.to.is_some() || self.from.is_some()
+        self.kinds.is_some()
+            || self.to.is_some()
+            || self.from.is_some()
+            || self.payload.is_some()
+            || self.marks.is_some()
     }
 
     pub fn needs_to(&self) -> bool {
@@ -208,6 +249,12 @@ impl ChainIndex {
         }
         if let Some(from) = &self.from {
             set.intersect_with(&from.candidates(keys.from_domain));
+        }
+        if let Some(payload) = &self.payload {
+            set.intersect_with(&payload.candidates_any(keys.payloads.iter().copied()));
+        }
+        if let Some(marks) = &self.marks {
+            set.intersect_with(&marks.candidates_any(keys.marks.iter().copied()));
         }
         set
     }

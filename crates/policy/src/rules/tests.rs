@@ -570,6 +570,16 @@ name = "from-glob"
 action = "drop"
 [rule.match]
 from = ["*@glob.example"]
+[[rule]]
+name = "oob-payload"
+action = "drop"
+[rule.match]
+payload = ["jabber:x:oob"]
+[[rule]]
+name = "marked"
+action = "bounce"
+[rule.match]
+mark = "suspect"
 "#;
     let indexed = policy(text);
     let mut plain = policy(text);
@@ -591,6 +601,8 @@ from = ["*@glob.example"]
         "<message from='u@glob.example/r' to='a@b'/>",
         "<message from='u@sub.glob.example' to='a@b'/>",
         "<message from='glob.example' to='a@b'/>",
+        "<message to='a@b'><x xmlns='jabber:x:oob'><url>u</url></x></message>",
+        "<message to='a@b'><a:x xmlns:a='jabber:x:oob'/></message>",
     ];
     let marks = Marks::default();
     for xml in stanzas {
