@@ -7,11 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use support::certs::TestCert;
-use support::client::{tls_client_config, TestClient, TlsVersions};
-use support::ports::free_loopback_addr;
+use support::wall::{Wall, WallConfig};
 use support::xml;
-use support::{Prosody, Xmppwall, ALICE, BOB, DOMAIN};
+use support::{Prosody, ALICE, BOB};
 
 fn examples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples")
@@ -114,48 +112,19 @@ fn corporate_policy_example_gives_each_recorded_stanza_its_verdict() {
 #[test]
 fn a_recording_xmppwall_writes_replays_to_the_verdicts_it_gave_live() {
     let prosody = Prosody::start();
-    let cert = TestCert::generate(&[DOMAIN]);
-    let listen = free_loopback_addr();
     let dir = tempfile::tempdir().expect("temp dir");
     let recording = dir.path().join("recording.jsonl");
     let policy = examples().join("policy-public.toml");
-    let config = format!(
-        r#"
-domains = ["{DOMAIN}"]
-include = ["{}"]
-
-[upstream]
-address = "{}"
-
-[[listen]]
-front = "c2s"
-tls = "starttls"
-address = "{listen}"
-
-[tls]
-default = {{ cert = "{}", key = "{}" }}
-
-[record]
-path = "{}"
-"#,
-        policy.display(),
+    let mut wall = Wall::start(
         prosody.c2s,
-        cert.chain_path.display(),
-        cert.key_path.display(),
-        recording.display()
+        WallConfig {
+            top: format!("include = [\"{}\"]", policy.display()),
+            tables: format!("[record]\npath = \"{}\"\n", recording.display()),
+            ..WallConfig::default()
+        },
     );
-    let mut wall = Xmppwall::start(&config);
-    let login = |account, resource| {
-        let mut c = TestClient::connect(listen);
-        c.open_stream();
-        c.starttls(&tls_client_config(&cert.ca_der, TlsVersions::Any));
-        c.auth_plain(account);
-        let jid = c.bind(Some(resource));
-        (c, jid)
-    };
-    let (mut alice, _) = login(ALICE, "a");
-    let (mut bob, bob_jid) = login(BOB, "b");
-    bob.send_raw("<presence/>");
+    let (mut alice, _) = wall.login(ALICE, "a");
+    let (mut bob, bob_jid) = wall.login(BOB, "b");
     alice.send_raw(format!(
         "<message to='{bob_jid}' type='chat' id='live1'><body>free money for you</body></message>"
     ));
@@ -173,8 +142,9 @@ path = "{}"
     assert_eq!(xml::root_attr(&got, "id").as_deref(), Some("live2"));
 
     // Stop xmppwall so the recording is complete, then replay it.
-    wall.send_signal("TERM");
-    wall.wait_exit(Duration::from_secs(10))
+    wall.xmppwall.send_signal("TERM");
+    wall.xmppwall
+        .wait_exit(Duration::from_secs(10))
         .expect("xmppwall exits");
     let text = std::fs::read_to_string(&recording).expect("the recording was written");
     let live1 = text
@@ -189,7 +159,7 @@ path = "{}"
         + 1;
     let (verdicts, stdout) = replay(&[
         "--config",
-        wall.config_path.to_str().unwrap(),
+        wall.xmppwall.config_path.to_str().unwrap(),
         recording.to_str().unwrap(),
     ]);
     assert!(

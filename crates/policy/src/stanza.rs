@@ -33,7 +33,11 @@ pub struct Stanza<'a> {
 impl<'a> Stanza<'a> {
     /// `None` for anything that is not a `jabber:client`/`jabber:server` stanza.
     pub fn parse(bytes: &'a [u8]) -> Option<Stanza<'a>> {
-        let start = StartTag::parse(bytes)?;
+        Stanza::with_start(StartTag::parse(bytes)?, bytes)
+    }
+
+    /// For a caller that has read the start tag already (it is not read again).
+    pub fn with_start(start: StartTag<'a>, bytes: &'a [u8]) -> Option<Stanza<'a>> {
         let kind = match start.name {
             b"message" => Kind::Message,
             b"presence" => Kind::Presence,

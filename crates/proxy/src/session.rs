@@ -351,7 +351,7 @@ impl C2sSession {
                 return ClientAction::Forward;
             }
         }
-        let Some(stanza) = Stanza::parse(bytes) else {
+        let Some(stanza) = Stanza::with_start(tag, bytes) else {
             return ClientAction::Forward;
         };
         match self
@@ -476,12 +476,12 @@ impl C2sSession {
                         }
                     }
                 }
-                if let Some(stanza) = Stanza::parse(bytes) {
+                if let Some(stanza) = Stanza::with_start(tag, bytes) {
                     return self.server_stanza(&stanza, now);
                 }
             }
             (b"message" | b"presence", CLIENT_NS) => {
-                if let Some(stanza) = Stanza::parse(bytes) {
+                if let Some(stanza) = Stanza::with_start(tag, bytes) {
                     return self.server_stanza(&stanza, now);
                 }
             }
