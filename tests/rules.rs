@@ -289,3 +289,54 @@ fn a_changed_list_file_is_reloaded_without_a_signal() {
         Some("w4")
     );
 }
+
+#[test]
+fn messages_from_strangers_are_dropped_and_contacts_get_through() {
+    let s = Setup::start(
+        r#"
+[[rule]]
+name = "strangers"
+chain = "to-client"
+action = "drop"
+[rule.match]
+kind = ["message"]
+stranger = true
+"#,
+    );
+    let (mut alice, alice_jid) = s.login(ALICE, "a");
+    // Alice puts Bob on her roster and fetches it: xmppwall sees the push and the result.
+    alice.send_raw(
+        "<iq type='set' id='r1'><query xmlns='jabber:iq:roster'><item jid='bob@example.test'/></query></iq>",
+    );
+    alice.read_element_matching(|e| xml::root_attr(e, "id").as_deref() == Some("r1"));
+    alice.send_raw("<iq type='get' id='r2'><query xmlns='jabber:iq:roster'/></iq>");
+    let roster = alice.read_element_matching(|e| xml::root_attr(e, "id").as_deref() == Some("r2"));
+    assert!(roster.contains("bob@example.test"), "{roster}");
+
+    let (mut bob, _) = s.login(BOB, "b");
+    let (mut carol, _) = s.login(support::CAROL, "c");
+    let chat = |id: &str| {
+        format!("<message to='{alice_jid}' id='{id}' type='chat'><body>hi</body></message>")
+    };
+    carol.send_raw(chat("from-carol"));
+    bob.send_raw(chat("from-bob"));
+    let got = next_message(&mut alice);
+    assert_eq!(
+        xml::root_attr(&got, "id").as_deref(),
+        Some("from-bob"),
+        "{got}"
+    );
+
+    // Once Alice writes to Carol, Carol is a contact and her reply gets through.
+    alice.send_raw(
+        "<message to='carol@example.test' id='to-carol' type='chat'><body>hello?</body></message>",
+    );
+    next_message(&mut carol);
+    carol.send_raw(chat("reply-carol"));
+    let got = next_message(&mut alice);
+    assert_eq!(
+        xml::root_attr(&got, "id").as_deref(),
+        Some("reply-carol"),
+        "{got}"
+    );
+}

@@ -20,6 +20,7 @@ use tracing::info;
 use xmppwall_policy::recording::Record;
 use xmppwall_policy::rules::{self, Action, Hook, LogPayload, MarkScope, Marks, Policy, Subject};
 use xmppwall_policy::stanza::{bare_jid, Stanza};
+use xmppwall_policy::table::BoundedTable;
 use xmppwall_policy::{ConnectionLimits, Limiter, Throttle, Verdict};
 use xmppwall_xml::view::{self, StartTag};
 use xmppwall_xml::Token;
@@ -34,6 +35,9 @@ pub const SASL_NS: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
 pub const SASL2_NS: &str = "urn:xmpp:sasl:2";
 pub const BIND_NS: &str = "urn:ietf:params:xml:ns:xmpp-bind";
 pub const REGISTER_NS: &str = "jabber:iq:register";
+pub const ROSTER_NS: &str = "jabber:iq:roster";
+/// Contacts remembered per session at most (roster items and people written to).
+const CONTACTS_PER_SESSION: usize = 10_000;
 pub const COMPRESS_FEATURE_NS: &str = "http://jabber.org/features/compress";
 pub const COMPRESS_NS: &str = "http://jabber.org/protocol/compress";
 /// XEP-0440: the channel-binding types a server supports.
@@ -121,6 +125,10 @@ pub struct C2sSession {
     ip: IpAddr,
     /// Marks rules set on this session.
     marks: Marks,
+    /// The user's contacts as xmppwall saw them: roster results and pushes from the
+    /// server, and whom the user wrote to. `None` until a roster result was seen, so
+    /// `stranger` conditions never guess.
+    contacts: Option<BoundedTable<String, ()>>,
     recorder: Option<Arc<crate::recorder::Recorder>>,
     /// The stream's `to`: the domain of accounts named by SASL usernames.
     domain: Option<String>,
@@ -167,6 +175,7 @@ impl C2sSession {
             policy,
             ip,
             marks: Marks::default(),
+            contacts: None,
             recorder: None,
             domain,
             sasl_account: None,
@@ -354,6 +363,7 @@ impl C2sSession {
         let Some(stanza) = Stanza::with_start(tag, bytes) else {
             return ClientAction::Forward;
         };
+        self.note_written(&stanza);
         match self
             .limiter
             .load()
@@ -429,6 +439,7 @@ impl C2sSession {
                 self.last_sasl = Some(SaslOutcome::Failure);
             }
             (b"iq", CLIENT_NS) => {
+                self.observe_roster(&tag, bytes);
                 if let Some(pending) = &self.pending_bind {
                     if tag.attribute(b"id").as_deref() == Some(pending.as_str()) {
                         match tag.attribute(b"type").as_deref() {
@@ -490,6 +501,74 @@ impl C2sSession {
         ServerAction::Forward
     }
 
+    /// Roster results and pushes (RFC 6121 §2.1.4, §2.1.6) the server sends: their
+    /// items become (or, with `subscription='remove'`, stop being) contacts.
+    fn observe_roster(&mut self, tag: &StartTag<'_>, bytes: &[u8]) {
+        if !matches!(tag.attribute(b"type").as_deref(), Some("result" | "set")) {
+            return;
+        }
+        let Some(query) = view::children(bytes).find(|c| {
+            c.start.local_name() == b"query" && namespace(&c.start, CLIENT_NS) == ROSTER_NS
+        }) else {
+            return;
+        };
+        let contacts = self
+            .contacts
+            .get_or_insert_with(|| BoundedTable::new("contacts", CONTACTS_PER_SESSION));
+        let query = &bytes[query.range];
+        for item in view::children(query).filter(|c| c.start.local_name() == b"item") {
+            let Some(jid) = item.start.attribute(b"jid") else {
+                continue;
+            };
+            let jid = bare_jid(&jid);
+            if item.start.attribute(b"subscription").as_deref() == Some("remove") {
+                contacts.remove(&jid);
+            } else {
+                contacts.entry(jid, || ());
+            }
+        }
+    }
+
+    /// Whom the user writes to becomes a contact (once a roster was seen).
+    fn note_written(&mut self, stanza: &Stanza<'_>) {
+        let Some(contacts) = self.contacts.as_mut() else {
+            return;
+        };
+        if stanza.kind == xmppwall_policy::stanza::Kind::Iq {
+            return;
+        }
+        if let Some(to) = stanza.to() {
+            contacts.entry(bare_jid(&to), || ());
+        }
+    }
+
+    /// Whether the other party of `stanza` is outside the observed contacts; `None`
+    /// while no roster was seen. Writing to someone makes them a contact (RFC 6121
+    /// leaves the roster to the user; a reply is not spam). The user's own account
+    /// and JIDs without a node (servers, components) are never strangers.
+    fn stranger(&mut self, hook: Hook, stanza: &Stanza<'_>) -> Option<bool> {
+        let other = match hook {
+            Hook::ToServer => stanza.to(),
+            Hook::ToClient => stanza.from(),
+            _ => None,
+        }?;
+        let other = bare_jid(&other);
+        let contacts = self.contacts.as_mut()?;
+        if !other.contains('@') || self.conn.account.as_deref() == Some(other.as_str()) {
+            return Some(false);
+        }
+        if hook == Hook::ToServer {
+            if matches!(
+                stanza.kind,
+                xmppwall_policy::stanza::Kind::Message | xmppwall_policy::stanza::Kind::Presence
+            ) {
+                contacts.entry(other, || ());
+            }
+            return Some(false);
+        }
+        Some(contacts.peek(&other).is_none())
+    }
+
     /// Limits, then rules, for a stanza the server sends the client.
     fn server_stanza(&mut self, stanza: &Stanza<'_>, now: Instant) -> ServerAction {
         if let Verdict::Drop(_) | Verdict::Bounce(..) | Verdict::Close(..) =
@@ -535,6 +614,7 @@ impl C2sSession {
         if let Some(account) = &self.conn.account {
             self.limiter.load().add_account_marks(account, &mut marks);
         }
+        let stranger = stanza.and_then(|st| self.stranger(hook, st));
         let mechanism = match &self.auth {
             Auth::InProgress { mechanism } | Auth::Authenticated { mechanism } => {
                 Some(mechanism.as_str())
@@ -547,7 +627,7 @@ impl C2sSession {
             mechanism,
             account: self.conn.account.as_deref(),
             marks: &marks,
-            stranger: None,
+            stranger,
         };
         let wall = SystemTime::now();
         if let (Some(recorder), Some(stanza)) = (&self.recorder, stanza) {
