@@ -118,6 +118,9 @@ fn run(c: &mut Criterion, name: &str, policy: &Policy, traffic: &[String]) {
         account: Some("alice@example.org"),
         marks: &marks,
         stranger: None,
+        front: xmppwall_policy::rules::StreamFront::C2s,
+        peer_domain: None,
+        peer_auth: None,
     };
     let mut group = c.benchmark_group("policy");
     group.throughput(Throughput::Elements(traffic.len() as u64));

@@ -135,6 +135,9 @@ pub fn replay(policy: &Policy, text: &str) -> Replay {
             account: record.account.as_deref(),
             marks: account_marks,
             stranger: None,
+            front: crate::rules::StreamFront::C2s,
+            peer_domain: None,
+            peer_auth: None,
         };
         let decision = policy.evaluate(hook, Some(&stanza), &subject, now, wall);
         for (rule, effects) in &decision.effects {

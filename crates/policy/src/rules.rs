@@ -194,6 +194,77 @@ pub struct Subject<'a> {
     /// Whether the other party of a stanza is outside the user's observed roster;
     /// `None` where unknown.
     pub stranger: Option<bool>,
+    /// The kind of stream the event happened on.
+    pub front: StreamFront,
+    /// On server-to-server and component streams: the peer's domain the stanza is
+    /// from (inbound) or to (outbound), once authenticated.
+    pub peer_domain: Option<&'a str>,
+    /// How that domain was authenticated.
+    pub peer_auth: Option<PeerAuth>,
+}
+
+/// The kind of stream: which listener front the connection came through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum StreamFront {
+    /// Client to server (RFC 6120, `jabber:client`).
+    #[default]
+    C2s,
+    /// A remote server connecting in (RFC 6120, `jabber:server`).
+    S2s,
+    /// The protected server's own outgoing server-to-server streams.
+    S2sEgress,
+    /// An external component (XEP-0114, `jabber:component:accept`).
+    Component,
+}
+
+impl StreamFront {
+    pub fn name(self) -> &'static str {
+        match self {
+            StreamFront::C2s => "c2s",
+            StreamFront::S2s => "s2s",
+            StreamFront::S2sEgress => "s2s-egress",
+            StreamFront::Component => "component",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<StreamFront> {
+        [
+            StreamFront::C2s,
+            StreamFront::S2s,
+            StreamFront::S2sEgress,
+            StreamFront::Component,
+        ]
+        .into_iter()
+        .find(|f| f.name() == name)
+    }
+}
+
+/// How the peer of a server-to-server or component stream proved its domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PeerAuth {
+    /// A TLS certificate valid for the domain, checked by xmppwall (RFC 6120 §13.7.2,
+    /// RFC 6125).
+    Certificate,
+    /// Server Dialback (XEP-0220), verified by the server behind xmppwall.
+    Dialback,
+    /// The XEP-0114 handshake, accepted by the server.
+    Handshake,
+}
+
+impl PeerAuth {
+    pub fn name(self) -> &'static str {
+        match self {
+            PeerAuth::Certificate => "certificate",
+            PeerAuth::Dialback => "dialback",
+            PeerAuth::Handshake => "handshake",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<PeerAuth> {
+        [PeerAuth::Certificate, PeerAuth::Dialback, PeerAuth::Handshake]
+            .into_iter()
+            .find(|a| a.name() == name)
+    }
 }
 
 /// Marks set by rules, with their expiry.

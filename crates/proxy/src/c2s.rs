@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
@@ -19,10 +19,11 @@ use tokio::time::Instant;
 use tokio_rustls::{LazyConfigAcceptor, TlsConnector};
 use tracing::{debug, info, warn};
 use xmppwall_xml::view::StartTag;
-use xmppwall_xml::{Error as FramerError, Framer, Limit, Token};
+use xmppwall_xml::{Framer, Token};
 
 use crate::config::{Config, Listener, ListenerTls};
 use crate::io::{read_into, BoxIo, Rewind};
+use crate::stream::{framing_error, release_consumed, FrameReader, ReadOutcome};
 use crate::proxy_header;
 use crate::server::Shared;
 use crate::session::{
@@ -105,6 +106,9 @@ pub async fn serve(
             account: None,
             marks: &marks,
             stranger: None,
+            front: xmppwall_policy::rules::StreamFront::C2s,
+            peer_domain: None,
+            peer_auth: None,
         };
         let decision = policy.evaluate(
             Hook::Connect,
@@ -155,94 +159,6 @@ struct Connection {
     local: SocketAddr,
     preauth_deadline: Instant,
     shutdown: watch::Receiver<bool>,
-}
-
-/// Reads frames from one side before the relay starts.
-struct FrameReader {
-    framer: Framer,
-    buf: BytesMut,
-}
-
-enum ReadOutcome {
-    Frame(Token, usize),
-    Closed,
-    TimedOut,
-    Shutdown,
-    Framing(FramerError),
-    Io(io::Error),
-}
-
-impl FrameReader {
-    fn new(limits: xmppwall_xml::Limits) -> Self {
-        FrameReader {
-            framer: Framer::new(limits),
-            buf: BytesMut::new(),
-        }
-    }
-
-    /// The next frame found at `offset` in the buffer; its bytes are
-    /// `self.buf[offset..offset + len]` until [`Self::consume`]. Bytes before
-    /// `offset` are kept (the stream header, to be replayed to the server).
-    async fn next<R: AsyncRead + Unpin>(
-        &mut self,
-        io: &mut R,
-        offset: usize,
-        deadline: Instant,
-        shutdown: &mut watch::Receiver<bool>,
-    ) -> ReadOutcome {
-        loop {
-            match self.framer.next(&self.buf[offset..]) {
-                Ok(Some(frame)) => return ReadOutcome::Frame(frame.token, frame.len),
-                Ok(None) => {}
-                Err(e) => return ReadOutcome::Framing(e),
-            }
-            let read = tokio::select! {
-                r = tokio::time::timeout_at(deadline, read_into(io, &mut self.buf)) => r,
-                _ = shutdown.changed() => return ReadOutcome::Shutdown,
-            };
-            match read {
-                Err(_) => return ReadOutcome::TimedOut,
-                Ok(Ok(0)) => return ReadOutcome::Closed,
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => return ReadOutcome::Io(e),
-            }
-        }
-    }
-
-    fn consume(&mut self, len: usize) {
-        self.buf.advance(len);
-    }
-}
-
-/// Maps a framing error to the stream error of RFC 6120 §4.9.3 that reports it.
-fn framing_error(e: FramerError) -> StreamError {
-    match e {
-        FramerError::RestrictedXml(what) => {
-            StreamError::new(StreamCondition::RestrictedXml).with_text(what)
-        }
-        FramerError::NotWellFormed(what) => {
-            StreamError::new(StreamCondition::NotWellFormed).with_text(what)
-        }
-        FramerError::TextAtStreamLevel => StreamError::new(StreamCondition::BadFormat)
-            .with_text("character data is not allowed between stanzas"),
-        FramerError::LimitExceeded(Limit::ElementBytes) => {
-            // XEP-0205 §2.5: a seriously large stanza may close the stream.
-            StreamError::new(StreamCondition::PolicyViolation)
-                .with_app_condition("stanza-too-big")
-                .with_text("stanza too large")
-        }
-        FramerError::LimitExceeded(limit) => StreamError::new(StreamCondition::PolicyViolation)
-            .with_text(match limit {
-                Limit::Depth => "elements nested too deeply",
-                Limit::Elements => "too many elements in one stanza",
-                Limit::Attributes => "too many attributes on one element",
-                Limit::NameBytes => "element or attribute name too long",
-                Limit::AttributeValueBytes => "attribute value too long",
-                Limit::ElementBytes => "stanza too large",
-            }),
-        FramerError::InvalidNamespace => StreamError::new(StreamCondition::InvalidNamespace)
-            .with_text("the stream header is not in the streams namespace"),
-    }
 }
 
 impl Connection {
@@ -882,16 +798,6 @@ impl Connection {
                 }
             }
         }
-    }
-}
-
-/// Drops the first `consumed` bytes; an emptied buffer is released entirely, so a
-/// connection between stanzas holds no read memory.
-fn release_consumed(buf: &mut BytesMut, consumed: usize) {
-    if consumed == buf.len() {
-        *buf = BytesMut::new();
-    } else {
-        buf.advance(consumed);
     }
 }
 

@@ -6,11 +6,13 @@
 
 pub mod c2s;
 pub mod config;
+pub mod enforce;
 pub mod io;
 pub mod proxy_header;
 pub mod recorder;
 pub mod server;
 pub mod session;
 pub mod stats;
+pub mod stream;
 pub use xmppwall_policy::errors as stream_error;
 pub mod tls;

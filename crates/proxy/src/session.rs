@@ -11,14 +11,12 @@
 use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 
 use base64::Engine as _;
-use tracing::info;
-use xmppwall_policy::recording::Record;
-use xmppwall_policy::rules::{self, Action, Hook, LogPayload, MarkScope, Marks, Policy, Subject};
+use xmppwall_policy::rules::{Hook, Marks, Policy, StreamFront, Subject};
 use xmppwall_policy::stanza::{bare_jid, Stanza};
 use xmppwall_policy::table::BoundedTable;
 use xmppwall_policy::{ConnectionLimits, Limiter, Throttle, Verdict};
@@ -84,15 +82,7 @@ pub enum ServerAction {
     ReplaceThenClose(Vec<u8>, StreamError),
 }
 
-/// What the rules decided, side effects applied.
-#[derive(Debug)]
-enum PolicyOutcome {
-    /// Forward; with the stripped stanza when a rule removed children.
-    Pass(Option<Vec<u8>>),
-    Drop,
-    Bounce(StanzaError),
-    Close(StreamError),
-}
+use crate::enforce::PolicyOutcome;
 
 /// How far authentication has got.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -628,63 +618,24 @@ impl C2sSession {
             account: self.conn.account.as_deref(),
             marks: &marks,
             stranger,
+            front: StreamFront::C2s,
+            peer_domain: None,
+            peer_auth: None,
         };
-        let wall = SystemTime::now();
-        if let (Some(recorder), Some(stanza)) = (&self.recorder, stanza) {
-            recorder.record(Record::new(hook, &subject, stanza.bytes, wall).to_line());
-        }
-        let decision = policy.evaluate(hook, stanza, &subject, now, wall);
-        let bytes = stanza.map_or(&[][..], |s| s.bytes);
-        for (rule, action) in &decision.shadowed {
-            info!(rule, hook = hook.chain_name(), would = ?action, digest = %rules::digest(bytes), "shadow rule matched");
-        }
-        let mut rewritten: Option<Vec<u8>> = None;
-        let mut close = None;
-        for (rule, effects) in &decision.effects {
-            match effects.log {
-                Some(LogPayload::Digest) => {
-                    info!(rule, hook = hook.chain_name(), digest = %rules::digest(bytes), "rule matched")
-                }
-                Some(LogPayload::Full) => {
-                    info!(rule, hook = hook.chain_name(), stanza = %String::from_utf8_lossy(bytes), "rule matched")
-                }
-                Some(LogPayload::None) => info!(rule, hook = hook.chain_name(), "rule matched"),
-                None => {}
-            }
-            if let Some(mark) = &effects.mark {
-                let until = now + mark.expires;
-                match (mark.scope, &self.conn.account) {
-                    (MarkScope::Account, Some(account)) => {
-                        self.limiter.load().mark_account(account, &mark.name, until)
-                    }
-                    _ => self.marks.set(&mark.name, until),
-                }
-            }
-            if let Some(reason) = &effects.report {
-                info!(rule, reason, account = ?self.conn.account, digest = %rules::digest(bytes), "report");
-            }
-            if !effects.strip.is_empty() {
-                let current = rewritten.as_deref().unwrap_or(bytes);
-                if let Some(out) = rules::strip_children(current, &effects.strip) {
-                    rewritten = Some(out);
-                }
-            }
-            if let Some(duration) = effects.ban {
-                let until = self.limiter.load().ban(self.ip, duration, now);
-                close = Some(xmppwall_policy::limiter::banned_error_for(until, rule));
-            }
-        }
-        if let Some(error) = close {
-            return PolicyOutcome::Close(error);
-        }
-        match decision.action {
-            None | Some(Action::Pass) | Some(Action::Continue) | Some(Action::Jump(_)) => {
-                PolicyOutcome::Pass(rewritten)
-            }
-            Some(Action::Drop) => PolicyOutcome::Drop,
-            Some(Action::Bounce(e)) => PolicyOutcome::Bounce(e),
-            Some(Action::Close(e)) => PolicyOutcome::Close(e),
-        }
+        let limiter = self.limiter.load();
+        crate::enforce::apply(
+            &policy,
+            hook,
+            stanza,
+            &subject,
+            crate::enforce::StreamState {
+                limiter: &limiter,
+                marks: &mut self.marks,
+                account: self.conn.account.as_deref(),
+                recorder: self.recorder.as_ref(),
+            },
+            now,
+        )
     }
 
     fn authenticated(&mut self) {

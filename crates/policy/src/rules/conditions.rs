@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use xmppwall_xml::view;
 
 use super::content::{self, Keywords};
-use super::{RateKey, Subject};
+use super::{PeerAuth, RateKey, StreamFront, Subject};
 use crate::address::CidrList;
 use crate::limits::UserClass;
 use crate::stanza::{bare_jid, domain_of, Kind, Stanza};
@@ -280,6 +280,9 @@ pub enum Condition {
     Stranger(bool),
     Time(Arc<TimeWindow>),
     Mark(String),
+    Front(Vec<StreamFront>),
+    PeerDomain(Arc<DomainSet>),
+    PeerAuth(Vec<PeerAuth>),
 }
 
 /// A JID as conditions compare it: lowercased once, the bare part and the domain
@@ -551,14 +554,17 @@ impl Condition {
             Condition::Kind(_)
             | Condition::Class(_)
             | Condition::Stranger(_)
-            | Condition::Mechanism(_) => 0,
+            | Condition::Mechanism(_)
+            | Condition::Front(_)
+            | Condition::PeerAuth(_) => 0,
             Condition::Type(_) | Condition::Address(_) | Condition::Mark(_) => 1,
             Condition::From(_)
             | Condition::To(_)
             | Condition::FromJids(_)
             | Condition::ToJids(_)
             | Condition::FromDomain(_)
-            | Condition::ToDomain(_) => 2,
+            | Condition::ToDomain(_)
+            | Condition::PeerDomain(_) => 2,
             Condition::Has(_) | Condition::Payload(_) => 3,
             Condition::Declares(_) | Condition::Time(_) => 4,
             Condition::UrlCount(_) | Condition::UrlDomain(_) => 5,
@@ -632,6 +638,9 @@ impl Condition {
             Condition::Stranger(want) => f.subject.stranger == Some(*want),
             Condition::Time(window) => window.contains(f.wall),
             Condition::Mark(name) => f.subject.marks.has(name, f.now),
+            Condition::Front(fronts) => fronts.contains(&f.subject.front),
+            Condition::PeerDomain(set) => f.subject.peer_domain.is_some_and(|d| set.contains(d)),
+            Condition::PeerAuth(ways) => f.subject.peer_auth.is_some_and(|a| ways.contains(&a)),
         }
     }
 }

@@ -17,7 +17,8 @@ use toml::Spanned;
 use super::conditions::{Condition, DomainSet, JidGlob, JidSet, TextField, TimeWindow};
 use super::content::Keywords;
 use super::{
-    Action, Chain, Effects, Hook, LogPayload, MarkScope, MarkSpec, Policy, RateKey, Rule, RuleRate,
+    Action, Chain, Effects, Hook, LogPayload, MarkScope, MarkSpec, PeerAuth, Policy, RateKey, Rule,
+    RuleRate, StreamFront,
 };
 use crate::address::CidrList;
 use crate::errors::{ErrorType, StanzaError, StreamCondition, StreamError};
@@ -110,6 +111,12 @@ pub struct RawConditions {
     pub stranger: Option<bool>,
     pub time: Option<Spanned<RawTime>>,
     pub mark: Option<String>,
+    /// The kind of stream: c2s, s2s, s2s-egress, component.
+    pub front: Option<Spanned<Vec<String>>>,
+    /// The authenticated peer domain of a server-to-server or component stream.
+    pub peer_domain: Option<Spanned<Strings>>,
+    /// How that peer authenticated: certificate, dialback, handshake.
+    pub peer_auth: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -743,6 +750,39 @@ impl Compiler<'_, '_> {
         }
         if let Some(m) = &raw.mark {
             out.push(Condition::Mark(m.clone()));
+        }
+        if let Some(v) = &raw.front {
+            let mut fronts = Vec::new();
+            for f in v.get_ref() {
+                match StreamFront::parse(f) {
+                    Some(front) => fronts.push(front),
+                    None => self.problem(
+                        v.span(),
+                        format!("unknown front {f:?}; use c2s, s2s, s2s-egress or component"),
+                    ),
+                }
+            }
+            out.push(Condition::Front(fronts));
+        }
+        if let Some(v) = &raw.peer_domain {
+            if let Some(d) = self.domains(v) {
+                out.push(Condition::PeerDomain(d));
+            }
+        }
+        if let Some(v) = &raw.peer_auth {
+            let mut ways = Vec::new();
+            for a in v.get_ref() {
+                match PeerAuth::parse(a) {
+                    Some(way) => ways.push(way),
+                    None => self.problem(
+                        v.span(),
+                        format!(
+                            "unknown peer authentication {a:?}; use certificate, dialback or handshake"
+                        ),
+                    ),
+                }
+            }
+            out.push(Condition::PeerAuth(ways));
         }
         // Every condition must hold and none has side effects, so their order is
         // free: cheapest first.

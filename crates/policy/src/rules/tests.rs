@@ -30,6 +30,9 @@ fn subject(marks: &Marks) -> Subject<'_> {
         account: Some("alice@example.org"),
         marks,
         stranger: None,
+        front: crate::rules::StreamFront::C2s,
+        peer_domain: None,
+        peer_auth: None,
     }
 }
 

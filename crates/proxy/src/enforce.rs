@@ -1,0 +1,105 @@
+//! Applying the operator's policy to one event of any stream: evaluation, then the
+//! side effects rules ask for (log lines, marks, reports, stripped children, bans).
+//!
+//! Shared by every front's session (c2s, s2s, component); sans-IO. It owns turning a
+//! [`Decision`](xmppwall_policy::rules::Decision) into a [`PolicyOutcome`]; it must
+//! not decide what a front does with the outcome (reply, drop, close).
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use tracing::info;
+use xmppwall_policy::recording::Record;
+use xmppwall_policy::rules::{self, Action, Hook, LogPayload, MarkScope, Marks, Policy, Subject};
+use xmppwall_policy::stanza::Stanza;
+use xmppwall_policy::Limiter;
+
+use crate::recorder::Recorder;
+use crate::stream_error::{StanzaError, StreamError};
+
+/// What the rules decided, side effects applied.
+#[derive(Debug)]
+pub enum PolicyOutcome {
+    /// Forward; with the stripped stanza when a rule removed children.
+    Pass(Option<Vec<u8>>),
+    Drop,
+    Bounce(StanzaError),
+    Close(StreamError),
+}
+
+/// Where a stream keeps what rules change: its marks, the account marks go to, and
+/// the address a ban applies to (`subject.ip`).
+pub struct StreamState<'a> {
+    pub limiter: &'a Limiter,
+    pub marks: &'a mut Marks,
+    pub account: Option<&'a str>,
+    pub recorder: Option<&'a Arc<Recorder>>,
+}
+
+/// Evaluates `hook` for `stanza` (none for stream events) and applies the side
+/// effects. The caller built `subject` with the stream's marks merged in.
+pub fn apply(
+    policy: &Policy,
+    hook: Hook,
+    stanza: Option<&Stanza<'_>>,
+    subject: &Subject<'_>,
+    state: StreamState<'_>,
+    now: Instant,
+) -> PolicyOutcome {
+    let wall = SystemTime::now();
+    if let (Some(recorder), Some(stanza)) = (state.recorder, stanza) {
+        recorder.record(Record::new(hook, subject, stanza.bytes, wall).to_line());
+    }
+    let decision = policy.evaluate(hook, stanza, subject, now, wall);
+    let bytes = stanza.map_or(&[][..], |s| s.bytes);
+    for (rule, action) in &decision.shadowed {
+        info!(rule, hook = hook.chain_name(), would = ?action, digest = %rules::digest(bytes), "shadow rule matched");
+    }
+    let mut rewritten: Option<Vec<u8>> = None;
+    let mut close = None;
+    for (rule, effects) in &decision.effects {
+        match effects.log {
+            Some(LogPayload::Digest) => {
+                info!(rule, hook = hook.chain_name(), digest = %rules::digest(bytes), "rule matched")
+            }
+            Some(LogPayload::Full) => {
+                info!(rule, hook = hook.chain_name(), stanza = %String::from_utf8_lossy(bytes), "rule matched")
+            }
+            Some(LogPayload::None) => info!(rule, hook = hook.chain_name(), "rule matched"),
+            None => {}
+        }
+        if let Some(mark) = &effects.mark {
+            let until = now + mark.expires;
+            match (mark.scope, state.account) {
+                (MarkScope::Account, Some(account)) => {
+                    state.limiter.mark_account(account, &mark.name, until)
+                }
+                _ => state.marks.set(&mark.name, until),
+            }
+        }
+        if let Some(reason) = &effects.report {
+            info!(rule, reason, account = ?state.account, peer_domain = ?subject.peer_domain, digest = %rules::digest(bytes), "report");
+        }
+        if !effects.strip.is_empty() {
+            let current = rewritten.as_deref().unwrap_or(bytes);
+            if let Some(out) = rules::strip_children(current, &effects.strip) {
+                rewritten = Some(out);
+            }
+        }
+        if let Some(duration) = effects.ban {
+            let until = state.limiter.ban(subject.ip, duration, now);
+            close = Some(xmppwall_policy::limiter::banned_error_for(until, rule));
+        }
+    }
+    if let Some(error) = close {
+        return PolicyOutcome::Close(error);
+    }
+    match decision.action {
+        None | Some(Action::Pass) | Some(Action::Continue) | Some(Action::Jump(_)) => {
+            PolicyOutcome::Pass(rewritten)
+        }
+        Some(Action::Drop) => PolicyOutcome::Drop,
+        Some(Action::Bounce(e)) => PolicyOutcome::Bounce(e),
+        Some(Action::Close(e)) => PolicyOutcome::Close(e),
+    }
+}

@@ -1,0 +1,115 @@
+//! Reading an XMPP stream from a socket, shared by every front: frames before the
+//! relay starts ([`FrameReader`]), the stream error that reports a framing error, and
+//! releasing read memory between stanzas.
+//!
+//! Owns no protocol state; sessions decide what frames mean.
+
+use std::io;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::AsyncRead;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use xmppwall_xml::{Error as FramerError, Framer, Limit, Token};
+
+use crate::io::read_into;
+use crate::stream_error::{StreamCondition, StreamError};
+
+/// Reads frames from one side before the relay starts.
+pub struct FrameReader {
+    pub framer: Framer,
+    pub buf: BytesMut,
+}
+
+pub enum ReadOutcome {
+    Frame(Token, usize),
+    Closed,
+    TimedOut,
+    Shutdown,
+    Framing(FramerError),
+    Io(io::Error),
+}
+
+impl FrameReader {
+    pub fn new(limits: xmppwall_xml::Limits) -> Self {
+        FrameReader {
+            framer: Framer::new(limits),
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// The next frame found at `offset` in the buffer; its bytes are
+    /// `self.buf[offset..offset + len]` until [`Self::consume`]. Bytes before
+    /// `offset` are kept (the stream header, to be replayed to the server).
+    pub async fn next<R: AsyncRead + Unpin>(
+        &mut self,
+        io: &mut R,
+        offset: usize,
+        deadline: Instant,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> ReadOutcome {
+        loop {
+            match self.framer.next(&self.buf[offset..]) {
+                Ok(Some(frame)) => return ReadOutcome::Frame(frame.token, frame.len),
+                Ok(None) => {}
+                Err(e) => return ReadOutcome::Framing(e),
+            }
+            let read = tokio::select! {
+                r = tokio::time::timeout_at(deadline, read_into(io, &mut self.buf)) => r,
+                _ = shutdown.changed() => return ReadOutcome::Shutdown,
+            };
+            match read {
+                Err(_) => return ReadOutcome::TimedOut,
+                Ok(Ok(0)) => return ReadOutcome::Closed,
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return ReadOutcome::Io(e),
+            }
+        }
+    }
+
+    pub fn consume(&mut self, len: usize) {
+        self.buf.advance(len);
+    }
+}
+
+/// Maps a framing error to the stream error of RFC 6120 §4.9.3 that reports it.
+pub fn framing_error(e: FramerError) -> StreamError {
+    match e {
+        FramerError::RestrictedXml(what) => {
+            StreamError::new(StreamCondition::RestrictedXml).with_text(what)
+        }
+        FramerError::NotWellFormed(what) => {
+            StreamError::new(StreamCondition::NotWellFormed).with_text(what)
+        }
+        FramerError::TextAtStreamLevel => StreamError::new(StreamCondition::BadFormat)
+            .with_text("character data is not allowed between stanzas"),
+        FramerError::LimitExceeded(Limit::ElementBytes) => {
+            // XEP-0205 §2.5: a seriously large stanza may close the stream.
+            StreamError::new(StreamCondition::PolicyViolation)
+                .with_app_condition("stanza-too-big")
+                .with_text("stanza too large")
+        }
+        FramerError::LimitExceeded(limit) => StreamError::new(StreamCondition::PolicyViolation)
+            .with_text(match limit {
+                Limit::Depth => "elements nested too deeply",
+                Limit::Elements => "too many elements in one stanza",
+                Limit::Attributes => "too many attributes on one element",
+                Limit::NameBytes => "element or attribute name too long",
+                Limit::AttributeValueBytes => "attribute value too long",
+                Limit::ElementBytes => "stanza too large",
+            }),
+        FramerError::InvalidNamespace => StreamError::new(StreamCondition::InvalidNamespace)
+            .with_text("the stream header is not in the streams namespace"),
+    }
+}
+
+/// Drops the first `consumed` bytes; an emptied buffer is released entirely, so a
+/// connection between stanzas holds no read memory.
+pub fn release_consumed(buf: &mut BytesMut, consumed: usize) {
+    if consumed == buf.len() {
+        *buf = BytesMut::new();
+    } else {
+        buf.advance(consumed);
+    }
+}
+
