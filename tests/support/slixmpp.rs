@@ -14,6 +14,17 @@ use super::{tail, Account};
 /// What the script prints once its session is established and its presence processed.
 pub const READY_LINE: &str = "SLIXMPP-READY";
 
+/// What the component script prints once its handshake succeeded.
+pub const COMPONENT_READY_LINE: &str = "COMPONENT-READY";
+
+/// The component script's path in the source tree.
+pub fn component_script() -> PathBuf {
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/interop/slixmpp_component.py"
+    ))
+}
+
 /// The script's path in the source tree.
 pub fn script() -> PathBuf {
     PathBuf::from(concat!(
@@ -90,7 +101,31 @@ impl Slixmpp {
         Slixmpp::spawn(&args)
     }
 
+    /// An external component (XEP-0114, tests/interop/slixmpp_component.py) for
+    /// `domain`, connecting to `server` with `secret`: it answers each chat message
+    /// with a headline "ad: BODY", then an echo of the body, and exits 0 after
+    /// `count` echoes. It prints [`COMPONENT_READY_LINE`] after the handshake.
+    pub fn component(domain: &str, secret: &str, server: SocketAddr, count: u32) -> Slixmpp {
+        let args = [
+            "--jid".to_string(),
+            domain.to_string(),
+            "--secret".into(),
+            secret.into(),
+            "--host".into(),
+            server.ip().to_string(),
+            "--port".into(),
+            server.port().to_string(),
+            "--count".into(),
+            count.to_string(),
+        ];
+        Slixmpp::spawn_script(&component_script(), &args)
+    }
+
     fn spawn(args: &[String]) -> Slixmpp {
+        Slixmpp::spawn_script(&script(), args)
+    }
+
+    fn spawn_script(script: &std::path::Path, args: &[String]) -> Slixmpp {
         let dir = tempfile::Builder::new()
             .prefix("xmppwall-test-slixmpp-")
             .tempdir()
@@ -98,7 +133,7 @@ impl Slixmpp {
         let output_path = dir.path().join("slixmpp.out");
         let mut command = Command::new("python3");
         // The script's own timeout is the inner bound; `wait` below is the outer one.
-        command.arg(script()).args(args).args(["--timeout", "25"]);
+        command.arg(script).args(args).args(["--timeout", "25"]);
         let process = ServerProcess::spawn("slixmpp_echo.py", command, &output_path);
         Slixmpp {
             output_path,
@@ -114,8 +149,13 @@ impl Slixmpp {
 
     /// Waits until the script is logged in and its presence processed.
     pub fn wait_ready(&mut self, timeout: Duration) {
+        self.wait_for_line(READY_LINE, timeout)
+    }
+
+    /// Waits until the script prints `line`.
+    pub fn wait_for_line(&mut self, line: &str, timeout: Duration) {
         let deadline = Instant::now() + timeout;
-        while !self.output().contains(READY_LINE) {
+        while !self.output().contains(line) {
             if let Some(status) = self.process.try_exit_status() {
                 panic!(
                     "slixmpp_echo.py exited ({status}) before logging in:\n{}",

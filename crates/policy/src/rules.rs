@@ -261,9 +261,13 @@ impl PeerAuth {
     }
 
     pub fn parse(name: &str) -> Option<PeerAuth> {
-        [PeerAuth::Certificate, PeerAuth::Dialback, PeerAuth::Handshake]
-            .into_iter()
-            .find(|a| a.name() == name)
+        [
+            PeerAuth::Certificate,
+            PeerAuth::Dialback,
+            PeerAuth::Handshake,
+        ]
+        .into_iter()
+        .find(|a| a.name() == name)
     }
 }
 

@@ -23,7 +23,6 @@ use xmppwall_xml::{Framer, Token};
 
 use crate::config::{Config, Listener, ListenerTls};
 use crate::io::{read_into, BoxIo, Rewind};
-use crate::stream::{framing_error, release_consumed, FrameReader, ReadOutcome};
 use crate::proxy_header;
 use crate::server::Shared;
 use crate::session::{
@@ -31,11 +30,11 @@ use crate::session::{
     TLS_NS,
 };
 use crate::stats::Stats;
+use crate::stream::{framing_error, release_consumed, FrameReader, ReadOutcome};
 use crate::stream_error::{StreamCondition, StreamError};
 use crate::tls::describe_handshake_error;
 use std::time::SystemTime;
 use xmppwall_policy::limiter::{auth_banned_error, banned_error};
-use xmppwall_policy::rules::{Action, Hook, Marks, Subject};
 use xmppwall_policy::{ConnectionTicket, Limiter, Throttle};
 
 /// The largest element accepted from the server (a big roster or MAM page).
@@ -95,36 +94,12 @@ pub async fn serve(
     let config = shared.config.load_full();
     let limiter = Limiter::clone(&shared.limiter.load());
     let policy = shared.policy.load_full();
-    if policy.has_hook(Hook::Connect) {
-        // The connect chain sees only the address: a refusal closes the socket
-        // before a byte is read, like the gate.
-        let marks = Marks::default();
-        let subject = Subject {
-            ip: peer.ip().to_canonical(),
-            class: xmppwall_policy::UserClass::Registered,
-            mechanism: None,
-            account: None,
-            marks: &marks,
-            stranger: None,
-            front: xmppwall_policy::rules::StreamFront::C2s,
-            peer_domain: None,
-            peer_auth: None,
-        };
-        let decision = policy.evaluate(
-            Hook::Connect,
-            None,
-            &subject,
-            Instant::now().into_std(),
-            SystemTime::now(),
-        );
-        if matches!(
-            decision.verdict(),
-            Action::Drop | Action::Bounce(_) | Action::Close(_)
-        ) {
-            info!(rule = ?decision.rule, "connection refused by the connect chain");
-            Stats::add(&shared.stats.connections_closed, 1);
-            return;
-        }
+    if let Some(rule) =
+        crate::enforce::connect_refused(&policy, peer.ip(), listener.front.stream_front())
+    {
+        info!(rule = ?rule, "connection refused by the connect chain");
+        Stats::add(&shared.stats.connections_closed, 1);
+        return;
     }
     let _ = tcp.set_nodelay(true);
     let local = tcp.local_addr().unwrap_or(listener.address);

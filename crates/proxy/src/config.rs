@@ -45,6 +45,10 @@ pub struct Config {
     pub record: Option<PathBuf>,
     pub timeouts: Timeouts,
     pub log: Log,
+    /// External components allowed through the component front; empty: any domain
+    /// (the server decides).
+    pub components: Vec<Component>,
+    pub s2s: S2s,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,10 +78,29 @@ pub enum ProxyProtocol {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum Front {
     /// Client-to-server (RFC 6120 with `jabber:client`).
     C2s,
+    /// Remote servers connecting in (RFC 6120 with `jabber:server`, XEP-0220).
+    S2s,
+    /// The server's own outgoing server-to-server streams, sent on to remote servers.
+    S2sEgress,
+    /// External components (XEP-0114, `jabber:component:accept`).
+    Component,
+}
+
+impl Front {
+    /// The front as the policy's `front` condition names it.
+    pub fn stream_front(self) -> xmppwall_policy::rules::StreamFront {
+        use xmppwall_policy::rules::StreamFront;
+        match self {
+            Front::C2s => StreamFront::C2s,
+            Front::S2s => StreamFront::S2s,
+            Front::S2sEgress => StreamFront::S2sEgress,
+            Front::Component => StreamFront::Component,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -96,6 +119,65 @@ pub struct Listener {
     pub front: Front,
     pub tls: ListenerTls,
     pub address: SocketAddr,
+    /// The server address for this listener's streams, when it is not
+    /// `[upstream] address` (the server's s2s or component port).
+    pub upstream: Option<SocketAddr>,
+}
+
+/// An external component xmppwall lets through (XEP-0114).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Component {
+    pub domain: String,
+    /// The shared secret: when set, xmppwall checks the handshake itself before the
+    /// server sees it.
+    pub secret: Option<String>,
+}
+
+/// Server-to-server options: who may federate, how peers prove who they are, and
+/// how the egress reaches remote servers.
+#[derive(Debug, Clone, Default)]
+pub struct S2s {
+    /// Remote domains (and their subdomains) allowed to federate; empty: any.
+    pub allow_domains: Vec<String>,
+    /// Remote domains (and their subdomains) refused, inbound and outbound.
+    pub deny_domains: Vec<String>,
+    /// PEM roots that peer certificates are validated against; `None`: the bundled
+    /// web PKI roots.
+    pub ca: Option<PathBuf>,
+    /// Refuse inbound domains not proven by a certificate (no dialback-only peers).
+    pub require_certificate: bool,
+    /// Static routes for the egress: domain → address, before any SRV lookup.
+    pub routes: Vec<(String, SocketAddr)>,
+    /// A SOCKS5 proxy (RFC 1928) the egress connects through.
+    pub socks5: Option<SocketAddr>,
+    /// Whether the egress requires TLS towards remote servers.
+    pub egress_require_tls: bool,
+    /// Accept any remote certificate on the egress. For test set-ups only.
+    pub egress_insecure_skip_verify: bool,
+}
+
+impl S2s {
+    /// Whether `domain` may federate: not denied, and allowed when an allow list is
+    /// set. Lists match the domain and its subdomains by label.
+    pub fn permits(&self, domain: &str) -> bool {
+        let under = |list: &[String]| {
+            list.iter().any(|d| {
+                domain == d
+                    || domain
+                        .strip_suffix(d.as_str())
+                        .is_some_and(|rest| rest.ends_with('.'))
+            })
+        };
+        !under(&self.deny_domains) && (self.allow_domains.is_empty() || under(&self.allow_domains))
+    }
+
+    /// The static route for `domain`, if any.
+    pub fn route(&self, domain: &str) -> Option<SocketAddr> {
+        self.routes
+            .iter()
+            .find(|(d, _)| d == domain)
+            .map(|(_, a)| *a)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -485,10 +567,24 @@ impl Checker<'_> {
                         format!("address {address} is used by two listeners"),
                     );
                 }
+                let upstream = l.upstream.as_ref().and_then(|u| self.address(u));
+                if matches!(l.front, Front::S2s | Front::S2sEgress) {
+                    self.problem(
+                        l.address.span(),
+                        "the s2s fronts are not available in this version; use front = \"c2s\" or \"component\"".into(),
+                    );
+                }
+                if l.front == Front::S2sEgress && tls_mode != ListenerTls::None {
+                    self.problem(
+                        l.address.span(),
+                        "the s2s-egress front takes the server's own outgoing streams in plaintext on loopback; set tls = \"none\" (TLS is done towards the remote server)".into(),
+                    );
+                }
                 listeners.push(Listener {
                     front: l.front,
                     tls: tls_mode,
                     address,
+                    upstream,
                 });
             }
         }
@@ -546,7 +642,25 @@ impl Checker<'_> {
             level: rlog.level.unwrap_or_else(|| "info".into()),
         };
 
+        let components = raw
+            .component
+            .iter()
+            .map(|c| {
+                let domain = c.domain.get_ref().to_ascii_lowercase();
+                if domain.is_empty() || domain.contains(['@', '/', ' ']) {
+                    self.problem(c.domain.span(), format!("{domain:?} is not a domain name"));
+                }
+                Component {
+                    domain,
+                    secret: c.secret.clone(),
+                }
+            })
+            .collect();
+        let s2s = self.s2s(raw.s2s.as_ref());
+
         Config {
+            components,
+            s2s,
             source,
             domains,
             upstream: upstream.unwrap_or(Upstream {
@@ -811,6 +925,42 @@ impl Checker<'_> {
         })
     }
 
+    fn s2s(&mut self, raw: Option<&RawS2s>) -> S2s {
+        let Some(raw) = raw else {
+            return S2s::default();
+        };
+        let domains = |c: &mut Self, list: &[Spanned<String>]| -> Vec<String> {
+            list.iter()
+                .map(|d| {
+                    let name = d.get_ref().trim_end_matches('.').to_ascii_lowercase();
+                    if name.is_empty() || name.contains(['@', '/', ' ']) {
+                        c.problem(d.span(), format!("{:?} is not a domain name", d.get_ref()));
+                    }
+                    name
+                })
+                .collect()
+        };
+        let allow_domains = domains(self, &raw.allow_domains);
+        let deny_domains = domains(self, &raw.deny_domains);
+        let mut routes = Vec::new();
+        for (domain, address) in &raw.routes {
+            if let Some(a) = self.address(address) {
+                routes.push((domain.to_ascii_lowercase(), a));
+            }
+        }
+        routes.sort();
+        S2s {
+            allow_domains,
+            deny_domains,
+            ca: raw.ca.as_ref().map(|ca| self.readable_file(ca, "CA file")),
+            require_certificate: raw.require_certificate,
+            routes,
+            socks5: raw.socks5.as_ref().and_then(|a| self.address(a)),
+            egress_require_tls: raw.egress_require_tls.unwrap_or(true),
+            egress_insecure_skip_verify: raw.egress_insecure_skip_verify,
+        }
+    }
+
     fn duration_or_zero(&mut self, value: &Option<Spanned<String>>, default: Duration) -> Duration {
         match value {
             Some(v) if matches!(v.get_ref().trim(), "0" | "0s" | "0ms") => Duration::ZERO,
@@ -852,6 +1002,34 @@ struct RawConfig {
     record: Option<RawRecord>,
     timeouts: Option<RawTimeouts>,
     log: Option<RawLog>,
+    #[serde(default)]
+    component: Vec<RawComponent>,
+    s2s: Option<RawS2s>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawComponent {
+    domain: Spanned<String>,
+    secret: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawS2s {
+    #[serde(default)]
+    allow_domains: Vec<Spanned<String>>,
+    #[serde(default)]
+    deny_domains: Vec<Spanned<String>>,
+    ca: Option<Spanned<String>>,
+    #[serde(default)]
+    require_certificate: bool,
+    #[serde(default)]
+    routes: std::collections::BTreeMap<String, Spanned<String>>,
+    socks5: Option<Spanned<String>>,
+    egress_require_tls: Option<bool>,
+    #[serde(default)]
+    egress_insecure_skip_verify: bool,
 }
 
 #[derive(Deserialize)]
@@ -878,6 +1056,7 @@ struct RawListener {
     front: Front,
     tls: Option<ListenerTls>,
     address: Spanned<String>,
+    upstream: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

@@ -103,3 +103,40 @@ pub fn apply(
         Some(Action::Close(e)) => PolicyOutcome::Close(e),
     }
 }
+
+/// The `connect` chain for a new connection on `front`: it sees only the address
+/// (and the front). `Some(rule)` when a rule refuses it; the caller closes the
+/// socket before a byte is read, like the gate.
+pub fn connect_refused(
+    policy: &Policy,
+    ip: std::net::IpAddr,
+    front: xmppwall_policy::rules::StreamFront,
+) -> Option<Option<String>> {
+    if !policy.has_hook(Hook::Connect) {
+        return None;
+    }
+    let marks = Marks::default();
+    let subject = Subject {
+        ip: ip.to_canonical(),
+        class: xmppwall_policy::UserClass::Registered,
+        mechanism: None,
+        account: None,
+        marks: &marks,
+        stranger: None,
+        front,
+        peer_domain: None,
+        peer_auth: None,
+    };
+    let decision = policy.evaluate(
+        Hook::Connect,
+        None,
+        &subject,
+        Instant::now(),
+        SystemTime::now(),
+    );
+    matches!(
+        decision.verdict(),
+        Action::Drop | Action::Bounce(_) | Action::Close(_)
+    )
+    .then(|| decision.rule.clone())
+}

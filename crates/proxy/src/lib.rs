@@ -5,11 +5,14 @@
 #![forbid(unsafe_code)]
 
 pub mod c2s;
+pub mod component;
 pub mod config;
 pub mod enforce;
 pub mod io;
+pub mod peer;
 pub mod proxy_header;
 pub mod recorder;
+pub mod relay;
 pub mod server;
 pub mod session;
 pub mod stats;

@@ -176,6 +176,9 @@ pub async fn serve(
                     async move {
                         match listener.front {
                             Front::C2s => c2s::serve(shared, tcp, peer, listener, admission).await,
+                            Front::S2s | Front::S2sEgress | Front::Component => {
+                                crate::relay::serve(shared, tcp, peer, listener, admission).await
+                            }
                         }
                     }
                     .instrument(span),

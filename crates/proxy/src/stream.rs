@@ -112,4 +112,3 @@ pub fn release_consumed(buf: &mut BytesMut, consumed: usize) {
         buf.advance(consumed);
     }
 }
-

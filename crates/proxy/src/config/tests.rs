@@ -199,3 +199,36 @@ fn unknown_key_in_limits_is_reported() {
     let err = parse(&text).unwrap_err();
     assert!(err.problems[0].message.contains("stanza_byts"), "{err}");
 }
+
+#[test]
+fn component_front_listener_upstream_and_components_are_read() {
+    let text = r#"
+[upstream]
+address = "127.0.0.1:15222"
+
+[[listen]]
+front = "component"
+tls = "none"
+address = "127.0.0.1:5347"
+upstream = "127.0.0.1:15347"
+
+[[component]]
+domain = "Bot.Example.org"
+secret = "s"
+
+[[component]]
+domain = "no secret@here"
+"#;
+    let err = parse(text).unwrap_err();
+    assert_eq!(err.problems.len(), 1, "{err}");
+    assert_eq!(err.problems[0].line, 16, "{err}");
+    let c = parse(&text.replace("no secret@here", "feeds.example.org")).unwrap();
+    assert_eq!(c.listeners[0].front, Front::Component);
+    assert_eq!(
+        c.listeners[0].upstream,
+        Some("127.0.0.1:15347".parse().unwrap())
+    );
+    assert_eq!(c.components[0].domain, "bot.example.org");
+    assert_eq!(c.components[0].secret.as_deref(), Some("s"));
+    assert_eq!(c.components[1].secret, None);
+}

@@ -1,0 +1,656 @@
+//! The tokio shell of the peer fronts (external components, remote servers coming
+//! in, the server's own outgoing streams): accept, TLS, the peer's stream header,
+//! the server connection, then the relay in both directions until either side ends.
+//!
+//! It reads and writes; the sessions ([`crate::component`], [`crate::s2s`],
+//! [`crate::egress`]) decide what each frame means. See `LIFECYCLE.md`.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{watch, Mutex as AsyncMutex};
+use tokio::time::Instant;
+use tokio_rustls::LazyConfigAcceptor;
+use tracing::{debug, info, warn};
+use xmppwall_policy::rules::Marks;
+use xmppwall_xml::{Framer, Token};
+
+use crate::c2s::Admission;
+use crate::component::ComponentSession;
+use crate::config::{Config, Front, Listener, ListenerTls};
+use crate::io::{read_into, BoxIo, Rewind};
+use crate::peer::{self, PeerAction, PeerContext, PeerHeader, PeerSession, COMPONENT_NS};
+use crate::proxy_header;
+use crate::server::Shared;
+use crate::stats::Stats;
+use crate::stream::{framing_error, release_consumed, FrameReader, ReadOutcome};
+use crate::stream_error::{StreamCondition, StreamError};
+use crate::tls::describe_handshake_error;
+
+/// The largest element accepted from the server on a peer stream.
+const SERVER_ELEMENT_BYTES: usize = 8 * 1024 * 1024;
+
+/// How a peer connection ended, for the log.
+#[derive(Debug)]
+pub(crate) enum End {
+    PeerClosed,
+    ServerClosed,
+    Refused(StreamCondition),
+    Shutdown,
+    PeerIo(io::Error),
+    ServerIo(io::Error),
+}
+
+impl End {
+    fn reason(&self) -> &'static str {
+        match self {
+            End::PeerClosed => "peer closed",
+            End::ServerClosed => "server closed",
+            End::Refused(condition) => condition.name(),
+            End::Shutdown => "shutdown",
+            End::PeerIo(_) => "peer i/o error",
+            End::ServerIo(_) => "server i/o error",
+        }
+    }
+}
+
+/// Serves one connection accepted on a component, s2s or s2s-egress listener.
+pub async fn serve(
+    shared: Arc<Shared>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    listener: Listener,
+    admission: Admission,
+) {
+    Stats::add(&shared.stats.connections_accepted, 1);
+    let config = shared.config.load_full();
+    let policy = shared.policy.load_full();
+    if let Some(rule) =
+        crate::enforce::connect_refused(&policy, peer.ip(), listener.front.stream_front())
+    {
+        info!(rule = ?rule, "connection refused by the connect chain");
+        Stats::add(&shared.stats.connections_closed, 1);
+        return;
+    }
+    let _ = tcp.set_nodelay(true);
+    let local = tcp.local_addr().unwrap_or(listener.address);
+    let accepted = Instant::now();
+    let conn = PeerConnection {
+        preauth_deadline: accepted + config.timeouts.preauth,
+        shutdown: shared.shutdown_signal(),
+        shared: shared.clone(),
+        config,
+        peer,
+        local,
+        listener,
+        admission,
+    };
+    let end = conn.run(tcp).await;
+    Stats::add(&shared.stats.connections_closed, 1);
+    let elapsed_ms = accepted.elapsed().as_millis() as u64;
+    match &end {
+        End::PeerIo(e) | End::ServerIo(e) => {
+            info!(end = end.reason(), error = %e, elapsed_ms, "connection closed")
+        }
+        _ => info!(end = end.reason(), elapsed_ms, "connection closed"),
+    }
+}
+
+pub(crate) struct PeerConnection {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) config: Arc<Config>,
+    pub(crate) listener: Listener,
+    pub(crate) admission: Admission,
+    pub(crate) peer: SocketAddr,
+    pub(crate) local: SocketAddr,
+    pub(crate) preauth_deadline: Instant,
+    pub(crate) shutdown: watch::Receiver<bool>,
+}
+
+impl PeerConnection {
+    async fn run(self, tcp: TcpStream) -> End {
+        match self.listener.front {
+            Front::Component => self.component(tcp).await,
+            // Refused by the configuration check until implemented; dispatched to
+            // crate::c2s by the server.
+            Front::S2s | Front::S2sEgress | Front::C2s => {
+                drop(tcp);
+                End::PeerClosed
+            }
+        }
+    }
+
+    /// The policy context of a new session on this connection.
+    pub(crate) fn context(&self) -> PeerContext {
+        PeerContext {
+            front: self.listener.front.stream_front(),
+            limits: self.config.limits,
+            limiter: self.shared.limiter.clone(),
+            policy: self.shared.policy.clone(),
+            ip: self.peer.ip().to_canonical(),
+            marks: Marks::default(),
+            recorder: self.shared.recorder.get().cloned(),
+        }
+    }
+
+    /// The component front (XEP-0114): header, server, relay.
+    async fn component(mut self, tcp: TcpStream) -> End {
+        let mut io: BoxIo = match self.listener.tls {
+            ListenerTls::Direct => match self
+                .accept_tls(Rewind::new(BytesMut::new(), tcp), None)
+                .await
+            {
+                Ok(io) => io,
+                Err(end) => return end,
+            },
+            ListenerTls::None | ListenerTls::Starttls => Box::new(tcp),
+        };
+        let budgets = self.config.limits.framer_budgets();
+        let mut reader = FrameReader::new(budgets.before);
+        let (header, header_len) = match self
+            .read_header(&mut io, &mut reader, COMPONENT_NS, None)
+            .await
+        {
+            Ok(h) => h,
+            Err(end) => return end,
+        };
+        let domain = header.to.clone().unwrap_or_default();
+        let refuse = |text: String| StreamError::new(StreamCondition::HostUnknown).with_text(text);
+        if domain.is_empty() {
+            // XEP-0114 §3: the component names its domain in 'to'.
+            let error = refuse("the stream header has no 'to' address".into());
+            return self
+                .refuse_before_header(&mut io, COMPONENT_NS, None, error)
+                .await;
+        }
+        let known = self.config.components.iter().find(|c| c.domain == domain);
+        if !self.config.components.is_empty() && known.is_none() {
+            let error = refuse(format!("no component {domain} is configured"));
+            return self
+                .refuse_before_header(&mut io, COMPONENT_NS, Some(&domain), error)
+                .await;
+        }
+        if let Some(until) = self.admission.banned_until {
+            let error = xmppwall_policy::limiter::banned_error(until);
+            return self
+                .refuse_before_header(&mut io, COMPONENT_NS, Some(&domain), error)
+                .await;
+        }
+        let secret = known.and_then(|c| c.secret.clone());
+        let mut server = match self.connect_server().await {
+            Ok(s) => s,
+            Err(end) => {
+                let error = StreamError::new(StreamCondition::RemoteConnectionFailed)
+                    .with_text("the server is not reachable");
+                let _ = self
+                    .refuse_before_header(&mut io, COMPONENT_NS, Some(&domain), error)
+                    .await;
+                return end;
+            }
+        };
+        let mut first =
+            proxy_header::header(self.config.upstream.proxy_protocol, self.peer, self.local);
+        first.extend_from_slice(&reader.buf[..header_len]);
+        reader.consume(header_len);
+        if let Err(e) = server.write_all(&first).await {
+            return End::ServerIo(e);
+        }
+        info!(component = %domain, checks_secret = secret.is_some(), "component stream");
+        let session = ComponentSession::new(self.context(), domain, secret);
+        self.relay(io, server, reader, Mutex::new(session)).await
+    }
+
+    /// Reads the optional XML declaration and the stream header, and checks its
+    /// namespaces. Returns the header and how many bytes it took (kept in
+    /// `reader.buf`, to be replayed to the server).
+    pub(crate) async fn read_header(
+        &mut self,
+        io: &mut BoxIo,
+        reader: &mut FrameReader,
+        content_ns: &str,
+        local_domain: Option<&str>,
+    ) -> Result<(PeerHeader, usize), End> {
+        let mut offset = 0;
+        loop {
+            let outcome = reader
+                .next(io, offset, self.preauth_deadline, &mut self.shutdown)
+                .await;
+            match outcome {
+                ReadOutcome::Frame(Token::XmlDeclaration, len) => offset += len,
+                ReadOutcome::Frame(Token::StreamOpen, len) => {
+                    return match PeerHeader::parse(&reader.buf[offset..offset + len], content_ns) {
+                        Ok(header) => Ok((header, offset + len)),
+                        Err(error) => Err(self
+                            .refuse_before_header(io, content_ns, local_domain, error)
+                            .await),
+                    };
+                }
+                ReadOutcome::Frame(..) => {
+                    let error = StreamError::new(StreamCondition::NotWellFormed)
+                        .with_text("expected a stream header");
+                    return Err(self
+                        .refuse_before_header(io, content_ns, local_domain, error)
+                        .await);
+                }
+                ReadOutcome::Closed => return Err(End::PeerClosed),
+                ReadOutcome::Io(e) => return Err(End::PeerIo(e)),
+                ReadOutcome::TimedOut => {
+                    let error = StreamError::new(StreamCondition::ConnectionTimeout);
+                    return Err(self
+                        .refuse_before_header(io, content_ns, local_domain, error)
+                        .await);
+                }
+                ReadOutcome::Shutdown => {
+                    let error = StreamError::new(StreamCondition::SystemShutdown);
+                    let _ = self
+                        .refuse_before_header(io, content_ns, local_domain, error)
+                        .await;
+                    return Err(End::Shutdown);
+                }
+                ReadOutcome::Framing(e) => {
+                    return Err(self
+                        .refuse_before_header(io, content_ns, local_domain, framing_error(e))
+                        .await)
+                }
+            }
+        }
+    }
+
+    /// Sends xmppwall's own stream header and `error`, then closes (RFC 6120
+    /// §4.9.1.2: an error is always preceded by a header the peer received).
+    pub(crate) async fn refuse_before_header<W: AsyncWrite + Unpin>(
+        &self,
+        io: &mut W,
+        content_ns: &str,
+        local_domain: Option<&str>,
+        error: StreamError,
+    ) -> End {
+        let mut out = peer::response_header(content_ns, local_domain, None);
+        out.extend_from_slice(&error.to_bytes(Some("stream")));
+        refuse(&self.shared, io, out, error.condition).await
+    }
+
+    /// Accepts TLS with the certificate for the name the peer asked for (SNI, else
+    /// `fallback_name`), with `config` when given (e.g. asking for a client
+    /// certificate).
+    pub(crate) async fn accept_tls(
+        &self,
+        tcp: Rewind<TcpStream>,
+        fallback_name: Option<&str>,
+    ) -> Result<BoxIo, End> {
+        self.accept_tls_with(tcp, fallback_name, |c| c)
+            .await
+            .map(|(io, _)| io)
+    }
+
+    /// Like [`Self::accept_tls`], letting `adapt` change the server configuration
+    /// chosen by name; also returns the peer's certificate chain, if it sent one.
+    pub(crate) async fn accept_tls_with(
+        &self,
+        tcp: Rewind<TcpStream>,
+        fallback_name: Option<&str>,
+        adapt: impl FnOnce(Arc<rustls::ServerConfig>) -> Arc<rustls::ServerConfig>,
+    ) -> Result<(BoxIo, Vec<rustls::pki_types::CertificateDer<'static>>), End> {
+        let handshake = async {
+            let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp).await?;
+            let name = start
+                .client_hello()
+                .server_name()
+                .map(str::to_owned)
+                .or_else(|| fallback_name.map(str::to_owned));
+            let Some(config) = self.shared.certs.config_for(name.as_deref()) else {
+                return Err(io::Error::other("no certificate configured"));
+            };
+            start.into_stream(adapt(config)).await
+        };
+        match tokio::time::timeout_at(self.preauth_deadline, handshake).await {
+            Ok(Ok(tls)) => {
+                let chain = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+                    .unwrap_or_default();
+                Ok((Box::new(tls), chain))
+            }
+            Ok(Err(e)) => {
+                Stats::add(&self.shared.stats.tls_handshake_failures, 1);
+                info!(error = %describe_handshake_error(&e), "TLS handshake failed");
+                Err(End::PeerIo(e))
+            }
+            Err(_) => {
+                Stats::add(&self.shared.stats.tls_handshake_failures, 1);
+                Err(End::Refused(StreamCondition::ConnectionTimeout))
+            }
+        }
+    }
+
+    /// Connects to the server behind xmppwall: this listener's `upstream`, else
+    /// `[upstream] address`.
+    pub(crate) async fn connect_server(&self) -> Result<BoxIo, End> {
+        let address = self
+            .listener
+            .upstream
+            .unwrap_or(self.config.upstream.address);
+        let connect = TcpStream::connect(address);
+        match tokio::time::timeout(self.config.upstream.connect_timeout, connect).await {
+            Ok(Ok(tcp)) => {
+                let _ = tcp.set_nodelay(true);
+                Ok(Box::new(tcp))
+            }
+            Ok(Err(e)) => {
+                Stats::add(&self.shared.stats.upstream_connect_failures, 1);
+                warn!(upstream = %address, error = %e, "cannot reach the server");
+                Err(End::ServerIo(e))
+            }
+            Err(_) => {
+                Stats::add(&self.shared.stats.upstream_connect_failures, 1);
+                warn!(upstream = %address, "connecting to the server timed out");
+                Err(End::ServerIo(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "connect timed out",
+                )))
+            }
+        }
+    }
+
+    /// Relays both directions until either ends; `reader` holds what the peer sent
+    /// after its header.
+    pub(crate) async fn relay<S: PeerSession>(
+        &self,
+        peer_io: BoxIo,
+        server_io: BoxIo,
+        reader: FrameReader,
+        session: Mutex<S>,
+    ) -> End {
+        let (peer_rd, peer_wr) = tokio::io::split(peer_io);
+        let (server_rd, server_wr) = tokio::io::split(server_io);
+        let writers = Writers {
+            peer: AsyncMutex::new(peer_wr),
+            server: AsyncMutex::new(server_wr),
+        };
+        let inbound = self.peer_to_server(peer_rd, reader, &session, &writers);
+        let outbound = self.server_to_peer(server_rd, &session, &writers);
+        tokio::pin!(inbound, outbound);
+        let grace = self.config.timeouts.shutdown_grace;
+        let end = tokio::select! {
+            end = &mut inbound => {
+                let _ = tokio::time::timeout(grace, &mut outbound).await;
+                end
+            }
+            end = &mut outbound => {
+                let _ = tokio::time::timeout(grace, &mut inbound).await;
+                end
+            }
+        };
+        let _ = writers.peer.lock().await.shutdown().await;
+        let _ = writers.server.lock().await.shutdown().await;
+        end
+    }
+
+    /// Peer → server: frames, asks the session, forwards runs of passed frames.
+    async fn peer_to_server<S: PeerSession>(
+        &self,
+        mut rd: ReadHalf<BoxIo>,
+        reader: FrameReader,
+        session: &Mutex<S>,
+        w: &Writers,
+    ) -> End {
+        let budgets = self.config.limits.framer_budgets();
+        let FrameReader {
+            mut framer,
+            mut buf,
+        } = reader;
+        let mut shutdown = self.shutdown.clone();
+        let mut after_limits = false;
+        loop {
+            let mut pos = 0;
+            let mut run_start = 0;
+            loop {
+                let frame = match framer.next(&buf[pos..]) {
+                    Ok(Some(f)) => f,
+                    Ok(None) => break,
+                    Err(e) => {
+                        let _ = w.to_server(&buf[run_start..pos]).await;
+                        return self.close_both(session, w, framing_error(e)).await;
+                    }
+                };
+                let action = lock(session).on_peer_frame(
+                    frame.token,
+                    &buf[pos..pos + frame.len],
+                    Instant::now().into_std(),
+                );
+                if frame.token == Token::Element {
+                    Stats::add(&self.shared.stats.stanzas_to_server, 1);
+                }
+                if action == PeerAction::Forward {
+                    pos += frame.len;
+                    continue;
+                }
+                if let Err(e) = w.to_server(&buf[run_start..pos]).await {
+                    return End::ServerIo(e);
+                }
+                pos += frame.len;
+                run_start = pos;
+                match action {
+                    PeerAction::Forward | PeerAction::Drop => {}
+                    PeerAction::Rewrite(bytes) => {
+                        if let Err(e) = w.to_server(&bytes).await {
+                            return End::ServerIo(e);
+                        }
+                    }
+                    PeerAction::Reply(bytes) => {
+                        Stats::add(&self.shared.stats.stanzas_bounced, 1);
+                        if let Err(e) = w.to_peer(&bytes).await {
+                            return End::PeerIo(e);
+                        }
+                    }
+                    PeerAction::Close(error) => {
+                        return self.close_both(session, w, error).await;
+                    }
+                }
+            }
+            if let Err(e) = w.to_server(&buf[run_start..pos]).await {
+                return End::ServerIo(e);
+            }
+            release_consumed(&mut buf, pos);
+            let authenticated = lock(session).is_authenticated();
+            if authenticated && !after_limits {
+                framer.set_limits(budgets.after);
+                after_limits = true;
+            }
+            let deadline = if authenticated {
+                Instant::now() + self.config.timeouts.idle
+            } else {
+                self.preauth_deadline
+            };
+            let read = tokio::select! {
+                r = tokio::time::timeout_at(deadline, read_into(&mut rd, &mut buf)) => r,
+                _ = shutdown.changed() => {
+                    let error = StreamError::new(StreamCondition::SystemShutdown);
+                    let _ = self.close_both(session, w, error).await;
+                    return End::Shutdown;
+                }
+            };
+            match read {
+                Ok(Ok(0)) => {
+                    let _ = w.server.lock().await.shutdown().await;
+                    return End::PeerClosed;
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    let _ = w.server.lock().await.shutdown().await;
+                    return End::PeerIo(e);
+                }
+                Err(_) => {
+                    let text = if authenticated {
+                        "idle timeout"
+                    } else {
+                        "authentication did not complete in time"
+                    };
+                    let error =
+                        StreamError::new(StreamCondition::ConnectionTimeout).with_text(text);
+                    return self.close_both(session, w, error).await;
+                }
+            }
+        }
+    }
+
+    /// Server → peer: frames, asks the session, forwards.
+    async fn server_to_peer<S: PeerSession>(
+        &self,
+        mut rd: ReadHalf<BoxIo>,
+        session: &Mutex<S>,
+        w: &Writers,
+    ) -> End {
+        let budgets = self.config.limits.framer_budgets();
+        let mut framer = Framer::new(xmppwall_xml::Limits {
+            max_element_bytes: budgets.after.max_element_bytes.max(SERVER_ELEMENT_BYTES),
+            ..budgets.after
+        });
+        let mut buf = BytesMut::new();
+        loop {
+            match read_into(&mut rd, &mut buf).await {
+                Ok(0) => {
+                    let _ = w.peer.lock().await.shutdown().await;
+                    return End::ServerClosed;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let error = StreamError::new(StreamCondition::RemoteConnectionFailed);
+                    let bytes = lock(session).peer_error_bytes(&error);
+                    let _ = w.to_peer(&bytes).await;
+                    return End::ServerIo(e);
+                }
+            }
+            let mut pos = 0;
+            let mut run_start = 0;
+            loop {
+                let frame = match framer.next(&buf[pos..]) {
+                    Ok(Some(f)) => f,
+                    Ok(None) => break,
+                    Err(e) => {
+                        warn!(error = %e, "the server sent XML xmppwall cannot frame");
+                        let _ = w.to_peer(&buf[run_start..pos]).await;
+                        let error = StreamError::new(StreamCondition::InternalServerError);
+                        return self.close_both(session, w, error).await;
+                    }
+                };
+                let action = lock(session).on_server_frame(
+                    frame.token,
+                    &buf[pos..pos + frame.len],
+                    Instant::now().into_std(),
+                );
+                if frame.token == Token::Element {
+                    Stats::add(&self.shared.stats.stanzas_to_client, 1);
+                }
+                if action == PeerAction::Forward {
+                    pos += frame.len;
+                    continue;
+                }
+                if let Err(e) = w.to_peer(&buf[run_start..pos]).await {
+                    return End::PeerIo(e);
+                }
+                pos += frame.len;
+                run_start = pos;
+                match action {
+                    PeerAction::Forward | PeerAction::Drop => {}
+                    PeerAction::Rewrite(bytes) => {
+                        if let Err(e) = w.to_peer(&bytes).await {
+                            return End::PeerIo(e);
+                        }
+                    }
+                    PeerAction::Reply(bytes) => {
+                        Stats::add(&self.shared.stats.stanzas_bounced, 1);
+                        if let Err(e) = w.to_server(&bytes).await {
+                            return End::ServerIo(e);
+                        }
+                    }
+                    PeerAction::Close(error) => {
+                        return self.close_both(session, w, error).await;
+                    }
+                }
+            }
+            if let Err(e) = w.to_peer(&buf[run_start..pos]).await {
+                return End::PeerIo(e);
+            }
+            release_consumed(&mut buf, pos);
+        }
+    }
+
+    /// Ends both streams: the peer gets `error`, the server the end of its stream.
+    async fn close_both<S: PeerSession>(
+        &self,
+        session: &Mutex<S>,
+        w: &Writers,
+        error: StreamError,
+    ) -> End {
+        let condition = error.condition;
+        debug!(condition = condition.name(), "refusing stream");
+        let bytes = lock(session).peer_error_bytes(&error);
+        {
+            let mut peer = w.peer.lock().await;
+            let _ = refuse(&self.shared, &mut *peer, bytes, condition).await;
+        }
+        let mut server = w.server.lock().await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            let _ = server.write_all(b"</stream:stream>").await;
+            let _ = server.shutdown().await;
+        })
+        .await;
+        if condition == StreamCondition::SystemShutdown {
+            End::Shutdown
+        } else {
+            End::Refused(condition)
+        }
+    }
+}
+
+/// The two write halves, shared by both directions (a reply goes back the way
+/// its stanza came).
+struct Writers {
+    peer: AsyncMutex<WriteHalf<BoxIo>>,
+    server: AsyncMutex<WriteHalf<BoxIo>>,
+}
+
+impl Writers {
+    async fn to_server(&self, bytes: &[u8]) -> io::Result<()> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        self.server.lock().await.write_all(bytes).await
+    }
+
+    async fn to_peer(&self, bytes: &[u8]) -> io::Result<()> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        self.peer.lock().await.write_all(bytes).await
+    }
+}
+
+/// Writes the bytes that end a stream, then closes; bounded in time.
+pub(crate) async fn refuse<W: AsyncWrite + Unpin>(
+    shared: &Shared,
+    io: &mut W,
+    bytes: Vec<u8>,
+    condition: StreamCondition,
+) -> End {
+    Stats::add(&shared.stats.streams_closed_by_error, 1);
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        let _ = io.write_all(&bytes).await;
+        let _ = io.shutdown().await;
+    })
+    .await;
+    End::Refused(condition)
+}
+
+/// The session lock is held for a few instructions, never across an await.
+fn lock<S>(session: &Mutex<S>) -> MutexGuard<'_, S> {
+    session.lock().unwrap_or_else(|p| p.into_inner())
+}

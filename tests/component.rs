@@ -1,0 +1,249 @@
+//! The external-component front (XEP-0114) in front of a real Prosody: a real
+//! component (slixmpp's ComponentXMPP) exchanges stanzas through xmppwall with rules
+//! dropping one kind of stanza in each direction; a raw component that spoofs its
+//! `from`, gets the secret wrong or names an unknown domain gets the stream error of
+//! RFC 6120 §4.9.3 on the wire.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use support::client::TestClient;
+use support::ports::free_loopback_addr;
+use support::slixmpp::{Slixmpp, COMPONENT_READY_LINE};
+use support::xml;
+use support::{Prosody, ProsodyOptions, Xmppwall, ALICE};
+
+const COMPONENT: &str = "bot.example.test";
+const SECRET: &str = "component-secret-9";
+
+struct Setup {
+    wall: Xmppwall,
+    front: SocketAddr,
+    prosody: Prosody,
+}
+
+impl Setup {
+    /// Prosody with the component `bot.example.test`; xmppwall's component front in
+    /// front of Prosody's component port, knowing the secret, with `rules`.
+    fn start(rules: &str) -> Setup {
+        let prosody = Prosody::start_with(ProsodyOptions {
+            components: vec![(COMPONENT.into(), SECRET.into())],
+            ..ProsodyOptions::default()
+        });
+        let front = free_loopback_addr();
+        let config = format!(
+            r#"
+domains = ["example.test"]
+
+[upstream]
+address = "{c2s}"
+connect_timeout = "2s"
+
+[[listen]]
+front = "component"
+tls = "none"
+address = "{front}"
+upstream = "{component}"
+
+[[component]]
+domain = "{COMPONENT}"
+secret = "{SECRET}"
+
+{rules}
+"#,
+            c2s = prosody.c2s,
+            component = prosody.component,
+        );
+        let wall = Xmppwall::start(&config);
+        Setup {
+            wall,
+            front,
+            prosody,
+        }
+    }
+
+    /// A raw component stream through xmppwall: header sent, the server's header read.
+    fn raw_component(&self, domain: &str) -> TestClient {
+        let mut c = TestClient::connect(self.front);
+        c.send_raw(format!(
+            "<?xml version='1.0'?><stream:stream xmlns='jabber:component:accept' \
+             xmlns:stream='http://etherx.jabber.org/streams' to='{domain}'>"
+        ));
+        c
+    }
+
+    /// A raw component that completed the handshake.
+    fn authenticated_component(&self) -> TestClient {
+        let mut c = self.raw_component(COMPONENT);
+        let header = c.read_stream_header();
+        let id = xml::root_attr(&header, "id").expect("the server's header has an id");
+        c.send_raw(format!(
+            "<handshake>{}</handshake>",
+            sha1_hex(&format!("{id}{SECRET}"))
+        ));
+        let answer = c.read_element();
+        assert_eq!(xml::root_name(&answer), "handshake", "{answer}");
+        c
+    }
+}
+
+/// SHA-1 in hex, by `sha1sum`: an implementation independent of xmppwall's.
+fn sha1_hex(text: &str) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new("sha1sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("running sha1sum");
+    child
+        .stdin
+        .take()
+        .expect("sha1sum's stdin")
+        .write_all(text.as_bytes())
+        .expect("writing to sha1sum");
+    let out = child.wait_with_output().expect("sha1sum's output");
+    String::from_utf8_lossy(&out.stdout)
+        .chars()
+        .take(40)
+        .collect()
+}
+
+const RULES: &str = r#"
+# What the component sends: its headlines ("ads") never reach users.
+[[rule]]
+name = "no-component-headlines"
+chain = "to-server"
+action = "drop"
+[rule.match]
+front = ["component"]
+peer_domain = "bot.example.test"
+type = ["headline"]
+
+# What users send the component: nothing that mentions the secret plan.
+[[rule]]
+name = "no-secrets-to-components"
+chain = "to-client"
+action = "drop"
+[rule.match]
+front = ["component"]
+kind = ["message"]
+keywords = ["secret-plan"]
+"#;
+
+#[test]
+fn real_component_exchanges_stanzas_with_one_kind_dropped_each_way() {
+    let setup = Setup::start(RULES);
+    let mut component = Slixmpp::component(COMPONENT, SECRET, setup.front, 2);
+    component.wait_for_line(COMPONENT_READY_LINE, Duration::from_secs(20));
+
+    let (mut alice, _) = TestClient::login(setup.prosody.c2s, ALICE, "desk");
+    alice.send_raw("<presence/>");
+    let to = COMPONENT;
+    alice.send_raw(format!(
+        "<message type='chat' to='{to}' id='m1'><body>hello</body></message>"
+    ));
+    alice.send_raw(format!(
+        "<message type='chat' to='{to}' id='m2'><body>the secret-plan</body></message>"
+    ));
+    alice.send_raw(format!(
+        "<message type='chat' to='{to}' id='m3'><body>after</body></message>"
+    ));
+
+    // The component answers each message it gets with a headline, then an echo, on
+    // one stream, in order: by the echo of "after", everything it sent before has
+    // arrived or was dropped.
+    let mut received = Vec::new();
+    loop {
+        let item = alice.read_element_matching(|e| xml::root_name(e) == "message");
+        let body = xml::text(&item, "body").unwrap_or_default();
+        received.push(item.clone());
+        if body == "after" {
+            break;
+        }
+    }
+    let bodies: Vec<String> = received
+        .iter()
+        .map(|m| xml::text(m, "body").unwrap_or_default())
+        .collect();
+    assert_eq!(bodies, ["hello", "after"], "{received:#?}");
+    assert!(
+        received
+            .iter()
+            .all(|m| xml::root_attr(m, "type").as_deref() == Some("chat")),
+        "a headline from the component passed: {received:#?}"
+    );
+    component.assert_success(Duration::from_secs(30));
+    let log = setup.wall.log();
+    assert!(log.contains("component authenticated"), "{log}");
+}
+
+#[test]
+fn spoofed_from_closes_the_stream_with_invalid_from() {
+    let setup = Setup::start("");
+    let mut c = setup.authenticated_component();
+    c.send_raw(
+        "<message from='admin@example.test' to='alice@example.test'><body>I am admin</body></message>",
+    );
+    let rest = c.read_until_closed();
+    assert!(
+        rest.contains("<stream:error><invalid-from xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"),
+        "{rest}"
+    );
+    assert!(
+        !setup.prosody.log().contains("I am admin"),
+        "the spoofed stanza reached the server"
+    );
+}
+
+#[test]
+fn wrong_secret_is_not_authorized_before_the_server_sees_it() {
+    let setup = Setup::start("");
+    let mut c = setup.raw_component(COMPONENT);
+    let header = c.read_stream_header();
+    let id = xml::root_attr(&header, "id").expect("the server's header has an id");
+    c.send_raw(format!(
+        "<handshake>{}</handshake>",
+        sha1_hex(&format!("{id}not-the-secret"))
+    ));
+    let rest = c.read_until_closed();
+    assert!(
+        rest.contains(
+            "<stream:error><not-authorized xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"
+        ),
+        "{rest}"
+    );
+    assert!(
+        !setup.prosody.log().contains("Invalid component handshake"),
+        "the handshake reached the server"
+    );
+}
+
+#[test]
+fn stanza_before_the_handshake_is_not_authorized() {
+    let setup = Setup::start("");
+    let mut c = setup.raw_component(COMPONENT);
+    c.read_stream_header();
+    c.send_raw(
+        "<message from='bot.example.test' to='alice@example.test'><body>early</body></message>",
+    );
+    let rest = c.read_until_closed();
+    assert!(
+        rest.contains("<not-authorized xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"),
+        "{rest}"
+    );
+}
+
+#[test]
+fn unknown_component_domain_is_host_unknown() {
+    let setup = Setup::start("");
+    let mut c = setup.raw_component("evil.example.test");
+    let header = c.read_stream_header();
+    assert!(header.contains("jabber:component:accept"), "{header}");
+    let rest = c.read_until_closed();
+    assert!(
+        rest.contains("<stream:error><host-unknown xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"),
+        "{rest}"
+    );
+}
