@@ -7,6 +7,8 @@
 #![forbid(unsafe_code)]
 
 pub mod address;
+pub mod antispam;
+pub mod blocklist;
 pub mod errors;
 pub mod limiter;
 pub mod limits;

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::address::AddressKey;
+use crate::antispam::{AntispamConfig, AntispamState, SubscriptionCount};
 use crate::errors::{ErrorType, StanzaError, StreamCondition, StreamError};
 use crate::limits::{
     LimitsConfig, PayloadDirection, PayloadError, PerPeriod, StanzaLimits, UserClass,
@@ -53,10 +54,15 @@ pub enum LimitKind {
     MucPresences,
     RoomsJoined,
     PubsubPublishes,
+    Registration,
+    Directory,
+    IncomingSubscriptions,
+    Strangers,
+    Federation,
 }
 
 impl LimitKind {
-    pub const ALL: [LimitKind; 19] = [
+    pub const ALL: [LimitKind; 24] = [
         LimitKind::DeniedAddress,
         LimitKind::ConnectionsPerAddress,
         LimitKind::ConnectionAttempts,
@@ -76,6 +82,11 @@ impl LimitKind {
         LimitKind::MucPresences,
         LimitKind::RoomsJoined,
         LimitKind::PubsubPublishes,
+        LimitKind::Registration,
+        LimitKind::Directory,
+        LimitKind::IncomingSubscriptions,
+        LimitKind::Strangers,
+        LimitKind::Federation,
     ];
 
     pub fn name(self) -> &'static str {
@@ -99,6 +110,11 @@ impl LimitKind {
             LimitKind::MucPresences => "muc_presences",
             LimitKind::RoomsJoined => "rooms_joined",
             LimitKind::PubsubPublishes => "pubsub_publishes",
+            LimitKind::Registration => "registration",
+            LimitKind::Directory => "directory",
+            LimitKind::IncomingSubscriptions => "incoming_subscriptions",
+            LimitKind::Strangers => "strangers",
+            LimitKind::Federation => "federation",
         }
     }
 }
@@ -124,6 +140,9 @@ pub struct LimiterState {
     account_marks: Mutex<BoundedTable<String, Marks>>,
     hits: [AtomicU64; LimitKind::ALL.len()],
     next_connection: AtomicU64,
+    /// Registration and incoming-subscription counters (`[registration]`,
+    /// `[subscriptions]`).
+    pub antispam: AntispamState,
 }
 
 impl LimiterState {
@@ -140,6 +159,7 @@ impl LimiterState {
             )),
             hits: std::array::from_fn(|_| AtomicU64::new(0)),
             next_connection: AtomicU64::new(1),
+            antispam: AntispamState::new(config.gate.max_tracked_addresses, 10_000),
         })
     }
 
@@ -285,6 +305,9 @@ struct AccountState {
 pub struct Limiter {
     pub config: Arc<LimitsConfig>,
     pub state: Arc<LimiterState>,
+    /// The anti-spam measures (`[registration]`, `[directory]`, `[subscriptions]`,
+    /// `[strangers]`, `[federation]`).
+    pub antispam: Arc<AntispamConfig>,
 }
 
 /// How the gate answered a new connection (XEP-0205 §2.1, §2.2).
@@ -405,7 +428,13 @@ impl Limiter {
         Limiter {
             config: Arc::new(config),
             state,
+            antispam: Arc::default(),
         }
+    }
+
+    /// The same limits with these anti-spam measures.
+    pub fn with_antispam(self, antispam: Arc<AntispamConfig>) -> Limiter {
+        Limiter { antispam, ..self }
     }
 
     /// The same state under a new configuration (reload). Table caps keep their
@@ -414,6 +443,7 @@ impl Limiter {
         Limiter {
             config: Arc::new(config),
             state: self.state.clone(),
+            antispam: self.antispam.clone(),
         }
     }
 
@@ -722,6 +752,9 @@ impl Limiter {
             self.state.hit(LimitKind::Payload);
             return v;
         }
+        if let Some(v) = self.antispam_to_server(conn, stanza) {
+            return v;
+        }
         let ty = stanza.stanza_type();
         if ty.as_deref() == Some("error") {
             return Verdict::Pass;
@@ -796,6 +829,67 @@ impl Limiter {
         Verdict::Pass
     }
 
+    /// The user directory (XEP-0055) by class, and the federation lists for the
+    /// stanza's recipient.
+    fn antispam_to_server(&self, conn: &ConnectionLimits, stanza: &Stanza<'_>) -> Option<Verdict> {
+        let a = &self.antispam;
+        if stanza.kind == Kind::Iq
+            && !a.directory_allows(conn.class)
+            && stanza.has_payload(b"query", crate::antispam::SEARCH_NS)
+        {
+            self.state.hit(LimitKind::Directory);
+            return Some(Verdict::Bounce(
+                LimitKind::Directory,
+                crate::antispam::directory_error(),
+            ));
+        }
+        if a.federation.is_some() {
+            let to = stanza.to()?;
+            let domain = crate::stanza::domain_of(&to);
+            if a.federation_refuses(domain, conn.account.as_deref()) {
+                self.state.hit(LimitKind::Federation);
+                return Some(Verdict::Bounce(
+                    LimitKind::Federation,
+                    crate::antispam::federation_error(domain),
+                ));
+            }
+        }
+        None
+    }
+
+    /// The federation lists for the sender, and incoming subscription requests per
+    /// remote domain (ejabberd's mod_pres_counter counts both directions).
+    fn antispam_to_client(
+        &self,
+        conn: &ConnectionLimits,
+        stanza: &Stanza<'_>,
+        now: Instant,
+    ) -> Option<Verdict> {
+        let a = &self.antispam;
+        if a.federation.is_none() && a.subscriptions.incoming_per_domain.is_none() {
+            return None;
+        }
+        let from = stanza.from()?;
+        let domain = crate::stanza::domain_of(&from);
+        if a.federation_refuses(domain, conn.account.as_deref()) {
+            self.state.hit(LimitKind::Federation);
+            return Some(Verdict::Drop(LimitKind::Federation));
+        }
+        if stanza.kind == Kind::Presence
+            && a.subscriptions.incoming_per_domain.is_some()
+            && stanza.stanza_type().as_deref() == Some("subscribe")
+            && !a.is_local(domain, conn.account.as_deref())
+        {
+            if let SubscriptionCount::Excess(_) =
+                self.state.antispam.incoming_subscription(a, domain, now)
+            {
+                self.state.hit(LimitKind::IncomingSubscriptions);
+                return Some(Verdict::Drop(LimitKind::IncomingSubscriptions));
+            }
+        }
+        None
+    }
+
     /// What the server sends the client: payload restrictions towards the client,
     /// and who wrote to the account (replies to them are not distinct recipients).
     pub fn check_to_client(
@@ -804,6 +898,9 @@ impl Limiter {
         stanza: &Stanza<'_>,
         now: Instant,
     ) -> Verdict {
+        if let Some(v) = self.antispam_to_client(conn, stanza, now) {
+            return v;
+        }
         let limits = self.limits(conn);
         if let Some(v) = payload_verdict(limits, stanza, Direction::ToClient) {
             self.state.hit(LimitKind::Payload);

@@ -44,6 +44,9 @@ const SERVER_ELEMENTS: usize = 1_000_000;
 /// Messages from the client direction to the client writer: bounded, so a client
 /// that does not read stops being read.
 const TO_CLIENT_QUEUE: usize = 32;
+/// Stanzas xmppwall sends the server in the user's name (answers to strangers) at
+/// most waiting at once; more are dropped and counted as drops.
+const TO_SERVER_QUEUE: usize = 16;
 
 /// How a connection ended, for the log.
 #[derive(Debug)]
@@ -444,8 +447,17 @@ impl Connection {
         let (client_rd, client_wr) = tokio::io::split(client);
         let (server_rd, server_wr) = tokio::io::split(server);
         let (to_client, from_c2s) = mpsc::channel(TO_CLIENT_QUEUE);
-        let c2s = self.client_to_server(client_rd, server_wr, client_reader, session, to_client);
-        let s2c = self.server_to_client(server_rd, client_wr, session, from_c2s, &header);
+        let (to_server, from_s2c) = mpsc::channel(TO_SERVER_QUEUE);
+        let c2s = self.client_to_server(
+            client_rd,
+            server_wr,
+            client_reader,
+            session,
+            to_client,
+            from_s2c,
+        );
+        let s2c =
+            self.server_to_client(server_rd, client_wr, session, from_c2s, to_server, &header);
         tokio::pin!(c2s, s2c);
         let grace = self.config.timeouts.shutdown_grace;
         tokio::select! {
@@ -471,6 +483,7 @@ impl Connection {
         reader: FrameReader,
         session: &Mutex<C2sSession>,
         to_client: mpsc::Sender<ToClient>,
+        mut from_s2c: mpsc::Receiver<Vec<u8>>,
     ) -> End {
         let budgets = self.config.limits.framer_budgets();
         let stats = &self.shared.stats;
@@ -563,6 +576,13 @@ impl Connection {
             };
             let read = tokio::select! {
                 r = tokio::time::timeout_at(deadline, read_into(&mut rd, &mut buf)) => r,
+                // Written between whole client stanzas: nothing partial is pending.
+                Some(answer) = from_s2c.recv() => {
+                    if let Err(e) = wr.write_all(&answer).await {
+                        return End::ServerIo(e);
+                    }
+                    continue;
+                }
                 _ = shutdown.changed() => {
                     // The server direction tells the client; the server hears the
                     // stream end from here.
@@ -614,6 +634,7 @@ impl Connection {
         mut wr: WriteHalf<BoxIo>,
         session: &Mutex<C2sSession>,
         mut from_c2s: mpsc::Receiver<ToClient>,
+        to_server: mpsc::Sender<Vec<u8>>,
         header: &ClientHeader,
     ) -> End {
         let budgets = self.config.limits.framer_budgets();
@@ -743,6 +764,17 @@ impl Connection {
                                 }
                                 pos += frame.len;
                                 run_start = pos;
+                            }
+                            ServerAction::Answer(answer) => {
+                                if let Err(e) = wr.write_all(&buf[run_start..pos]).await {
+                                    return End::ClientIo(e);
+                                }
+                                pos += frame.len;
+                                run_start = pos;
+                                // Never waits: a full queue loses the answer, not the stream.
+                                if to_server.try_send(answer).is_err() {
+                                    debug!("answer to the server dropped: queue full");
+                                }
                             }
                             ServerAction::Rewrite(rewritten) => {
                                 let written = async {

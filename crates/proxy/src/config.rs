@@ -26,6 +26,9 @@ use xmppwall_policy::rules::Policy;
 
 use crate::session::FramerBudgets;
 
+mod antispam;
+pub use antispam::Rtbl;
+
 /// A validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -41,6 +44,10 @@ pub struct Config {
     pub policy_limits: LimitsConfig,
     /// The operator's rules, compiled.
     pub policy: std::sync::Arc<Policy>,
+    /// Registration, directory, subscriptions, strangers and federation measures.
+    pub antispam: std::sync::Arc<xmppwall_policy::antispam::AntispamConfig>,
+    /// Real-time block lists to follow (fixed until restart).
+    pub rtbl: Vec<Rtbl>,
     /// Where to record stanzas for `xmppwall replay`; `None`: no recording.
     pub record: Option<PathBuf>,
     pub timeouts: Timeouts,
@@ -626,7 +633,19 @@ impl Checker<'_> {
             raw.gate.unwrap_or_default(),
             raw.auth.unwrap_or_default(),
         );
+        // Block lists are declared before the rules that name them are compiled.
+        let rtbl = self.rtbl(&raw.rtbl);
         let policy = self.rules(raw.policy.as_ref(), &raw.lists, &raw.rule, &raw.include);
+        let antispam = self.antispam(
+            antispam::RawAntispam {
+                registration: raw.registration.as_ref(),
+                directory: raw.directory.as_ref(),
+                subscriptions: raw.subscriptions.as_ref(),
+                strangers: raw.strangers.as_ref(),
+                federation: raw.federation.as_ref(),
+            },
+            &domains,
+        );
 
         let dt = Timeouts::default();
         let rt = raw.timeouts.unwrap_or_default();
@@ -674,6 +693,8 @@ impl Checker<'_> {
             limits,
             policy_limits,
             policy: std::sync::Arc::new(policy),
+            antispam: std::sync::Arc::new(antispam),
+            rtbl,
             record: raw.record.as_ref().map(|r| self.path(&r.path)),
             timeouts,
             log,
@@ -1005,6 +1026,13 @@ struct RawConfig {
     #[serde(default)]
     component: Vec<RawComponent>,
     s2s: Option<RawS2s>,
+    registration: Option<antispam::RawRegistration>,
+    directory: Option<antispam::RawDirectory>,
+    subscriptions: Option<antispam::RawSubscriptions>,
+    strangers: Option<antispam::RawStrangers>,
+    federation: Option<antispam::RawFederation>,
+    #[serde(default)]
+    rtbl: Vec<antispam::RawRtbl>,
 }
 
 #[derive(Deserialize)]

@@ -48,7 +48,8 @@ impl Shared {
     pub fn new(config: Config) -> Result<Arc<Shared>, TlsError> {
         let certs = CertStore::load(&config.tls)?;
         let upstream_tls = upstream_tls(&config)?;
-        let limiter = Limiter::new(config.policy_limits.clone());
+        let limiter =
+            Limiter::new(config.policy_limits.clone()).with_antispam(config.antispam.clone());
         Ok(Arc::new(Shared {
             limiter: Arc::new(ArcSwap::from_pointee(limiter)),
             policy: Arc::new(ArcSwap::new(config.policy.clone())),
@@ -85,7 +86,8 @@ impl Shared {
         let limiter = self
             .limiter
             .load()
-            .with_config(config.policy_limits.clone());
+            .with_config(config.policy_limits.clone())
+            .with_antispam(config.antispam.clone());
         self.limiter.store(Arc::new(limiter));
         self.policy.store(config.policy.clone());
         self.config.store(Arc::new(config));

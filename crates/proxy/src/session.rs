@@ -16,8 +16,10 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 
 use base64::Engine as _;
-use xmppwall_policy::rules::{Hook, Marks, Policy, StreamFront, Subject};
-use xmppwall_policy::stanza::{bare_jid, Stanza};
+use tracing::info;
+use xmppwall_policy::antispam::{RegistrationRequest, StrangerAction, StrangerScope};
+use xmppwall_policy::rules::{self, Hook, Marks, Policy, StreamFront, Subject};
+use xmppwall_policy::stanza::{bare_jid, Kind, Stanza};
 use xmppwall_policy::table::BoundedTable;
 use xmppwall_policy::{ConnectionLimits, Limiter, Throttle, Verdict};
 use xmppwall_xml::view::{self, StartTag};
@@ -80,6 +82,9 @@ pub enum ServerAction {
     ForwardThenClose(StreamError),
     /// Send these bytes instead, then end the stream with this error.
     ReplaceThenClose(Vec<u8>, StreamError),
+    /// Send nothing to the client; send these bytes to the server in the user's name
+    /// (a stranger's message bounced, a stranger's subscription request declined).
+    Answer(Vec<u8>),
 }
 
 use crate::enforce::PolicyOutcome;
@@ -126,6 +131,8 @@ pub struct C2sSession {
     sasl_account: Option<String>,
     auth: Auth,
     pending_bind: Option<String>,
+    /// The id of an in-band registration (XEP-0077) the server has not answered yet.
+    pending_registration: Option<String>,
     bound_jid: Option<String>,
     /// The prefix the server's stream header binds to the streams namespace.
     server_stream_prefix: Option<String>,
@@ -171,6 +178,7 @@ impl C2sSession {
             sasl_account: None,
             auth: Auth::None,
             pending_bind: None,
+            pending_registration: None,
             bound_jid: None,
             server_stream_prefix: None,
             client_awaits_header: true,
@@ -304,6 +312,9 @@ impl C2sSession {
                         .with_text("stanzas are not accepted before authentication"),
                 );
             }
+            if is_stanza {
+                return self.registration(&tag, bytes, now);
+            }
             return ClientAction::Forward;
         }
 
@@ -348,6 +359,14 @@ impl C2sSession {
                 }
                 self.pending_bind = tag.attribute(b"id").map(Cow::into_owned);
                 return ClientAction::Forward;
+            }
+        }
+        if name == b"iq"
+            && self.contacts.is_none()
+            && self.limiter.load().antispam.strangers.is_some()
+        {
+            if let Some(rewritten) = roster_get_without_version(&tag, bytes) {
+                return ClientAction::ForwardRewritten(rewritten);
             }
         }
         let Some(stanza) = Stanza::with_start(tag, bytes) else {
@@ -404,7 +423,16 @@ impl C2sSession {
         let ns = namespace_in_stream(&tag, CLIENT_NS, self.server_stream_prefix.as_deref());
         match (tag.local_name(), ns.as_ref()) {
             (b"features", STREAMS_NS) => {
-                return match rewrite_features(bytes) {
+                let mut rewritten = rewrite_features(bytes);
+                if !self.limiter.load().antispam.registration_open(self.ip) {
+                    // XEP-0077 §8: the feature is not advertised where registration
+                    // would be refused anyway.
+                    let current = rewritten.as_deref().unwrap_or(bytes);
+                    if let Some(without) = drop_feature(current, b"register", REGISTER_FEATURE_NS) {
+                        rewritten = Some(without);
+                    }
+                }
+                return match rewritten {
                     Some(rewritten) => ServerAction::Rewrite(rewritten),
                     None => ServerAction::Forward,
                 };
@@ -430,6 +458,20 @@ impl C2sSession {
             }
             (b"iq", CLIENT_NS) => {
                 self.observe_roster(&tag, bytes);
+                if self.pending_registration.is_some()
+                    && tag.attribute(b"id").as_deref() == self.pending_registration.as_deref()
+                {
+                    self.pending_registration = None;
+                    if tag.attribute(b"type").as_deref() == Some("result") {
+                        let limiter = self.limiter.load();
+                        limiter.state.antispam.registration_succeeded(
+                            &limiter.antispam,
+                            self.ip,
+                            now,
+                        );
+                        info!(address = %self.ip, "account registered in-band");
+                    }
+                }
                 if let Some(pending) = &self.pending_bind {
                     if tag.attribute(b"id").as_deref() == Some(pending.as_str()) {
                         match tag.attribute(b"type").as_deref() {
@@ -559,12 +601,119 @@ impl C2sSession {
         Some(contacts.peek(&other).is_none())
     }
 
+    /// XEP-0077 before authentication: `[registration]` decides whether the request
+    /// reaches the server.
+    fn registration(&mut self, tag: &StartTag<'_>, bytes: &[u8], now: Instant) -> ClientAction {
+        let request = RegistrationRequest::read(bytes);
+        let limiter = self.limiter.load();
+        match limiter
+            .state
+            .antispam
+            .check_registration(&limiter.antispam, self.ip, &request, now)
+        {
+            Ok(()) => {
+                if let RegistrationRequest::Create { .. } = request {
+                    self.pending_registration = tag.attribute(b"id").map(Cow::into_owned);
+                }
+                ClientAction::Forward
+            }
+            Err(error) => {
+                limiter.state.hit(xmppwall_policy::LimitKind::Registration);
+                info!(address = %self.ip, reason = error.text.as_deref().unwrap_or(""), "registration refused");
+                match error.reply_to(tag, None) {
+                    Some(reply) => ClientAction::Reply(reply),
+                    None => ClientAction::Drop,
+                }
+            }
+        }
+    }
+
+    /// `[strangers]`: a message or subscription request from someone outside the
+    /// user's observed contacts (see [`Self::stranger`]).
+    fn strangers(&mut self, stanza: &Stanza<'_>) -> Option<ServerAction> {
+        let limiter = self.limiter.load_full();
+        let config = limiter.antispam.strangers?;
+        let ty = stanza.stanza_type();
+        let action = match (stanza.kind, ty.as_deref()) {
+            // Errors answer what the user sent; groupchat comes from rooms joined.
+            (Kind::Message, Some("error" | "groupchat")) => return None,
+            (Kind::Message, _) => config.messages,
+            // RFC 6121 §3.1.3: a subscription request delivered to the user.
+            (Kind::Presence, Some("subscribe")) => config.subscriptions,
+            _ => return None,
+        };
+        if action == StrangerAction::Pass || self.stranger(Hook::ToClient, stanza) != Some(true) {
+            return None;
+        }
+        let from = stanza.from()?;
+        if config.senders == StrangerScope::Remote
+            && limiter.antispam.is_local(
+                xmppwall_policy::stanza::domain_of(&from),
+                self.conn.account.as_deref(),
+            )
+        {
+            return None;
+        }
+        limiter.state.hit(xmppwall_policy::LimitKind::Strangers);
+        tracing::debug!(from = %from, account = ?self.conn.account, ?action, "stanza from a stranger");
+        Some(match action {
+            StrangerAction::Pass => return None,
+            StrangerAction::Drop => ServerAction::Drop,
+            StrangerAction::StripBody => {
+                match rules::strip_children(stanza.bytes, &stranger_strip()) {
+                    Some(stripped) => ServerAction::Rewrite(stripped),
+                    None => ServerAction::Forward,
+                }
+            }
+            StrangerAction::Bounce if stanza.kind == Kind::Presence => {
+                // RFC 6121 §3.2.1: the user declines the request.
+                ServerAction::Answer(
+                    format!(
+                        "<presence type='unsubscribed' to='{}'/>",
+                        view::escape_attribute(&bare_jid(&from))
+                    )
+                    .into_bytes(),
+                )
+            }
+            StrangerAction::Bounce => {
+                // XEP-0191 §3.3.3: a blocked sender's message gets <service-unavailable/>,
+                // which says nothing of the blocking. The server stamps our `from`.
+                let error = StanzaError {
+                    error_type: xmppwall_policy::errors::ErrorType::Cancel,
+                    condition: "service-unavailable",
+                    app_condition: None,
+                    text: None,
+                };
+                let mut reply = format!(
+                    "<message type='error' to='{}'",
+                    view::escape_attribute(&from)
+                );
+                if let Some(id) = stanza.start.attribute(b"id") {
+                    reply.push_str(&format!(" id='{}'", view::escape_attribute(&id)));
+                }
+                reply.push('>');
+                reply.push_str(&error.error_element());
+                reply.push_str("</message>");
+                ServerAction::Answer(reply.into_bytes())
+            }
+        })
+    }
+
     /// Limits, then rules, for a stanza the server sends the client.
     fn server_stanza(&mut self, stanza: &Stanza<'_>, now: Instant) -> ServerAction {
-        if let Verdict::Drop(_) | Verdict::Bounce(..) | Verdict::Close(..) =
-            self.limiter.load().check_to_client(&self.conn, stanza, now)
-        {
-            return ServerAction::Drop;
+        match self.limiter.load().check_to_client(&self.conn, stanza, now) {
+            Verdict::Pass => {}
+            Verdict::Drop(xmppwall_policy::LimitKind::IncomingSubscriptions) => {
+                // ejabberd's mod_pres_counter logs a warning when it triggers.
+                tracing::warn!(from = ?stanza.from(), account = ?self.conn.account, "subscription request dropped: too many from this domain");
+                return ServerAction::Drop;
+            }
+            Verdict::Drop(_) | Verdict::Bounce(..) | Verdict::Close(..) => {
+                return ServerAction::Drop;
+            }
+        }
+        if let Some(action) = self.strangers(stanza) {
+            return action;
         }
         match self.run_policy(Hook::ToClient, Some(stanza), now) {
             PolicyOutcome::Pass(None) => ServerAction::Forward,
@@ -699,6 +848,62 @@ fn sasl_account(mechanism: &str, initial: &str, domain: Option<&str>) -> Option<
 /// RFC 5802 §5.1: `=2C` is `,` and `=3D` is `=` in SCRAM names.
 fn scram_unescape(s: &str) -> String {
     s.replace("=2C", ",").replace("=3D", "=")
+}
+
+/// The stream feature of XEP-0077 §8.
+pub const REGISTER_FEATURE_NS: &str = "http://jabber.org/features/iq-register";
+
+/// What `[strangers] messages = "strip-body"` removes: the text a spammer wants
+/// read (body, subject, XHTML-IM) and out-of-band links.
+fn stranger_strip() -> Vec<(Option<String>, String)> {
+    vec![
+        (None, "body".into()),
+        (None, "subject".into()),
+        (
+            Some("http://jabber.org/protocol/xhtml-im".into()),
+            "html".into(),
+        ),
+        (Some("jabber:x:oob".into()), "x".into()),
+    ]
+}
+
+/// A roster get (RFC 6121 §2.1.3) without its XEP-0237 `ver`: the server then
+/// sends the whole roster (§2.6.3 allows it at any time), which xmppwall must see
+/// to know the user's contacts. `None` when the request is no versioned roster get.
+fn roster_get_without_version(tag: &StartTag<'_>, bytes: &[u8]) -> Option<Vec<u8>> {
+    if tag.attribute(b"type").as_deref() != Some("get") {
+        return None;
+    }
+    let query = view::children(bytes).find(|c| {
+        c.start.local_name() == b"query" && namespace(&c.start, CLIENT_NS) == ROSTER_NS
+    })?;
+    query.start.attribute(b"ver")?;
+    let q = &bytes[query.range.clone()];
+    // The attribute as written in the start tag: ` ver='…'` or ` ver="…"`.
+    let head_end = memchr::memchr(b'>', q)?;
+    let head = &q[..head_end];
+    let at =
+        memchr::memmem::find(head, b" ver=").or_else(|| memchr::memmem::find(head, b"\tver="))?;
+    let quote_at = at + 5;
+    let quote = *head.get(quote_at)?;
+    if quote != b'\'' && quote != b'"' {
+        return None;
+    }
+    let close = quote_at + 1 + memchr::memchr(quote, &head[quote_at + 1..])?;
+    let mut out = Vec::with_capacity(bytes.len());
+    out.extend_from_slice(&bytes[..query.range.start + at]);
+    out.extend_from_slice(&bytes[query.range.start + close + 1..]);
+    Some(out)
+}
+
+/// `features` without the first-level child `local` in `ns`, or `None` without one.
+fn drop_feature(features: &[u8], local: &[u8], ns: &str) -> Option<Vec<u8>> {
+    let child = view::children(features)
+        .find(|c| c.start.local_name() == local && namespace(&c.start, "") == ns)?;
+    let mut out = Vec::with_capacity(features.len());
+    out.extend_from_slice(&features[..child.range.start]);
+    out.extend_from_slice(&features[child.range.end..]);
+    Some(out)
 }
 
 /// XEP-0077: `<iq><query xmlns='jabber:iq:register'/></iq>` may be sent before

@@ -15,6 +15,7 @@ use xmppwall_xml::view;
 use super::content::{self, Keywords};
 use super::{PeerAuth, RateKey, StreamFront, Subject};
 use crate::address::CidrList;
+use crate::blocklist::BlockList;
 use crate::limits::UserClass;
 use crate::stanza::{bare_jid, domain_of, Kind, Stanza};
 
@@ -254,6 +255,12 @@ pub enum Condition {
     ToJids(Arc<JidSet>),
     FromDomain(Arc<DomainSet>),
     ToDomain(Arc<DomainSet>),
+    /// A dynamic block list (RTBL): the bare JID, its domain or a parent is listed.
+    FromList(Arc<BlockList>),
+    ToList(Arc<BlockList>),
+    /// A dynamic block list: the domain or a parent is listed.
+    FromDomainList(Arc<BlockList>),
+    ToDomainList(Arc<BlockList>),
     /// First-level children by (namespace or any, local name).
     Has(Vec<(Option<String>, String)>),
     /// First-level payload namespaces.
@@ -565,6 +572,10 @@ impl Condition {
             | Condition::FromDomain(_)
             | Condition::ToDomain(_)
             | Condition::PeerDomain(_) => 2,
+            Condition::FromList(_)
+            | Condition::ToList(_)
+            | Condition::FromDomainList(_)
+            | Condition::ToDomainList(_) => 3,
             Condition::Has(_) | Condition::Payload(_) => 3,
             Condition::Declares(_) | Condition::Time(_) => 4,
             Condition::UrlCount(_) | Condition::UrlDomain(_) => 5,
@@ -602,6 +613,14 @@ impl Condition {
             Condition::ToJids(set) => f.to().is_some_and(|a| set.contains_bare(a.bare())),
             Condition::FromDomain(set) => f.from().is_some_and(|a| set.contains(a.domain())),
             Condition::ToDomain(set) => f.to().is_some_and(|a| set.contains(a.domain())),
+            Condition::FromList(list) => f.from().is_some_and(|a| list.contains_jid(a.bare())),
+            Condition::ToList(list) => f.to().is_some_and(|a| list.contains_jid(a.bare())),
+            Condition::FromDomainList(list) => {
+                f.from().is_some_and(|a| list.contains_domain(a.domain()))
+            }
+            Condition::ToDomainList(list) => {
+                f.to().is_some_and(|a| list.contains_domain(a.domain()))
+            }
             Condition::Has(children) => {
                 f.stanza.is_some() && {
                     let payloads = f.payloads();

@@ -219,6 +219,8 @@ enum List {
     Domains(Arc<DomainSet>),
     Jids(Arc<JidSet>),
     Cidrs(Arc<CidrList>),
+    /// A real-time block list (`[[rtbl]]`): JIDs, hashed JIDs and domains at once.
+    Dynamic(Arc<crate::blocklist::BlockList>),
 }
 
 impl List {
@@ -228,6 +230,7 @@ impl List {
             List::Domains(_) => "domains",
             List::Jids(_) => "jids",
             List::Cidrs(_) => "cidrs",
+            List::Dynamic(_) => "a real-time block list",
         }
     }
 }
@@ -539,13 +542,25 @@ impl Compiler<'_, '_> {
                         );
                         Err(None)
                     }
-                    None => {
-                        self.problem(
-                            value.span(),
-                            format!("no list named {name:?}; define it as [lists.{name}]"),
-                        );
-                        Err(None)
-                    }
+                    None => match crate::blocklist::lookup(name) {
+                        Some(dynamic) if want == "jids" || want == "domains" => {
+                            Err(Some(List::Dynamic(dynamic)))
+                        }
+                        Some(_) => {
+                            self.problem(
+                                value.span(),
+                                format!("{name:?} is a real-time block list: it holds JIDs and domains, not {want}"),
+                            );
+                            Err(None)
+                        }
+                        None => {
+                            self.problem(
+                                value.span(),
+                                format!("no list named {name:?}; define it as [lists.{name}] or [[rtbl]] name = {name:?}"),
+                            );
+                            Err(None)
+                        }
+                    },
                 },
                 None => Ok(vec![s.clone()]),
             },
@@ -601,17 +616,38 @@ impl Compiler<'_, '_> {
                         Condition::FromJids(set)
                     });
                 }
+                Err(Some(List::Dynamic(list))) => {
+                    out.push(if to {
+                        Condition::ToList(list)
+                    } else {
+                        Condition::FromList(list)
+                    });
+                }
                 Err(_) => {}
             }
         }
-        if let Some(v) = &raw.from_domain {
-            if let Some(d) = self.domains(v) {
-                out.push(Condition::FromDomain(d));
-            }
-        }
-        if let Some(v) = &raw.to_domain {
-            if let Some(d) = self.domains(v) {
-                out.push(Condition::ToDomain(d));
+        for (value, to) in [(&raw.from_domain, false), (&raw.to_domain, true)] {
+            let Some(v) = value else { continue };
+            match self.strings(v, "domains") {
+                Ok(d) => {
+                    let d = Arc::new(DomainSet::new(d));
+                    out.push(if to {
+                        Condition::ToDomain(d)
+                    } else {
+                        Condition::FromDomain(d)
+                    });
+                }
+                Err(Some(List::Domains(d))) => out.push(if to {
+                    Condition::ToDomain(d)
+                } else {
+                    Condition::FromDomain(d)
+                }),
+                Err(Some(List::Dynamic(list))) => out.push(if to {
+                    Condition::ToDomainList(list)
+                } else {
+                    Condition::FromDomainList(list)
+                }),
+                Err(_) => {}
             }
         }
         if let Some(has) = &raw.has {

@@ -232,3 +232,35 @@ domain = "no secret@here"
     assert_eq!(c.components[0].secret.as_deref(), Some("s"));
     assert_eq!(c.components[1].secret, None);
 }
+
+#[test]
+fn antispam_sections_are_read_and_their_mistakes_located() {
+    let c = parse(&format!(
+        "{MINIMAL}\n[registration]\nallow_from = [\"10.0.0.0/8\"]\n\n[federation]\nmode = \"deny\"\ndomains = [\"spam.example\"]\n\n[strangers]\nmessages = \"strip-body\"\n"
+    ))
+    .unwrap();
+    let a = &c.antispam;
+    assert!(!a.registration_open("192.0.2.1".parse().unwrap()));
+    assert!(a.registration_open("10.0.0.1".parse().unwrap()));
+    assert_eq!(
+        a.registration.per_address,
+        Some(PerPeriod::new(1, Duration::from_secs(600)))
+    );
+    assert!(a.registration.reserved.contains("postmaster"));
+    assert!(a.federation_refuses("spam.example", None));
+    assert_eq!(
+        a.strangers.map(|s| s.messages),
+        Some(xmppwall_policy::antispam::StrangerAction::StripBody)
+    );
+    let e = parse(&format!(
+        "{MINIMAL}\n[federation]\nmode = \"block\"\n\n[strangers]\nsubscriptions = \"strip-body\"\n\n[registration]\nusername_patterns = [\"(\"]\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains(":11:8: unknown mode \"block\""), "{e}");
+    assert!(
+        e.contains(":14:17: unknown action \"strip-body\"; use pass, drop or bounce"),
+        "{e}"
+    );
+    assert!(e.contains(":17:21: invalid regular expression"), "{e}");
+}
