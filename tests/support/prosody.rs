@@ -49,7 +49,13 @@ pub struct ProsodyOptions {
     pub components: Vec<(String, String)>,
     /// Lua appended to the global section, for options a test needs once.
     pub extra_global_config: String,
+    /// A XEP-0060 publish-subscribe service at [`PUBSUB_DOMAIN`] (Prosody's `pubsub`
+    /// component), nodes kept up to 256 items, `carol@example.test` its admin.
+    pub pubsub: bool,
 }
+
+/// The publish-subscribe service's JID with `pubsub`.
+pub const PUBSUB_DOMAIN: &str = "pubsub.example.test";
 
 /// A running Prosody; killed, and its directory removed, on drop.
 pub struct Prosody {
@@ -282,6 +288,11 @@ fn render_config(input: &ConfigInput<'_>) -> String {
     line(options.extra_global_config.clone());
     line(format!("VirtualHost {DOMAIN:?}"));
     line(format!("VirtualHost {OTHER_DOMAIN:?}"));
+    if options.pubsub {
+        line(format!("Component {PUBSUB_DOMAIN:?} \"pubsub\""));
+        line(format!("    admins = {{ \"carol@{DOMAIN}\" }}"));
+        line("    pubsub_max_items = 256".into());
+    }
     for (domain, secret) in &options.components {
         line(format!("Component {domain:?}"));
         line(format!("    component_secret = {secret:?}"));

@@ -13,6 +13,7 @@ pub mod peer;
 pub mod proxy_header;
 pub mod recorder;
 pub mod relay;
+pub mod rtbl;
 pub mod server;
 pub mod session;
 pub mod stats;

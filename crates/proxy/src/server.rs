@@ -140,6 +140,11 @@ pub async fn serve(
         }
     }
     let tracker = TaskTracker::new();
+    // Real-time block lists: followed from start to shutdown (changes need a restart).
+    for rtbl in shared.config.load().rtbl.clone() {
+        info!(list = %rtbl.name, service = %rtbl.service, node = %rtbl.node, "following block list");
+        tracker.spawn(crate::rtbl::follow(shared.clone(), rtbl));
+    }
     for (listener, socket) in listeners {
         let shared = shared.clone();
         let tracker2 = tracker.clone();

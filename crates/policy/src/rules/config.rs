@@ -571,6 +571,14 @@ impl Compiler<'_, '_> {
         match self.strings(value, "domains") {
             Ok(v) => Some(Arc::new(DomainSet::new(v))),
             Err(Some(List::Domains(d))) => Some(d),
+            Err(Some(List::Dynamic(_))) => {
+                self.problem(
+                    value.span(),
+                    "a real-time block list is not usable here; use a [lists.NAME] of domains"
+                        .into(),
+                );
+                None
+            }
             Err(_) => None,
         }
     }
