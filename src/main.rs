@@ -181,7 +181,12 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
         .context("cannot start the runtime")?;
     runtime.block_on(async move {
         let listeners = server::bind(&config).await?;
-        let shared = server::Shared::new(config).context("cannot load TLS certificates")?;
+        let store = xmppwall_store::Store::open(&config.store).context("cannot open the store")?;
+        if let Some(path) = store.path() {
+            info!(path = %path.display(), "store opened");
+        }
+        let shared =
+            server::Shared::with_store(config, store).context("cannot load TLS certificates")?;
         let mut hangup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
         let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
         let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;

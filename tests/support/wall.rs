@@ -128,6 +128,16 @@ impl Wall {
         });
     }
 
+    /// `kill -9`s xmppwall (it gets no chance to flush or close anything), then starts
+    /// it again with the same configuration on the same listeners.
+    pub fn kill_and_restart(&mut self) {
+        self.xmppwall.send_signal("KILL");
+        self.xmppwall
+            .wait_exit(Duration::from_secs(10))
+            .expect("xmppwall exits after SIGKILL");
+        self.xmppwall = Xmppwall::start(&self.layout.render(&self.layout.config.tables));
+    }
+
     /// Asks for a `stats` line (SIGUSR1) and returns the new one.
     pub fn stats(&mut self) -> String {
         let is_stats = |l: &str| l.contains("limits=addresses=");

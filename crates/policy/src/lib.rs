@@ -19,7 +19,7 @@ pub mod stanza;
 pub mod table;
 
 pub use limiter::{
-    ConnectionLimits, ConnectionTicket, GateDecision, LimitKind, Limiter, LimiterState, Throttle,
-    Verdict,
+    BanEvent, ConnectionLimits, ConnectionTicket, GateDecision, LimitKind, Limiter, LimiterState,
+    Throttle, Verdict,
 };
 pub use limits::{LimitsConfig, PerPeriod, UserClass};

@@ -143,6 +143,27 @@ pub struct LimiterState {
     /// Registration and incoming-subscription counters (`[registration]`,
     /// `[subscriptions]`).
     pub antispam: AntispamState,
+    /// Told of every ban the limits or rules make (the durable store, shared state).
+    ban_observer: std::sync::OnceLock<BanObserver>,
+}
+
+/// A ban the limiter just made, for whoever keeps bans beyond this process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BanEvent {
+    /// The banned address group (the gate's `ipv4_prefix`/`ipv6_prefix`).
+    pub network: ipnet::IpNet,
+    pub until: SystemTime,
+    /// `auth_failures`, or `rule:NAME`.
+    pub source: String,
+    pub reason: String,
+}
+
+struct BanObserver(Box<dyn Fn(&BanEvent) + Send + Sync>);
+
+impl std::fmt::Debug for BanObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BanObserver")
+    }
 }
 
 impl LimiterState {
@@ -160,7 +181,20 @@ impl LimiterState {
             hits: std::array::from_fn(|_| AtomicU64::new(0)),
             next_connection: AtomicU64::new(1),
             antispam: AntispamState::new(config.gate.max_tracked_addresses, 10_000),
+            ban_observer: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Sets what is told of every new ban (once per process; later calls are ignored
+    /// and return `false`). It runs on the connection's task: it must not block long.
+    pub fn observe_bans(&self, observer: Box<dyn Fn(&BanEvent) + Send + Sync>) -> bool {
+        self.ban_observer.set(BanObserver(observer)).is_ok()
+    }
+
+    fn banned(&self, event: BanEvent) {
+        if let Some(observer) = self.ban_observer.get() {
+            (observer.0)(&event);
+        }
     }
 
     pub fn hit(&self, kind: LimitKind) {
@@ -525,14 +559,76 @@ impl Limiter {
         AddressKey::new(ip, gate.ipv4_prefix, gate.ipv6_prefix)
     }
 
+    /// The address group `ip` belongs to, as a network.
+    pub fn network_of(&self, ip: IpAddr) -> ipnet::IpNet {
+        let gate = &self.config.gate;
+        let key = self.address_key(ip.to_canonical());
+        let prefix = match key.ip() {
+            IpAddr::V4(_) => gate.ipv4_prefix.min(32),
+            IpAddr::V6(_) => gate.ipv6_prefix.min(128),
+        };
+        ipnet::IpNet::new(key.ip(), prefix).unwrap_or_else(|_| ipnet::IpNet::from(key.ip()))
+    }
+
     /// Bans `ip`'s address group until `now + duration` (a rule's `ban`); returns
-    /// the wall-clock end for the peer's error text.
-    pub fn ban(&self, ip: IpAddr, duration: Duration, now: Instant) -> SystemTime {
+    /// the wall-clock end for the peer's error text. `rule` names who banned.
+    pub fn ban(&self, ip: IpAddr, duration: Duration, now: Instant, rule: &str) -> SystemTime {
+        self.ban_address(
+            ip,
+            duration,
+            now,
+            &format!("rule:{rule}"),
+            &format!("banned by rule {rule}"),
+        )
+    }
+
+    /// Bans `ip`'s address group until `now + duration` and tells the ban observer
+    /// (the store) with this `source` (`admin`, `rule:NAME`, ...) and `reason`.
+    pub fn ban_address(
+        &self,
+        ip: IpAddr,
+        duration: Duration,
+        now: Instant,
+        source: &str,
+        reason: &str,
+    ) -> SystemTime {
         let until = now + duration;
+        {
+            let mut table = self.state.addresses();
+            let entry = table.entry(self.address_key(ip.to_canonical()), AddressState::default);
+            entry.banned_until = Some(entry.banned_until.map_or(until, |t| t.max(until)));
+        }
+        let until = wall_clock(now, until);
+        self.state.banned(BanEvent {
+            network: self.network_of(ip),
+            until,
+            source: source.to_owned(),
+            reason: reason.to_owned(),
+        });
+        until
+    }
+
+    /// Re-applies a ban kept elsewhere (the durable store at start, another
+    /// instance): no observer is told. A ban already longer stays.
+    pub fn restore_ban(&self, network: ipnet::IpNet, until: SystemTime, now: Instant) {
+        let Ok(left) = until.duration_since(SystemTime::now()) else {
+            return;
+        };
+        let until = now + left;
         let mut table = self.state.addresses();
-        let entry = table.entry(self.address_key(ip.to_canonical()), AddressState::default);
+        let entry = table.entry(self.address_key(network.addr()), AddressState::default);
         entry.banned_until = Some(entry.banned_until.map_or(until, |t| t.max(until)));
-        wall_clock(now, until)
+    }
+
+    /// Lifts the ban on `network`'s address group; `true` if one was in force.
+    pub fn unban(&self, network: ipnet::IpNet, now: Instant) -> bool {
+        let mut table = self.state.addresses();
+        let Some(entry) = table.get_mut(&self.address_key(network.addr())) else {
+            return false;
+        };
+        let active = entry.banned_until.is_some_and(|t| t > now);
+        entry.banned_until = None;
+        active
     }
 
     /// Sets a mark on an account.
@@ -600,6 +696,16 @@ impl Limiter {
             failure.banned_until = Some(wall_clock(now, until));
             drop(table);
             self.state.hit(LimitKind::AuthFailureBan);
+            self.state.banned(BanEvent {
+                network: self.network_of(ip),
+                until: wall_clock(now, until),
+                source: "auth_failures".into(),
+                reason: format!(
+                    "{} failed authentications within {}",
+                    limit.count,
+                    humantime::format_duration(limit.period)
+                ),
+            });
         }
         failure
     }

@@ -22,7 +22,7 @@ use xmppwall_xml::view::StartTag;
 use xmppwall_xml::{Framer, Token};
 
 use crate::config::{Config, Listener, ListenerTls};
-use crate::io::{read_into, BoxIo, Rewind};
+use crate::io::{read_into, BoxIo, ByteCounts, Counted, Rewind};
 use crate::proxy_header;
 use crate::server::Shared;
 use crate::session::{
@@ -35,7 +35,22 @@ use crate::stream_error::{StreamCondition, StreamError};
 use crate::tls::describe_handshake_error;
 use std::time::SystemTime;
 use xmppwall_policy::limiter::{auth_banned_error, banned_error};
-use xmppwall_policy::{ConnectionTicket, Limiter, Throttle};
+use xmppwall_policy::rules::Hook;
+use xmppwall_policy::{ConnectionTicket, LimitKind, Limiter, Throttle};
+use xmppwall_store::{ConnectionRecord, VerdictSource};
+
+/// The client's socket, counting the bytes each way for the audit trail.
+type ClientTcp = Counted<TcpStream>;
+
+/// What one connection moved, for its audit record.
+#[derive(Debug, Default)]
+struct Traffic {
+    bytes: Arc<ByteCounts>,
+    stanzas_to_server: std::sync::atomic::AtomicU64,
+    stanzas_to_client: std::sync::atomic::AtomicU64,
+    /// The account or bound JID, once the stream got that far.
+    identity: Mutex<Option<String>>,
+}
 
 /// The largest element accepted from the server (a big roster or MAM page).
 const SERVER_ELEMENT_BYTES: usize = 8 * 1024 * 1024;
@@ -94,6 +109,27 @@ pub async fn serve(
     admission: Admission,
 ) {
     Stats::add(&shared.stats.connections_accepted, 1);
+    let started = SystemTime::now();
+    let traffic = Arc::new(Traffic::default());
+    let record = |end: &str, traffic: &Traffic| {
+        use std::sync::atomic::Ordering::Relaxed;
+        shared.store.record_connection(ConnectionRecord {
+            address: peer.ip().to_canonical(),
+            jid: traffic
+                .identity
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+            front: listener.front.name().to_owned(),
+            started,
+            ended: SystemTime::now(),
+            bytes_from_client: traffic.bytes.read.load(Relaxed),
+            bytes_to_client: traffic.bytes.written.load(Relaxed),
+            stanzas_to_server: traffic.stanzas_to_server.load(Relaxed),
+            stanzas_to_client: traffic.stanzas_to_client.load(Relaxed),
+            end_reason: end.to_owned(),
+        });
+    };
     let config = shared.config.load_full();
     let limiter = Limiter::clone(&shared.limiter.load());
     let policy = shared.policy.load_full();
@@ -101,7 +137,15 @@ pub async fn serve(
         crate::enforce::connect_refused(&policy, peer.ip(), listener.front.stream_front())
     {
         info!(rule = ?rule, "connection refused by the connect chain");
+        shared.audit_refusal(
+            peer.ip(),
+            Hook::Connect,
+            VerdictSource::Rule,
+            rule.as_deref().unwrap_or(""),
+            "refuse",
+        );
         Stats::add(&shared.stats.connections_closed, 1);
+        record("refused by the connect chain", &traffic);
         return;
     }
     let _ = tcp.set_nodelay(true);
@@ -116,9 +160,12 @@ pub async fn serve(
         shutdown: shared.shutdown_signal(),
         limiter,
         admission,
+        traffic: traffic.clone(),
     };
+    let tcp = Counted::new(tcp, traffic.bytes.clone());
     let end = conn.run(tcp, listener.tls).await;
     Stats::add(&shared.stats.connections_closed, 1);
+    record(end.reason(), &traffic);
     let elapsed_ms = accepted.elapsed().as_millis() as u64;
     match &end {
         End::ClientIo(e) | End::ServerIo(e) => {
@@ -137,6 +184,7 @@ struct Connection {
     local: SocketAddr,
     preauth_deadline: Instant,
     shutdown: watch::Receiver<bool>,
+    traffic: Arc<Traffic>,
 }
 
 impl Connection {
@@ -167,6 +215,10 @@ impl Connection {
     ) -> End {
         debug!(condition = condition.name(), "refusing stream");
         Stats::add(&self.shared.stats.streams_closed_by_error, 1);
+        // A ban made on this stream is on disk before the client hears of it.
+        if let Err(e) = self.shared.store.flush().await {
+            warn!(error = %e, "a ban could not be saved");
+        }
         let _ = tokio::time::timeout(Duration::from_secs(5), async {
             let _ = io.write_all(&bytes).await;
             let _ = io.shutdown().await;
@@ -175,7 +227,7 @@ impl Connection {
         End::Refused(condition)
     }
 
-    async fn run(mut self, tcp: TcpStream, tls: ListenerTls) -> End {
+    async fn run(mut self, tcp: ClientTcp, tls: ListenerTls) -> End {
         let budgets = self.config.limits.framer_budgets();
         match tls {
             ListenerTls::None => self.after_tls(Box::new(tcp), tls).await,
@@ -330,7 +382,7 @@ impl Connection {
 
     async fn accept_tls(
         &mut self,
-        tcp: Rewind<TcpStream>,
+        tcp: Rewind<ClientTcp>,
         fallback_name: Option<&str>,
     ) -> Result<BoxIo, End> {
         let handshake = async {
@@ -411,8 +463,15 @@ impl Connection {
         if let Some(recorder) = self.shared.recorder.get() {
             session.record_to(recorder.clone());
         }
+        session.audit_to(self.shared.store.clone());
         let session = Mutex::new(session);
-        self.relay(client, server, reader, &session, header).await
+        let end = self.relay(client, server, reader, &session, header).await;
+        *self
+            .traffic
+            .identity
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = lock(&session).identity().map(str::to_owned);
+        end
     }
 
     async fn connect_upstream(&self) -> io::Result<BoxIo> {
@@ -553,6 +612,7 @@ impl Connection {
                 }
             }
             Stats::add(&stats.stanzas_to_server, stanzas);
+            Stats::add(&self.traffic.stanzas_to_server, stanzas);
             if let Err(e) = wr.write_all(&buf[run_start..pos]).await {
                 return End::ServerIo(e);
             }
@@ -739,6 +799,13 @@ impl Connection {
                             }
                             if let Some(until) = failure.banned_until {
                                 warn!(address = %self.peer.ip(), "too many authentication failures; address banned");
+                                self.shared.audit_refusal(
+                                    self.peer.ip(),
+                                    Hook::Auth,
+                                    VerdictSource::Limit,
+                                    LimitKind::AuthFailureBan.name(),
+                                    "ban",
+                                );
                                 let _ = wr.write_all(&buf[run_start..pos + frame.len]).await;
                                 let error = auth_banned_error(until);
                                 let bytes = lock(session).stream_error_bytes(&error, self.domain(Some(header)));
@@ -798,6 +865,7 @@ impl Connection {
                         }
                     }
                     Stats::add(&stats.stanzas_to_client, stanzas);
+                    Stats::add(&self.traffic.stanzas_to_client, stanzas);
                     if let Err(e) = wr.write_all(&buf[run_start..pos]).await {
                         return End::ClientIo(e);
                     }

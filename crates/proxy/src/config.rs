@@ -28,6 +28,8 @@ use crate::session::FramerBudgets;
 
 mod antispam;
 pub use antispam::Rtbl;
+/// The store's file when `[store] path` is not set, beside the configuration file.
+pub const DEFAULT_STORE_FILE: &str = "xmppwall.db";
 
 /// A validated configuration.
 #[derive(Debug, Clone)]
@@ -56,6 +58,8 @@ pub struct Config {
     /// (the server decides).
     pub components: Vec<Component>,
     pub s2s: S2s,
+    /// The durable store (`[store]`): fixed until restart.
+    pub store: xmppwall_store::StoreConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,6 +110,18 @@ impl Front {
             Front::S2s => StreamFront::S2s,
             Front::S2sEgress => StreamFront::S2sEgress,
             Front::Component => StreamFront::Component,
+        }
+    }
+}
+
+impl Front {
+    /// As written in the configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            Front::C2s => "c2s",
+            Front::S2s => "s2s",
+            Front::S2sEgress => "s2s-egress",
+            Front::Component => "component",
         }
     }
 }
@@ -676,12 +692,14 @@ impl Checker<'_> {
             })
             .collect();
         let s2s = self.s2s(raw.s2s.as_ref());
+        let store = self.store(raw.store.unwrap_or_default());
 
         Config {
             components,
             s2s,
             source,
             domains,
+            store,
             upstream: upstream.unwrap_or(Upstream {
                 address: SocketAddr::from(([127, 0, 0, 1], 5222)),
                 proxy_protocol: ProxyProtocol::None,
@@ -698,6 +716,36 @@ impl Checker<'_> {
             record: raw.record.as_ref().map(|r| self.path(&r.path)),
             timeouts,
             log,
+        }
+    }
+
+    /// `[store]`: the database file (relative to this file; `":memory:"` keeps
+    /// nothing across restarts) and the retention of each record kind.
+    fn store(&mut self, raw: RawStore) -> xmppwall_store::StoreConfig {
+        let path = match &raw.path {
+            Some(p) if p.get_ref() == ":memory:" => None,
+            Some(p) if p.get_ref().trim().is_empty() => {
+                self.problem(
+                    p.span(),
+                    "the store path is empty; name a file, or write \":memory:\" to keep nothing across restarts".into(),
+                );
+                None
+            }
+            Some(p) => Some(self.path(p.get_ref())),
+            None => Some(self.path(DEFAULT_STORE_FILE)),
+        };
+        let d = xmppwall_store::Retention::default();
+        let r = &raw.retention;
+        xmppwall_store::StoreConfig {
+            path,
+            retention: xmppwall_store::Retention {
+                connections: self.duration(&r.connections, d.connections),
+                verdicts: self.duration(&r.verdicts, d.verdicts),
+                reports: self.duration(&r.reports, d.reports),
+                expired_bans: self.duration(&r.expired_bans, d.expired_bans),
+                reputation: self.duration(&r.reputation, d.reputation),
+                prune_interval: self.duration(&r.prune_interval, d.prune_interval),
+            },
         }
     }
 
@@ -1033,6 +1081,7 @@ struct RawConfig {
     federation: Option<antispam::RawFederation>,
     #[serde(default)]
     rtbl: Vec<antispam::RawRtbl>,
+    store: Option<RawStore>,
 }
 
 #[derive(Deserialize)]
@@ -1058,6 +1107,25 @@ struct RawS2s {
     egress_require_tls: Option<bool>,
     #[serde(default)]
     egress_insecure_skip_verify: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    path: Option<Spanned<String>>,
+    #[serde(default)]
+    retention: RawRetention,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRetention {
+    connections: Option<Spanned<String>>,
+    verdicts: Option<Spanned<String>>,
+    reports: Option<Spanned<String>>,
+    expired_bans: Option<Spanned<String>>,
+    reputation: Option<Spanned<String>>,
+    prune_interval: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

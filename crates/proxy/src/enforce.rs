@@ -14,6 +14,8 @@ use xmppwall_policy::rules::{self, Action, Hook, LogPayload, MarkScope, Marks, P
 use xmppwall_policy::stanza::Stanza;
 use xmppwall_policy::Limiter;
 
+use xmppwall_store::{StanzaSummary, Store, VerdictRecord, VerdictSource};
+
 use crate::recorder::Recorder;
 use crate::stream_error::{StanzaError, StreamError};
 
@@ -34,6 +36,45 @@ pub struct StreamState<'a> {
     pub marks: &'a mut Marks,
     pub account: Option<&'a str>,
     pub recorder: Option<&'a Arc<Recorder>>,
+    /// Where verdicts other than pass are recorded (the store's audit trail).
+    pub audit: Option<&'a Store>,
+    /// The account or bound JID, for the audit record.
+    pub identity: Option<&'a str>,
+}
+
+impl StreamState<'_> {
+    /// Queues an audit record of a rule's verdict (the stanza's addressing only).
+    fn audit(
+        &self,
+        hook: Hook,
+        stanza: Option<&Stanza<'_>>,
+        ip: std::net::IpAddr,
+        rule: &str,
+        action: &str,
+    ) {
+        let Some(store) = self.audit else { return };
+        store.record_verdict(VerdictRecord {
+            at: SystemTime::now(),
+            address: ip,
+            jid: self.identity.map(str::to_owned),
+            hook: hook.chain_name().to_owned(),
+            stanza: stanza.map_or_else(StanzaSummary::default, |s| summary(&s.start)),
+            source: VerdictSource::Rule,
+            name: rule.to_owned(),
+            action: action.to_owned(),
+        });
+    }
+}
+
+/// What the audit trail keeps of a stanza: its kind, type and addresses, never its
+/// payload.
+pub fn summary(tag: &xmppwall_xml::view::StartTag<'_>) -> StanzaSummary {
+    StanzaSummary {
+        kind: Some(String::from_utf8_lossy(tag.local_name()).into_owned()),
+        stanza_type: tag.attribute(b"type").map(std::borrow::Cow::into_owned),
+        from: tag.attribute(b"from").map(std::borrow::Cow::into_owned),
+        to: tag.attribute(b"to").map(std::borrow::Cow::into_owned),
+    }
 }
 
 /// Evaluates `hook` for `stanza` (none for stream events) and applies the side
@@ -87,12 +128,23 @@ pub fn apply(
             }
         }
         if let Some(duration) = effects.ban {
-            let until = state.limiter.ban(subject.ip, duration, now);
+            let until = state.limiter.ban(subject.ip, duration, now, rule);
+            state.audit(hook, stanza, subject.ip, rule, "ban");
             close = Some(xmppwall_policy::limiter::banned_error_for(until, rule));
         }
     }
     if let Some(error) = close {
         return PolicyOutcome::Close(error);
+    }
+    let action = match &decision.action {
+        Some(Action::Drop) => Some("drop"),
+        Some(Action::Bounce(_)) => Some("bounce"),
+        Some(Action::Close(_)) => Some("close"),
+        _ => None,
+    };
+    if let Some(action) = action {
+        let rule = decision.rule.as_deref().unwrap_or("");
+        state.audit(hook, stanza, subject.ip, rule, action);
     }
     match decision.action {
         None | Some(Action::Pass) | Some(Action::Continue) | Some(Action::Jump(_)) => {

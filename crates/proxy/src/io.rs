@@ -117,6 +117,86 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
     }
 }
 
+/// Bytes that passed through a [`Counted`] stream each way.
+#[derive(Debug, Default)]
+pub struct ByteCounts {
+    pub read: std::sync::atomic::AtomicU64,
+    pub written: std::sync::atomic::AtomicU64,
+}
+
+impl ByteCounts {
+    fn add(counter: &std::sync::atomic::AtomicU64, n: usize) {
+        counter.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A stream that counts the bytes read from and written to it (for the audit
+/// trail: what went over the client's socket, TLS included).
+#[derive(Debug)]
+pub struct Counted<T> {
+    inner: T,
+    counts: std::sync::Arc<ByteCounts>,
+}
+
+impl<T> Counted<T> {
+    pub fn new(inner: T, counts: std::sync::Arc<ByteCounts>) -> Self {
+        Counted { inner, counts }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = poll {
+            ByteCounts::add(&self.counts.read, buf.filled().len() - before);
+        }
+        poll
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = poll {
+            ByteCounts::add(&self.counts.written, n);
+        }
+        poll
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = poll {
+            ByteCounts::add(&self.counts.written, n);
+        }
+        poll
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,6 +210,23 @@ mod tests {
         assert_eq!(n, 11);
         assert_eq!(&buf[..], b"<r/><presence/>");
         assert_eq!(read_into(&mut inner, &mut buf).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn counted_counts_both_ways() {
+        use tokio::io::AsyncWriteExt;
+        let counts = std::sync::Arc::new(ByteCounts::default());
+        let (a, mut b) = tokio::io::duplex(64);
+        let mut c = Counted::new(a, counts.clone());
+        c.write_all(b"<iq/>").await.unwrap();
+        b.write_all(b"<message/>").await.unwrap();
+        let mut buf = [0u8; 10];
+        c.read_exact(&mut buf).await.unwrap();
+        use std::sync::atomic::Ordering::Relaxed;
+        assert_eq!(
+            (counts.read.load(Relaxed), counts.written.load(Relaxed)),
+            (10, 5)
+        );
     }
 
     #[tokio::test]

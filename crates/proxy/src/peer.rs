@@ -74,6 +74,8 @@ pub struct PeerContext {
     pub ip: IpAddr,
     pub marks: Marks,
     pub recorder: Option<Arc<Recorder>>,
+    /// Where verdicts other than pass are recorded (the store's audit trail).
+    pub audit: Option<xmppwall_store::Store>,
 }
 
 impl PeerContext {
@@ -129,6 +131,8 @@ impl PeerContext {
                 marks: &mut self.marks,
                 account: None,
                 recorder: self.recorder.as_ref(),
+                audit: self.audit.as_ref(),
+                identity: Some(peer.0),
             },
             now,
         );

@@ -74,12 +74,21 @@ pub async fn serve(
         crate::enforce::connect_refused(&policy, peer.ip(), listener.front.stream_front())
     {
         info!(rule = ?rule, "connection refused by the connect chain");
+        shared.audit_refusal(
+            peer.ip(),
+            xmppwall_policy::rules::Hook::Connect,
+            xmppwall_store::VerdictSource::Rule,
+            rule.as_deref().unwrap_or(""),
+            "refuse",
+        );
         Stats::add(&shared.stats.connections_closed, 1);
         return;
     }
     let _ = tcp.set_nodelay(true);
     let local = tcp.local_addr().unwrap_or(listener.address);
     let accepted = Instant::now();
+    let started = std::time::SystemTime::now();
+    let front = listener.front.name();
     let conn = PeerConnection {
         preauth_deadline: accepted + config.timeouts.preauth,
         shutdown: shared.shutdown_signal(),
@@ -92,6 +101,21 @@ pub async fn serve(
     };
     let end = conn.run(tcp).await;
     Stats::add(&shared.stats.connections_closed, 1);
+    // Byte and stanza counts are kept for c2s connections only (docs/state.md).
+    shared
+        .store
+        .record_connection(xmppwall_store::ConnectionRecord {
+            address: peer.ip().to_canonical(),
+            jid: None,
+            front: front.to_owned(),
+            started,
+            ended: std::time::SystemTime::now(),
+            bytes_from_client: 0,
+            bytes_to_client: 0,
+            stanzas_to_server: 0,
+            stanzas_to_client: 0,
+            end_reason: end.reason().to_owned(),
+        });
     let elapsed_ms = accepted.elapsed().as_millis() as u64;
     match &end {
         End::PeerIo(e) | End::ServerIo(e) => {
@@ -135,6 +159,7 @@ impl PeerConnection {
             ip: self.peer.ip().to_canonical(),
             marks: Marks::default(),
             recorder: self.shared.recorder.get().cloned(),
+            audit: Some(self.shared.store.clone()),
         }
     }
 

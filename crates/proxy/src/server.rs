@@ -17,8 +17,10 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
+use xmppwall_policy::rules::Hook;
 use xmppwall_policy::rules::Policy;
 use xmppwall_policy::{GateDecision, Limiter};
+use xmppwall_store::{Ban, StanzaSummary, Store, StoreConfig, VerdictRecord, VerdictSource};
 
 use crate::c2s;
 use crate::config::{Config, Front, Listener};
@@ -40,17 +42,40 @@ pub struct Shared {
     pub stats: Stats,
     /// The stanza recording, when `[record] path` is set (fixed until restart).
     pub recorder: std::sync::OnceLock<Arc<crate::recorder::Recorder>>,
+    /// Durable bans, reports, reputation and the audit trail (`[store]`).
+    pub store: Store,
     shutdown: watch::Sender<bool>,
     next_id: AtomicU64,
 }
 
 impl Shared {
+    /// Shared state over an in-memory store (nothing outlives the process; for
+    /// `xmppwall check` and tests). `run` uses [`Shared::with_store`].
     pub fn new(config: Config) -> Result<Arc<Shared>, TlsError> {
+        #[allow(clippy::expect_used)]
+        let store = Store::open(&StoreConfig::in_memory())
+            .expect("an in-memory SQLite database opens unless memory is exhausted");
+        Shared::with_store(config, store)
+    }
+
+    /// Shared state whose bans (those the limits and rules make) go to `store`.
+    pub fn with_store(config: Config, store: Store) -> Result<Arc<Shared>, TlsError> {
         let certs = CertStore::load(&config.tls)?;
         let upstream_tls = upstream_tls(&config)?;
         let limiter =
             Limiter::new(config.policy_limits.clone()).with_antispam(config.antispam.clone());
+        let sink = store.clone();
+        limiter.state.observe_bans(Box::new(move |ban| {
+            sink.submit_ban(Ban::new(
+                ban.network,
+                std::time::SystemTime::now(),
+                ban.until,
+                ban.source.clone(),
+                ban.reason.clone(),
+            ));
+        }));
         Ok(Arc::new(Shared {
+            store,
             limiter: Arc::new(ArcSwap::from_pointee(limiter)),
             policy: Arc::new(ArcSwap::new(config.policy.clone())),
             config: ArcSwap::from_pointee(config),
@@ -72,6 +97,46 @@ impl Shared {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// Queues an audit record of a verdict on a connection as a whole (the gate, the
+    /// connect chain, an authentication-failure ban): no stanza, no JID.
+    pub fn audit_refusal(
+        &self,
+        ip: std::net::IpAddr,
+        hook: Hook,
+        source: VerdictSource,
+        name: &str,
+        action: &str,
+    ) {
+        self.store.record_verdict(VerdictRecord {
+            at: std::time::SystemTime::now(),
+            address: ip.to_canonical(),
+            jid: None,
+            hook: hook.chain_name().to_owned(),
+            stanza: StanzaSummary::default(),
+            source,
+            name: name.to_owned(),
+            action: action.to_owned(),
+        });
+    }
+
+    /// Applies the bans the store holds (at start: bans outlive restarts).
+    pub async fn restore_bans(&self) {
+        let now = std::time::SystemTime::now();
+        match self.store.active_bans(now).await {
+            Ok(bans) => {
+                let limiter = self.limiter.load();
+                let instant = std::time::Instant::now();
+                for ban in &bans {
+                    limiter.restore_ban(ban.network, ban.expires, instant);
+                }
+                if !bans.is_empty() {
+                    info!(bans = bans.len(), "bans restored from the store");
+                }
+            }
+            Err(e) => warn!(error = %e, "cannot read the stored bans; starting without them"),
+        }
+    }
+
     /// Applies a new configuration to new connections and reloads certificates.
     /// Listener addresses are fixed at start; a change to them is reported and
     /// needs a restart.
@@ -81,6 +146,9 @@ impl Shared {
         let old = self.config.load();
         if old.listeners != config.listeners {
             warn!("listener changes take effect only after a restart");
+        }
+        if old.store != config.store {
+            warn!("[store] changes take effect only after a restart");
         }
         self.upstream_tls.store(Arc::new(upstream));
         let limiter = self
@@ -139,6 +207,7 @@ pub async fn serve(
             }
         }
     }
+    shared.restore_bans().await;
     let tracker = TaskTracker::new();
     // Real-time block lists: followed from start to shutdown (changes need a restart).
     for rtbl in shared.config.load().rtbl.clone() {
@@ -169,11 +238,21 @@ pub async fn serve(
                 let admission = match shared.limiter.load().admit(peer.ip(), std::time::Instant::now()) {
                     GateDecision::Refuse(limit) => {
                         debug!(peer = %peer, limit = limit.name(), "connection refused at the gate");
+shared.audit_refusal(peer.ip(), Hook::Connect, VerdictSource::Limit, limit.name(), "refuse");
                         drop(tcp);
                         continue;
                     }
                     GateDecision::Admit(ticket) => c2s::Admission { ticket, banned_until: None },
-                    GateDecision::Banned(ticket, until) => c2s::Admission { ticket, banned_until: Some(until) },
+                    GateDecision::Banned(ticket, until) => {
+shared.audit_refusal(
+                            peer.ip(),
+                            Hook::Connect,
+                            VerdictSource::Limit,
+                            xmppwall_policy::LimitKind::BannedAddress.name(),
+                            "close",
+                        );
+                        c2s::Admission { ticket, banned_until: Some(until) }
+                    }
                 };
                 let id = shared.connection_id();
                 let span = tracing::info_span!("conn", id, peer = %peer, front = ?listener.front);

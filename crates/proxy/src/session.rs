@@ -11,7 +11,7 @@
 use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 
@@ -21,7 +21,8 @@ use xmppwall_policy::antispam::{RegistrationRequest, StrangerAction, StrangerSco
 use xmppwall_policy::rules::{self, Hook, Marks, Policy, StreamFront, Subject};
 use xmppwall_policy::stanza::{bare_jid, Kind, Stanza};
 use xmppwall_policy::table::BoundedTable;
-use xmppwall_policy::{ConnectionLimits, Limiter, Throttle, Verdict};
+use xmppwall_policy::{ConnectionLimits, LimitKind, Limiter, Throttle, Verdict};
+use xmppwall_store::{StanzaSummary, Store, VerdictRecord, VerdictSource};
 use xmppwall_xml::view::{self, StartTag};
 use xmppwall_xml::Token;
 
@@ -125,6 +126,8 @@ pub struct C2sSession {
     /// `stranger` conditions never guess.
     contacts: Option<BoundedTable<String, ()>>,
     recorder: Option<Arc<crate::recorder::Recorder>>,
+    /// Where verdicts other than pass are recorded (the store's audit trail).
+    audit: Option<Store>,
     /// The stream's `to`: the domain of accounts named by SASL usernames.
     domain: Option<String>,
     /// The account the SASL exchange named, before the server confirms it.
@@ -174,6 +177,7 @@ impl C2sSession {
             marks: Marks::default(),
             contacts: None,
             recorder: None,
+            audit: None,
             domain,
             sasl_account: None,
             auth: Auth::None,
@@ -247,9 +251,63 @@ impl C2sSession {
         self.recorder = Some(recorder);
     }
 
+    /// Records every verdict other than pass in the store's audit trail (the
+    /// record is queued; nothing waits for the database).
+    pub fn audit_to(&mut self, store: Store) {
+        self.audit = Some(store);
+    }
+
+    /// The account, or the bound full JID once there is one.
+    pub fn identity(&self) -> Option<&str> {
+        self.bound_jid.as_deref().or(self.conn.account.as_deref())
+    }
+
+    /// Queues an audit record of a verdict other than pass (payloads never).
+    fn audit(
+        &self,
+        hook: Hook,
+        tag: Option<&StartTag<'_>>,
+        source: VerdictSource,
+        name: &str,
+        action: &str,
+    ) {
+        let Some(store) = &self.audit else { return };
+        let stanza = tag.map_or_else(StanzaSummary::default, crate::enforce::summary);
+        store.record_verdict(VerdictRecord {
+            at: SystemTime::now(),
+            address: self.ip,
+            jid: self.identity().map(str::to_owned),
+            hook: hook.chain_name().to_owned(),
+            stanza,
+            source,
+            name: name.to_owned(),
+            action: action.to_owned(),
+        });
+    }
+
+    fn audit_limit(&self, hook: Hook, tag: Option<&StartTag<'_>>, verdict: &Verdict) {
+        let (kind, action) = match verdict {
+            Verdict::Pass => return,
+            Verdict::Drop(k) => (k, "drop"),
+            Verdict::Bounce(k, _) => (k, "bounce"),
+            Verdict::Close(k, _) => (k, "close"),
+        };
+        self.audit(hook, tag, VerdictSource::Limit, kind.name(), action);
+    }
+
     /// XEP-0205 §2.7: `n` bytes were read from the client.
     pub fn bytes_read(&mut self, n: usize, now: Instant) -> Throttle {
-        self.limiter.load().bytes_read(&mut self.conn, n, now)
+        let throttle = self.limiter.load().bytes_read(&mut self.conn, n, now);
+        if let Throttle::Close(_) = throttle {
+            self.audit(
+                Hook::ToServer,
+                None,
+                VerdictSource::Limit,
+                LimitKind::BandwidthClose.name(),
+                "close",
+            );
+        }
+        throttle
     }
 
     /// Decides what happens to one frame the client sent.
@@ -307,6 +365,13 @@ impl C2sSession {
             if is_stanza && !is_registration(&tag, bytes) {
                 // RFC 6120 §6.4 and XEP-0205 §2.3: no stanza is processed before
                 // authentication. In-band registration (XEP-0077) is the exception.
+                self.audit(
+                    Hook::ToServer,
+                    Some(&tag),
+                    VerdictSource::Limit,
+                    "stanza_before_authentication",
+                    "close",
+                );
                 return ClientAction::Close(
                     StreamError::new(StreamCondition::NotAuthorized)
                         .with_text("stanzas are not accepted before authentication"),
@@ -330,6 +395,13 @@ impl C2sSession {
                 );
             }
             // XEP-0205 §2.5: not processed, answered without the original payload.
+            self.audit(
+                Hook::ToServer,
+                Some(&tag),
+                VerdictSource::Limit,
+                LimitKind::StanzaSize.name(),
+                "bounce",
+            );
             self.limiter
                 .load()
                 .state
@@ -352,6 +424,13 @@ impl C2sSession {
             if binds {
                 // XEP-0205 §2.4: the slot is reserved before the server binds.
                 if let Err(error) = self.limiter.load().bind_requested(&mut self.conn, now) {
+                    self.audit(
+                        Hook::ToServer,
+                        Some(&tag),
+                        VerdictSource::Limit,
+                        LimitKind::Resources.name(),
+                        "bounce",
+                    );
                     return match error.reply_to(&tag, None) {
                         Some(reply) => ClientAction::Reply(reply),
                         None => ClientAction::Drop,
@@ -373,11 +452,12 @@ impl C2sSession {
             return ClientAction::Forward;
         };
         self.note_written(&stanza);
-        match self
+        let verdict = self
             .limiter
             .load()
-            .check_to_server(&mut self.conn, &stanza, now)
-        {
+            .check_to_server(&mut self.conn, &stanza, now);
+        self.audit_limit(Hook::ToServer, Some(&stanza.start), &verdict);
+        match verdict {
             Verdict::Pass => match self.run_policy(Hook::ToServer, Some(&stanza), now) {
                 PolicyOutcome::Pass(None) => ClientAction::Forward,
                 PolicyOutcome::Pass(Some(rewritten)) => ClientAction::ForwardRewritten(rewritten),
@@ -489,6 +569,13 @@ impl C2sSession {
                                     if let Err(error) =
                                         self.limiter.load().bind_requested(&mut self.conn, now)
                                     {
+                                        self.audit(
+                                            Hook::Bind,
+                                            None,
+                                            VerdictSource::Limit,
+                                            LimitKind::Resources.name(),
+                                            "close",
+                                        );
                                         let reply = format!(
                                             "<iq type='error' id='{}'>{}</iq>",
                                             view::escape_attribute(
@@ -701,7 +788,9 @@ impl C2sSession {
 
     /// Limits, then rules, for a stanza the server sends the client.
     fn server_stanza(&mut self, stanza: &Stanza<'_>, now: Instant) -> ServerAction {
-        match self.limiter.load().check_to_client(&self.conn, stanza, now) {
+        let verdict = self.limiter.load().check_to_client(&self.conn, stanza, now);
+        self.audit_limit(Hook::ToClient, Some(&stanza.start), &verdict);
+        match verdict {
             Verdict::Pass => {}
             Verdict::Drop(xmppwall_policy::LimitKind::IncomingSubscriptions) => {
                 // ejabberd's mod_pres_counter logs a warning when it triggers.
@@ -782,6 +871,8 @@ impl C2sSession {
                 marks: &mut self.marks,
                 account: self.conn.account.as_deref(),
                 recorder: self.recorder.as_ref(),
+                audit: self.audit.as_ref(),
+                identity: self.bound_jid.as_deref().or(self.conn.account.as_deref()),
             },
             now,
         )

@@ -1397,3 +1397,68 @@ fn xmlns_values_are_read_as_written_with_or_without_prefix() {
         vec![&b"jabber:client"[..], &b"jabber:iq:avatar"[..]]
     );
 }
+
+// ---------------------------------------------------------------------------------
+// Bans kept beyond the process: the observer, restoring, lifting
+
+#[test]
+fn every_ban_is_told_to_the_observer_with_its_network_and_source() {
+    let mut config = no_limits();
+    config.auth.max_failures = per(2, HOUR);
+    config.auth.ban = secs(600);
+    config.gate.ipv4_prefix = 24;
+    let l = Limiter::new(config);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    assert!(l.state.observe_bans(Box::new(move |b: &BanEvent| sink
+        .lock()
+        .unwrap()
+        .push(b.clone()))));
+    let t0 = Instant::now();
+    l.auth_failed(ip("192.0.2.1"), t0);
+    assert!(seen.lock().unwrap().is_empty(), "no ban yet");
+    l.auth_failed(ip("192.0.2.1"), t0);
+    l.ban(ip("198.51.100.7"), secs(60), t0, "spam");
+    let seen = seen.lock().unwrap();
+    let got: Vec<(String, &str)> = seen
+        .iter()
+        .map(|b| (b.network.to_string(), b.source.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("192.0.2.0/24".to_owned(), "auth_failures"),
+            ("198.51.100.0/24".to_owned(), "rule:spam"),
+        ]
+    );
+    let left = seen[0].until.duration_since(SystemTime::now()).unwrap();
+    assert!(left > secs(590) && left <= secs(600), "{left:?}");
+}
+
+#[test]
+fn a_restored_ban_refuses_like_a_fresh_one_and_unban_lifts_it() {
+    let l = with_gate(|_| {});
+    let t0 = Instant::now();
+    let net: ipnet::IpNet = "192.0.2.9/32".parse().unwrap();
+    l.restore_ban(net, SystemTime::now() + secs(300), t0);
+    assert!(matches!(
+        l.admit(ip("192.0.2.9"), t0),
+        GateDecision::Banned(..)
+    ));
+    // A ban that ended while xmppwall was down is not restored.
+    l.restore_ban(
+        "192.0.2.10/32".parse().unwrap(),
+        SystemTime::now() - secs(1),
+        t0,
+    );
+    assert!(matches!(
+        l.admit(ip("192.0.2.10"), t0),
+        GateDecision::Admit(..)
+    ));
+    assert!(l.unban(net, t0));
+    assert!(!l.unban(net, t0));
+    assert!(matches!(
+        l.admit(ip("192.0.2.9"), t0),
+        GateDecision::Admit(..)
+    ));
+}

@@ -18,6 +18,7 @@ fn context(policy: Policy) -> PeerContext {
         ip: "127.0.0.1".parse().unwrap(),
         marks: Marks::default(),
         recorder: None,
+        audit: None,
     }
 }
 

@@ -264,3 +264,47 @@ fn antispam_sections_are_read_and_their_mistakes_located() {
     );
     assert!(e.contains(":17:21: invalid regular expression"), "{e}");
 }
+
+#[test]
+fn store_defaults_beside_the_config_and_reads_retention() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(
+        c.store.path.as_deref(),
+        Some(Path::new("/nonexistent/xmppwall.db"))
+    );
+    assert_eq!(c.store.retention, xmppwall_store::Retention::default());
+
+    let text = format!(
+        "{MINIMAL}\n[store]\npath = \"state/wall.db\"\n[store.retention]\nconnections = \"7d\"\nverdicts = \"2d\"\nprune_interval = \"10m\"\n"
+    );
+    let c = parse(&text).unwrap();
+    assert_eq!(
+        c.store.path.as_deref(),
+        Some(Path::new("/nonexistent/state/wall.db"))
+    );
+    assert_eq!(
+        c.store.retention.connections,
+        Duration::from_secs(7 * 86_400)
+    );
+    assert_eq!(c.store.retention.verdicts, Duration::from_secs(2 * 86_400));
+    assert_eq!(c.store.retention.prune_interval, Duration::from_secs(600));
+    assert_eq!(
+        c.store.retention.reports,
+        xmppwall_store::Retention::default().reports
+    );
+
+    let memory = parse(&format!("{MINIMAL}\n[store]\npath = \":memory:\"\n")).unwrap();
+    assert_eq!(memory.store.path, None);
+}
+
+#[test]
+fn store_retention_errors_name_their_line() {
+    let text = format!("{MINIMAL}\n[store.retention]\nverdicts = \"soon\"\n");
+    let e = parse(&text).unwrap_err().to_string();
+    assert!(e.contains("xmppwall.toml:11:12"), "{e}");
+    assert!(e.contains("invalid duration \"soon\""), "{e}");
+    let e = parse(&format!("{MINIMAL}\n[store]\nfile = \"x.db\"\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("unknown field `file`"), "{e}");
+}
