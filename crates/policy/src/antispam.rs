@@ -19,6 +19,8 @@ use crate::address::{AddressKey, CidrList};
 use crate::errors::{ErrorType, StanzaError};
 use crate::limits::{PerPeriod, UserClass};
 use crate::rate::TokenBucket;
+use crate::reports::{ReportRecord, ReportSink, SpamReport};
+use crate::reputation::Standing;
 use crate::table::BoundedTable;
 
 pub const REGISTER_NS: &str = "jabber:iq:register";
@@ -36,6 +38,9 @@ pub struct AntispamConfig {
     pub subscriptions: SubscriptionsConfig,
     pub strangers: Option<StrangersConfig>,
     pub federation: Option<FederationConfig>,
+    /// Scores per JID and domain and what they do; `None`: reports are still
+    /// recorded, nobody is scored.
+    pub reputation: Option<crate::reputation::ReputationConfig>,
 }
 
 /// XEP-0077 account creation on a stream before authentication.
@@ -360,6 +365,11 @@ pub struct AntispamState {
     registrations: Mutex<BoundedTable<AddressKey, TokenBucket>>,
     registration_prefixes: Mutex<BoundedTable<AddressKey, TokenBucket>>,
     incoming_subscriptions: Mutex<BoundedTable<String, DomainCounter>>,
+    pub reputation: crate::reputation::ReputationState,
+    /// Where spam reports go: memory unless the proxy plugs in a durable sink.
+    reports: Mutex<std::sync::Arc<dyn ReportSink>>,
+    /// The in-memory reports (also kept when a durable sink is plugged in).
+    pub memory_reports: std::sync::Arc<crate::reports::MemoryReports>,
 }
 
 #[derive(Debug, Default)]
@@ -389,6 +399,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl AntispamState {
     pub fn new(max_addresses: usize, max_domains: usize) -> AntispamState {
+        let memory = std::sync::Arc::new(crate::reports::MemoryReports::default());
         AntispamState {
             registrations: Mutex::new(BoundedTable::new("registrations", max_addresses)),
             registration_prefixes: Mutex::new(BoundedTable::new(
@@ -399,6 +410,90 @@ impl AntispamState {
                 "incoming-subscriptions",
                 max_domains,
             )),
+            reputation: crate::reputation::ReputationState::new(max_addresses),
+            reports: Mutex::new(memory.clone()),
+            memory_reports: memory,
+        }
+    }
+
+    /// Sends reports to `sink` (besides memory) from now on.
+    pub fn set_report_sink(&self, sink: std::sync::Arc<dyn ReportSink>) {
+        *lock(&self.reports) = sink;
+    }
+
+    fn record(&self, report: ReportRecord) {
+        let sink = lock(&self.reports).clone();
+        if !std::sync::Arc::ptr_eq(
+            &(sink.clone() as std::sync::Arc<dyn ReportSink>),
+            &(self.memory_reports.clone() as std::sync::Arc<dyn ReportSink>),
+        ) {
+            self.memory_reports.report(report.clone());
+        }
+        sink.report(report);
+    }
+
+    /// XEP-0377 reports inside a XEP-0191 block command `reporter` sent: recorded,
+    /// and each offender's reputation raised once per reporter. Returns them.
+    pub fn user_reports(
+        &self,
+        config: &AntispamConfig,
+        reporter: &str,
+        iq: &[u8],
+        now: Instant,
+        wall: std::time::SystemTime,
+    ) -> Vec<SpamReport> {
+        let reports = SpamReport::read_block(iq);
+        for r in &reports {
+            self.record(ReportRecord {
+                at: wall,
+                reporter: reporter.to_owned(),
+                offender: r.offender.clone(),
+                reason: r.reason.clone(),
+                stanza_ids: r.stanza_ids.clone(),
+                text: r.text.clone(),
+            });
+            if let Some(rep) = &config.reputation {
+                self.reputation.reported(rep, reporter, &r.offender, now);
+            }
+        }
+        reports
+    }
+
+    /// A rule with a `report` effect matched a stanza of `offender`.
+    pub fn rule_report(
+        &self,
+        config: &AntispamConfig,
+        rule: &str,
+        reason: &str,
+        offender: &str,
+        now: Instant,
+        wall: std::time::SystemTime,
+    ) {
+        self.record(ReportRecord {
+            at: wall,
+            reporter: format!("rule:{rule}"),
+            offender: crate::stanza::bare_jid(offender),
+            reason: reason.to_owned(),
+            stanza_ids: Vec::new(),
+            text: None,
+        });
+        if let Some(rep) = &config.reputation {
+            self.reputation.add(rep, offender, rep.rule_weight, now);
+        }
+    }
+
+    /// A limit refused something `who` (a bare JID or a domain) sent.
+    pub fn limit_hit(&self, config: &AntispamConfig, who: &str, now: Instant) {
+        if let Some(rep) = &config.reputation {
+            self.reputation.add(rep, who, rep.limit_weight, now);
+        }
+    }
+
+    /// Where `jid` stands (always good without `[reputation]`).
+    pub fn standing(&self, config: &AntispamConfig, jid: &str, now: Instant) -> Standing {
+        match &config.reputation {
+            Some(rep) => self.reputation.standing(rep, jid, now),
+            None => Standing::Good,
         }
     }
 

@@ -14,6 +14,8 @@ pub mod limiter;
 pub mod limits;
 pub mod rate;
 pub mod recording;
+pub mod reports;
+pub mod reputation;
 pub mod rules;
 pub mod stanza;
 pub mod table;

@@ -881,7 +881,17 @@ impl Limiter {
             }
         };
         match &verdict {
-            Verdict::Drop(k) | Verdict::Bounce(k, _) | Verdict::Close(k, _) => self.state.hit(*k),
+            Verdict::Drop(k) | Verdict::Bounce(k, _) | Verdict::Close(k, _) => {
+                self.state.hit(*k);
+                if matches!(
+                    k,
+                    LimitKind::SubscriptionRequests | LimitKind::DistinctRecipients
+                ) {
+                    if let Some(account) = &conn.account {
+                        self.state.antispam.limit_hit(&self.antispam, account, now);
+                    }
+                }
+            }
             Verdict::Pass => {}
         }
         verdict
@@ -990,6 +1000,8 @@ impl Limiter {
                 self.state.antispam.incoming_subscription(a, domain, now)
             {
                 self.state.hit(LimitKind::IncomingSubscriptions);
+                // Repeated excess counts against the sender's reputation.
+                self.state.antispam.limit_hit(a, &from, now);
                 return Some(Verdict::Drop(LimitKind::IncomingSubscriptions));
             }
         }

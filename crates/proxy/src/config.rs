@@ -659,6 +659,7 @@ impl Checker<'_> {
                 subscriptions: raw.subscriptions.as_ref(),
                 strangers: raw.strangers.as_ref(),
                 federation: raw.federation.as_ref(),
+                reputation: raw.reputation.as_ref(),
             },
             &domains,
         );
@@ -1079,6 +1080,7 @@ struct RawConfig {
     subscriptions: Option<antispam::RawSubscriptions>,
     strangers: Option<antispam::RawStrangers>,
     federation: Option<antispam::RawFederation>,
+    reputation: Option<antispam::RawReputation>,
     #[serde(default)]
     rtbl: Vec<antispam::RawRtbl>,
     store: Option<RawStore>,

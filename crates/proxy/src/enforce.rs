@@ -120,6 +120,23 @@ pub fn apply(
         }
         if let Some(reason) = &effects.report {
             info!(rule, reason, account = ?state.account, peer_domain = ?subject.peer_domain, digest = %rules::digest(bytes), "report");
+            // Whom the report is about: the sender of a stanza towards the client,
+            // else the stream's own account.
+            let offender = match hook {
+                Hook::ToClient => stanza.and_then(|s| s.from()).map(|f| f.into_owned()),
+                _ => state.account.map(str::to_owned),
+            };
+            if let Some(offender) = offender {
+                let limiter = state.limiter;
+                limiter.state.antispam.rule_report(
+                    &limiter.antispam,
+                    rule,
+                    reason,
+                    &offender,
+                    now,
+                    wall,
+                );
+            }
         }
         if !effects.strip.is_empty() {
             let current = rewritten.as_deref().unwrap_or(bytes);

@@ -18,6 +18,7 @@ use arc_swap::ArcSwap;
 use base64::Engine as _;
 use tracing::info;
 use xmppwall_policy::antispam::{RegistrationRequest, StrangerAction, StrangerScope};
+use xmppwall_policy::reputation::Standing;
 use xmppwall_policy::rules::{self, Hook, Marks, Policy, StreamFront, Subject};
 use xmppwall_policy::stanza::{bare_jid, Kind, Stanza};
 use xmppwall_policy::table::BoundedTable;
@@ -451,13 +452,15 @@ impl C2sSession {
         let Some(stanza) = Stanza::with_start(tag, bytes) else {
             return ClientAction::Forward;
         };
-        self.note_written(&stanza);
+        if let Some(action) = self.reputation_to_server(&stanza, now) {
+            return action;
+        }
         let verdict = self
             .limiter
             .load()
             .check_to_server(&mut self.conn, &stanza, now);
         self.audit_limit(Hook::ToServer, Some(&stanza.start), &verdict);
-        match verdict {
+        let action = match verdict {
             Verdict::Pass => match self.run_policy(Hook::ToServer, Some(&stanza), now) {
                 PolicyOutcome::Pass(None) => ClientAction::Forward,
                 PolicyOutcome::Pass(Some(rewritten)) => ClientAction::ForwardRewritten(rewritten),
@@ -476,7 +479,15 @@ impl C2sSession {
                 None => ClientAction::Drop,
             },
             Verdict::Close(_, error) => ClientAction::Close(error),
+        };
+        // Whom the user writes to becomes a contact, if the stanza goes out.
+        if matches!(
+            action,
+            ClientAction::Forward | ClientAction::ForwardRewritten(_)
+        ) {
+            self.note_written(&stanza);
         }
+        action
     }
 
     /// Decides what happens to one frame the server sent. After a SASL `<success/>`
@@ -677,15 +688,133 @@ impl C2sSession {
             return Some(false);
         }
         if hook == Hook::ToServer {
-            if matches!(
-                stanza.kind,
-                xmppwall_policy::stanza::Kind::Message | xmppwall_policy::stanza::Kind::Presence
-            ) {
-                contacts.entry(other, || ());
-            }
+            // The user's own stanzas: the recipient becomes a contact once the
+            // stanza passes (see `note_written`).
             return Some(false);
         }
         Some(contacts.peek(&other).is_none())
+    }
+
+    /// Spam reports in block commands (XEP-0191 §3.3 with XEP-0377) are recorded as
+    /// they pass; then the account's reputation decides: banned, the stream ends;
+    /// quarantined, messages and subscription requests to non-contacts are held
+    /// back; throttled, they are limited to the configured rate.
+    fn reputation_to_server(&mut self, stanza: &Stanza<'_>, now: Instant) -> Option<ClientAction> {
+        let limiter = self.limiter.load_full();
+        let account = self.conn.account.clone()?;
+        if stanza.kind == Kind::Iq
+            && stanza.stanza_type().as_deref() == Some("set")
+            && stanza.has_payload(b"block", xmppwall_policy::reports::BLOCKING_NS)
+        {
+            let reports = limiter.state.antispam.user_reports(
+                &limiter.antispam,
+                &account,
+                stanza.bytes,
+                now,
+                std::time::SystemTime::now(),
+            );
+            for r in &reports {
+                info!(reporter = %account, offender = %r.offender, reason = %r.reason, stanza_ids = ?r.stanza_ids, "spam report");
+            }
+            return None;
+        }
+        let rep = limiter.antispam.reputation.as_ref()?;
+        let ty = stanza.stanza_type();
+        let counted = match (stanza.kind, ty.as_deref()) {
+            (Kind::Message, Some("error")) => false,
+            (Kind::Message, _) | (Kind::Presence, Some("subscribe")) => true,
+            _ => false,
+        };
+        let standing = limiter
+            .state
+            .antispam
+            .standing(&limiter.antispam, &account, now);
+        let error = |ty, text: String| StanzaError {
+            error_type: ty,
+            condition: "policy-violation",
+            app_condition: None,
+            text: Some(text),
+        };
+        let refusal = match standing {
+            Standing::Good => return None,
+            Standing::Banned => {
+                return Some(ClientAction::Close(
+                    StreamError::new(StreamCondition::PolicyViolation)
+                        .with_text("this account is suspended: too many spam reports"),
+                ));
+            }
+            Standing::Quarantined if counted && self.recipient_unknown(stanza) => error(
+                xmppwall_policy::errors::ErrorType::Cancel,
+                "messages to people outside your contacts are held back while this account is under review".into(),
+            ),
+            Standing::Throttled if counted && limiter.state.antispam.reputation.over_throttle(rep, &account, now) => {
+                let (_, rate) = rep.throttle?;
+                error(
+                    xmppwall_policy::errors::ErrorType::Wait,
+                    format!(
+                        "this account is slowed down: at most {} messages per {}",
+                        rate.count,
+                        humantime::format_duration(rate.period)
+                    ),
+                )
+            }
+            _ => return None,
+        };
+        info!(account = %account, standing = standing.name(), "held back by reputation");
+        Some(
+            match refusal.reply_to(&stanza.start, self.bound_jid.as_deref()) {
+                Some(reply) => ClientAction::Reply(reply),
+                None => ClientAction::Drop,
+            },
+        )
+    }
+
+    /// Whether the recipient is not among the contacts xmppwall saw (or no roster
+    /// was seen: a quarantined account gets no benefit of the doubt).
+    fn recipient_unknown(&self, stanza: &Stanza<'_>) -> bool {
+        let Some(to) = stanza.to() else {
+            return false;
+        };
+        let to = bare_jid(&to);
+        if !to.contains('@') || self.conn.account.as_deref() == Some(to.as_str()) {
+            return false;
+        }
+        self.contacts.as_ref().is_none_or(|c| c.peek(&to).is_none())
+    }
+
+    /// The sender's reputation for a stanza to the client: banned senders are
+    /// dropped, quarantined ones when they are strangers, throttled ones over the
+    /// rate.
+    fn reputation_holds_back(&mut self, stanza: &Stanza<'_>, now: Instant) -> bool {
+        let limiter = self.limiter.load_full();
+        let Some(rep) = limiter.antispam.reputation.as_ref() else {
+            return false;
+        };
+        let Some(from) = stanza.from() else {
+            return false;
+        };
+        let from = bare_jid(&from);
+        let held = match limiter
+            .state
+            .antispam
+            .standing(&limiter.antispam, &from, now)
+        {
+            Standing::Good => false,
+            Standing::Banned => true,
+            Standing::Quarantined => self.stranger(Hook::ToClient, stanza) == Some(true),
+            Standing::Throttled => {
+                stanza.kind != Kind::Iq
+                    && limiter
+                        .state
+                        .antispam
+                        .reputation
+                        .over_throttle(rep, &from, now)
+            }
+        };
+        if held {
+            tracing::debug!(from = %from, "held back by the sender's reputation");
+        }
+        held
     }
 
     /// XEP-0077 before authentication: `[registration]` decides whether the request
@@ -800,6 +929,9 @@ impl C2sSession {
             Verdict::Drop(_) | Verdict::Bounce(..) | Verdict::Close(..) => {
                 return ServerAction::Drop;
             }
+        }
+        if self.reputation_holds_back(stanza, now) {
+            return ServerAction::Drop;
         }
         if let Some(action) = self.strangers(stanza) {
             return action;

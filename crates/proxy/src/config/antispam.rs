@@ -12,9 +12,10 @@ use xmppwall_policy::antispam::{
     StrangerAction, StrangerScope, StrangersConfig, SubscriptionsConfig,
 };
 use xmppwall_policy::limits::PerPeriod;
+use xmppwall_policy::reputation::ReputationConfig;
 use xmppwall_policy::UserClass;
 
-use super::Checker;
+use super::{Checker, Switch};
 
 /// One real-time block list followed over XEP-0060 publish-subscribe.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,6 +76,22 @@ pub(super) struct RawFederation {
     deny_lists: Vec<Spanned<String>>,
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawReputation {
+    half_life: Option<Spanned<String>>,
+    report_weight: Option<Spanned<f64>>,
+    rule_weight: Option<Spanned<f64>>,
+    limit_weight: Option<Spanned<f64>>,
+    domain_share: Option<Spanned<f64>>,
+    throttle_at: Option<Spanned<Switch<f64>>>,
+    throttle_rate: Option<Spanned<String>>,
+    quarantine_at: Option<Spanned<Switch<f64>>>,
+    ban_at: Option<Spanned<Switch<f64>>>,
+    #[serde(default)]
+    exempt: Vec<String>,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawRtbl {
@@ -99,6 +116,7 @@ pub(super) struct RawAntispam<'a> {
     pub subscriptions: Option<&'a RawSubscriptions>,
     pub strangers: Option<&'a RawStrangers>,
     pub federation: Option<&'a RawFederation>,
+    pub reputation: Option<&'a RawReputation>,
 }
 
 impl Checker<'_> {
@@ -231,6 +249,9 @@ impl Checker<'_> {
                 senders,
             });
         }
+        if let Some(r) = raw.reputation {
+            config.reputation = Some(self.reputation(r));
+        }
         if let Some(f) = raw.federation {
             let allow_mode = match f.mode.get_ref().as_str() {
                 "allow" => true,
@@ -266,6 +287,56 @@ impl Checker<'_> {
             });
         }
         config
+    }
+
+    fn reputation(&mut self, r: &RawReputation) -> ReputationConfig {
+        let d = ReputationConfig::default();
+        let weight = |c: &mut Self, v: &Option<Spanned<f64>>, default: f64| match v {
+            None => default,
+            Some(v) if v.get_ref().is_finite() && *v.get_ref() >= 0.0 => *v.get_ref(),
+            Some(v) => {
+                c.problem(v.span(), "must be a number of at least 0".into());
+                default
+            }
+        };
+        let threshold =
+            |c: &mut Self, v: &Option<Spanned<Switch<f64>>>, default: Option<f64>| match v {
+                None => default,
+                Some(v) => match v.get_ref() {
+                    Switch::Off(s) if s == "off" => None,
+                    Switch::Value(x) if x.is_finite() && *x > 0.0 => Some(*x),
+                    _ => {
+                        c.problem(v.span(), "must be a score above 0, or \"off\"".into());
+                        default
+                    }
+                },
+            };
+        let throttle_rate = self
+            .per_period(&r.throttle_rate, d.throttle.map(|t| t.1))
+            .unwrap_or(PerPeriod::new(6, std::time::Duration::from_secs(60)));
+        let throttle =
+            threshold(self, &r.throttle_at, d.throttle.map(|t| t.0)).map(|at| (at, throttle_rate));
+        let mut exempt_jids = std::collections::HashSet::new();
+        let mut exempt_domains = Vec::new();
+        for e in &r.exempt {
+            if e.contains('@') {
+                exempt_jids.insert(xmppwall_policy::stanza::bare_jid(e));
+            } else {
+                exempt_domains.push(e.as_str());
+            }
+        }
+        ReputationConfig {
+            half_life: self.duration(&r.half_life, d.half_life),
+            report_weight: weight(self, &r.report_weight, d.report_weight),
+            rule_weight: weight(self, &r.rule_weight, d.rule_weight),
+            limit_weight: weight(self, &r.limit_weight, d.limit_weight),
+            domain_share: weight(self, &r.domain_share, d.domain_share),
+            throttle,
+            quarantine: threshold(self, &r.quarantine_at, d.quarantine),
+            ban: threshold(self, &r.ban_at, d.ban),
+            exempt_jids,
+            exempt_domains: DomainPatterns::new(exempt_domains),
+        }
     }
 
     fn registration(&mut self, r: &RawRegistration) -> RegistrationConfig {

@@ -308,3 +308,16 @@ fn store_retention_errors_name_their_line() {
         .to_string();
     assert!(e.contains("unknown field `file`"), "{e}");
 }
+
+#[test]
+fn reputation_section_is_read() {
+    let c = parse(&format!(
+        "{MINIMAL}\n[reputation]\nreport_weight = 10\nthrottle_at = \"off\"\nquarantine_at = \"off\"\nban_at = 20\nexempt = [\"partner.example\", \"boss@example.org\"]\n"
+    ))
+    .unwrap();
+    let r = c.antispam.reputation.as_ref().expect("configured");
+    assert_eq!(r.ban, Some(20.0));
+    assert_eq!(r.quarantine, None);
+    assert!(r.throttle.is_none());
+    assert!(r.exempt_jids.contains("boss@example.org"));
+}

@@ -1,0 +1,324 @@
+//! Reputation: a score per JID and per domain, raised by spam reports from distinct
+//! users, by rules that report, and by limit hits, decaying by half every
+//! `half_life`. Thresholds put a sender under throttling, quarantine (its messages
+//! to people outside its contacts are held back) or a ban.
+//!
+//! Sans-IO and in memory, bounded; every change is also handed to a
+//! [`ReputationSink`] (a durable store, where one is configured). The lookups on the
+//! stanza path only read this table.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::antispam::DomainPatterns;
+use crate::limits::PerPeriod;
+use crate::rate::TokenBucket;
+use crate::table::BoundedTable;
+
+/// How reputation is scored and what the scores do.
+#[derive(Debug, Clone)]
+pub struct ReputationConfig {
+    /// A score halves in this time.
+    pub half_life: Duration,
+    /// Added per report from a user who had not reported the same JID before.
+    pub report_weight: f64,
+    /// Added per match of a rule with a `report` effect.
+    pub rule_weight: f64,
+    /// Added per limit hit (too many subscription requests or recipients).
+    pub limit_weight: f64,
+    /// The share of a JID's increase its domain gets too.
+    pub domain_share: f64,
+    /// At this score, the sender's messages and subscription requests are limited
+    /// to this rate.
+    pub throttle: Option<(f64, PerPeriod)>,
+    /// At this score, the sender's messages to non-contacts are held back.
+    pub quarantine: Option<f64>,
+    /// At this score, nothing from the sender passes (a local account's stream ends).
+    pub ban: Option<f64>,
+    /// Never scored: bare JIDs (lowercased) and domains (`*.` for subdomains).
+    pub exempt_jids: HashSet<String>,
+    pub exempt_domains: DomainPatterns,
+}
+
+impl Default for ReputationConfig {
+    fn default() -> Self {
+        ReputationConfig {
+            half_life: Duration::from_secs(24 * 3600),
+            report_weight: 10.0,
+            rule_weight: 5.0,
+            limit_weight: 1.0,
+            domain_share: 0.25,
+            throttle: Some((10.0, PerPeriod::new(6, Duration::from_secs(60)))),
+            quarantine: Some(20.0),
+            ban: Some(50.0),
+            exempt_jids: HashSet::new(),
+            exempt_domains: DomainPatterns::default(),
+        }
+    }
+}
+
+/// Where a sender stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Standing {
+    Good,
+    Throttled,
+    Quarantined,
+    Banned,
+}
+
+impl Standing {
+    pub fn name(self) -> &'static str {
+        match self {
+            Standing::Good => "good",
+            Standing::Throttled => "throttled",
+            Standing::Quarantined => "quarantined",
+            Standing::Banned => "banned",
+        }
+    }
+}
+
+/// Where score changes go besides memory.
+pub trait ReputationSink: Send + Sync + std::fmt::Debug {
+    /// `subject` (`jid:...` or `domain:...`) changed by `delta`, to `score` now.
+    fn adjusted(&self, subject: &str, delta: f64, score: f64);
+}
+
+#[derive(Debug)]
+struct Entry {
+    score: f64,
+    at: Instant,
+    throttle: TokenBucket,
+}
+
+impl Entry {
+    fn decayed(&self, now: Instant, half_life: Duration) -> f64 {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.score * 0.5f64.powf(elapsed / half_life.as_secs_f64().max(1.0))
+    }
+}
+
+/// Scores, shared by every connection; kept across reloads.
+#[derive(Debug)]
+pub struct ReputationState {
+    entries: Mutex<BoundedTable<String, Entry>>,
+    /// (reporter, offender) pairs already counted.
+    reporters: Mutex<BoundedTable<(String, String), ()>>,
+    sink: Mutex<Option<Arc<dyn ReputationSink>>>,
+}
+
+impl Default for ReputationState {
+    fn default() -> Self {
+        ReputationState::new(100_000)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn jid_key(bare: &str) -> String {
+    format!("jid:{bare}")
+}
+
+fn domain_key(domain: &str) -> String {
+    format!("domain:{domain}")
+}
+
+impl ReputationState {
+    pub fn new(cap: usize) -> ReputationState {
+        ReputationState {
+            entries: Mutex::new(BoundedTable::new("reputation", cap)),
+            reporters: Mutex::new(BoundedTable::new("reputation-reporters", cap)),
+            sink: Mutex::new(None),
+        }
+    }
+
+    pub fn set_sink(&self, sink: Arc<dyn ReputationSink>) {
+        *lock(&self.sink) = Some(sink);
+    }
+
+    fn exempt(config: &ReputationConfig, bare: &str) -> bool {
+        let domain = crate::stanza::domain_of(bare);
+        config.exempt_jids.contains(bare) || config.exempt_domains.matches(domain)
+    }
+
+    /// Raises the score of `jid` (a bare JID, or a domain) by `delta`, and its
+    /// domain's by the configured share. Returns the JID's new score.
+    pub fn add(&self, config: &ReputationConfig, jid: &str, delta: f64, now: Instant) -> f64 {
+        let bare = crate::stanza::bare_jid(jid);
+        if bare.is_empty() || Self::exempt(config, &bare) {
+            return 0.0;
+        }
+        let mut changes = Vec::with_capacity(2);
+        {
+            let mut t = lock(&self.entries);
+            let mut bump = |key: String, delta: f64| {
+                let e = t.entry(key.clone(), || Entry {
+                    score: 0.0,
+                    at: now,
+                    throttle: TokenBucket::new(),
+                });
+                e.score = e.decayed(now, config.half_life) + delta;
+                e.at = now;
+                changes.push((key, delta, e.score));
+            };
+            if bare.contains('@') {
+                bump(jid_key(&bare), delta);
+                let share = delta * config.domain_share;
+                if share > 0.0 {
+                    bump(domain_key(crate::stanza::domain_of(&bare)), share);
+                }
+            } else {
+                bump(domain_key(&bare), delta);
+            }
+        }
+        if let Some(sink) = lock(&self.sink).clone() {
+            for (key, delta, score) in &changes {
+                sink.adjusted(key, *delta, *score);
+            }
+        }
+        changes.first().map_or(0.0, |c| c.2)
+    }
+
+    /// A user reported `offender`: counts once per reporter and offender.
+    pub fn reported(
+        &self,
+        config: &ReputationConfig,
+        reporter: &str,
+        offender: &str,
+        now: Instant,
+    ) -> bool {
+        let pair = (reporter.to_owned(), crate::stanza::bare_jid(offender));
+        {
+            let mut r = lock(&self.reporters);
+            if r.peek(&pair).is_some() {
+                return false;
+            }
+            r.entry(pair, || ());
+        }
+        self.add(config, offender, config.report_weight, now);
+        true
+    }
+
+    /// The score of a bare JID or a domain now.
+    pub fn score(&self, config: &ReputationConfig, jid: &str, now: Instant) -> f64 {
+        let bare = crate::stanza::bare_jid(jid);
+        let key = if bare.contains('@') {
+            jid_key(&bare)
+        } else {
+            domain_key(&bare)
+        };
+        lock(&self.entries)
+            .peek(&key)
+            .map_or(0.0, |e| e.decayed(now, config.half_life))
+    }
+
+    /// Where `jid` stands: the worse of its own score and its domain's.
+    pub fn standing(&self, config: &ReputationConfig, jid: &str, now: Instant) -> Standing {
+        let bare = crate::stanza::bare_jid(jid);
+        if Self::exempt(config, &bare) {
+            return Standing::Good;
+        }
+        let t = lock(&self.entries);
+        if t.is_empty() {
+            return Standing::Good;
+        }
+        let own = t
+            .peek(&jid_key(&bare))
+            .map_or(0.0, |e| e.decayed(now, config.half_life));
+        let domain = t
+            .peek(&domain_key(crate::stanza::domain_of(&bare)))
+            .map_or(0.0, |e| e.decayed(now, config.half_life));
+        let score = own.max(domain);
+        if config.ban.is_some_and(|b| score >= b) {
+            Standing::Banned
+        } else if config.quarantine.is_some_and(|q| score >= q) {
+            Standing::Quarantined
+        } else if config.throttle.is_some_and(|(t, _)| score >= t) {
+            Standing::Throttled
+        } else {
+            Standing::Good
+        }
+    }
+
+    /// For a throttled sender: whether this stanza is over its rate (and counts it).
+    pub fn over_throttle(&self, config: &ReputationConfig, jid: &str, now: Instant) -> bool {
+        let Some((_, rate)) = config.throttle else {
+            return false;
+        };
+        let bare = crate::stanza::bare_jid(jid);
+        let mut t = lock(&self.entries);
+        let key = jid_key(&bare);
+        let e = t.entry(key, || Entry {
+            score: 0.0,
+            at: now,
+            throttle: TokenBucket::new(),
+        });
+        e.throttle.try_take(&rate.rate(), 1.0, now).is_err()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_from_distinct_users_raise_the_score_and_it_decays() {
+        let config = ReputationConfig::default();
+        let state = ReputationState::default();
+        let now = Instant::now();
+        assert!(state.reported(&config, "a@x", "spammer@spam.example", now));
+        assert!(
+            !state.reported(&config, "a@x", "spammer@spam.example", now),
+            "once per reporter"
+        );
+        assert!(state.reported(&config, "b@x", "Spammer@spam.example/r", now));
+        assert_eq!(state.score(&config, "spammer@spam.example", now), 20.0);
+        assert_eq!(state.score(&config, "spam.example", now), 5.0);
+        assert_eq!(
+            state.standing(&config, "spammer@spam.example", now),
+            Standing::Quarantined
+        );
+        let later = now + config.half_life;
+        assert_eq!(state.score(&config, "spammer@spam.example", later), 10.0);
+        assert_eq!(
+            state.standing(&config, "spammer@spam.example", later),
+            Standing::Throttled
+        );
+        let much_later = now + config.half_life * 10;
+        assert_eq!(
+            state.standing(&config, "spammer@spam.example", much_later),
+            Standing::Good
+        );
+    }
+
+    #[test]
+    fn a_bad_domain_drags_its_users_and_exemptions_hold() {
+        let mut config = ReputationConfig::default();
+        let state = ReputationState::default();
+        let now = Instant::now();
+        state.add(&config, "spam.example", 60.0, now);
+        assert_eq!(
+            state.standing(&config, "anyone@spam.example", now),
+            Standing::Banned
+        );
+        config.exempt_domains = DomainPatterns::new(["spam.example"]);
+        assert_eq!(
+            state.standing(&config, "anyone@spam.example", now),
+            Standing::Good
+        );
+        assert_eq!(state.add(&config, "x@spam.example", 60.0, now), 0.0);
+    }
+
+    #[test]
+    fn throttled_senders_get_the_configured_rate() {
+        let config = ReputationConfig::default();
+        let state = ReputationState::default();
+        let now = Instant::now();
+        let over: Vec<bool> = (0..8)
+            .map(|_| state.over_throttle(&config, "slow@x.example", now))
+            .collect();
+        assert_eq!(over, [false, false, false, false, false, false, true, true]);
+    }
+}
