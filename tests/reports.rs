@@ -189,3 +189,85 @@ keywords = ["casino"]
     assert_eq!(next_message_id(&mut bob), "ok");
     let _ = STANZAS;
 }
+
+/// One query's rows, each as its columns joined by `|`, read from the store file by
+/// another connection.
+fn rows(db: &std::path::Path, sql: &str) -> Vec<String> {
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap_or_else(|e| panic!("opening {}: {e}", db.display()));
+    let mut stmt = conn.prepare(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let columns = stmt.column_count();
+    let out = stmt
+        .query_map([], |r| {
+            (0..columns)
+                .map(|i| {
+                    let v: rusqlite::types::Value = r.get(i)?;
+                    Ok(match v {
+                        rusqlite::types::Value::Null => String::new(),
+                        rusqlite::types::Value::Integer(n) => n.to_string(),
+                        rusqlite::types::Value::Real(f) => f.to_string(),
+                        rusqlite::types::Value::Text(t) => t,
+                        rusqlite::types::Value::Blob(b) => String::from_utf8_lossy(&b).into_owned(),
+                    })
+                })
+                .collect::<rusqlite::Result<Vec<String>>>()
+                .map(|v| v.join("|"))
+        })
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    out.collect::<rusqlite::Result<Vec<_>>>()
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+#[test]
+fn reports_and_reputation_survive_a_restart() {
+    let state = tempfile::Builder::new()
+        .prefix("xmppwall-test-state-")
+        .tempdir()
+        .expect("a state directory");
+    let db = state.path().join("xmppwall.db");
+    let mut s = Setup::start(&format!(
+        "[store]\npath = {:?}\n\n[reputation]\nreport_weight = 10\nthrottle_at = \"off\"\nquarantine_at = \"off\"\nban_at = 15\n",
+        db.display().to_string()
+    ));
+    let carol_bare = format!("carol@{OTHER_DOMAIN}");
+    {
+        let (mut alice, _) = s.wall.login(ALICE, "a");
+        let (mut bob, _) = s.wall.login(BOB, "b");
+        report(&mut alice, "b1", &carol_bare, "s1");
+        report(&mut bob, "b2", &carol_bare, "s2");
+        for (c, id) in [(&mut alice, "u1"), (&mut bob, "u2")] {
+            c.send_raw(format!(
+                "<iq type='set' id='{id}'><unblock xmlns='urn:xmpp:blocking'/></iq>"
+            ));
+            c.read_element_matching(|e| xml::root_attr(e, "id").as_deref() == Some(id));
+        }
+    }
+    let reports_sql = "SELECT reporter, subject, reason, text, stanza_ids FROM reports ORDER BY id";
+    let expected = vec![
+        format!("alice@example.test|{carol_bare}|spam|unsolicited offers|{carol_bare}/s1"),
+        format!("bob@example.test|{carol_bare}|spam|unsolicited offers|{carol_bare}/s2"),
+    ];
+    // Stored as they pass (a task per report: wait, bounded, for both).
+    support::process::wait_until(support::IO_TIMEOUT, "two stored reports", || {
+        (rows(&db, reports_sql) == expected).then_some(())
+    });
+    support::process::wait_until(support::IO_TIMEOUT, "stored scores", || {
+        (rows(&db, "SELECT subject FROM reputation ORDER BY subject")
+            == [
+                format!("domain:{OTHER_DOMAIN}"),
+                format!("jid:{carol_bare}"),
+            ])
+        .then_some(())
+    });
+
+    s.wall.kill_and_restart();
+    assert_eq!(rows(&db, reports_sql), expected);
+    // The score came back: Carol is still banned after the restart.
+    let (mut alice, alice_jid) = s.wall.login(ALICE, "a2");
+    let (mut carol, _) = s.remote("carol");
+    let (mut dave, _) = s.remote("dave");
+    send_routed(&mut carol, &alice_jid, "carol-after");
+    send_routed(&mut dave, &alice_jid, "dave-after");
+    assert_eq!(next_message_id(&mut alice), "dave-after");
+}

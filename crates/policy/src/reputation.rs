@@ -80,8 +80,10 @@ impl Standing {
 
 /// Where score changes go besides memory.
 pub trait ReputationSink: Send + Sync + std::fmt::Debug {
-    /// `subject` (`jid:...` or `domain:...`) changed by `delta`, to `score` now.
-    fn adjusted(&self, subject: &str, delta: f64, score: f64);
+    /// `subject` (`jid:...` or `domain:...`) has `score` now, as of this change;
+    /// `stored_delta` takes the score as of its previous change to it (decay is
+    /// applied when read: a stored score is the one at its change time).
+    fn adjusted(&self, subject: &str, stored_delta: f64, score: f64);
 }
 
 #[derive(Debug)]
@@ -159,9 +161,10 @@ impl ReputationState {
                     at: now,
                     throttle: TokenBucket::new(),
                 });
+                let previous = e.score;
                 e.score = e.decayed(now, config.half_life) + delta;
                 e.at = now;
-                changes.push((key, delta, e.score));
+                changes.push((key, e.score - previous, e.score));
             };
             if bare.contains('@') {
                 bump(jid_key(&bare), delta);
@@ -179,6 +182,18 @@ impl ReputationState {
             }
         }
         changes.first().map_or(0.0, |c| c.2)
+    }
+
+    /// Puts back a score kept elsewhere (`subject` as the sink names it), as of `at`.
+    pub fn restore(&self, subject: &str, score: f64, at: Instant) {
+        if !(subject.starts_with("jid:") || subject.starts_with("domain:")) || !score.is_finite() {
+            return;
+        }
+        lock(&self.entries).entry(subject.to_owned(), || Entry {
+            score,
+            at,
+            throttle: TokenBucket::new(),
+        });
     }
 
     /// A user reported `offender`: counts once per reporter and offender.

@@ -7,6 +7,7 @@
 pub mod c2s;
 pub mod component;
 pub mod config;
+pub mod durable;
 pub mod enforce;
 pub mod io;
 pub mod peer;

@@ -64,6 +64,7 @@ impl Shared {
         let upstream_tls = upstream_tls(&config)?;
         let limiter =
             Limiter::new(config.policy_limits.clone()).with_antispam(config.antispam.clone());
+        crate::durable::attach(&limiter, &store);
         let sink = store.clone();
         limiter.state.observe_bans(Box::new(move |ban| {
             sink.submit_ban(Ban::new(
@@ -208,6 +209,7 @@ pub async fn serve(
         }
     }
     shared.restore_bans().await;
+    crate::durable::restore_reputation(&shared.limiter.load(), &shared.store).await;
     let tracker = TaskTracker::new();
     // Real-time block lists: followed from start to shutdown (changes need a restart).
     for rtbl in shared.config.load().rtbl.clone() {

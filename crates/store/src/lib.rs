@@ -323,6 +323,15 @@ impl Store {
         }
     }
 
+    /// Every subject with a score, most recently changed first, at most `limit` (to
+    /// restore scores at start).
+    pub async fn reputations(&self, limit: usize) -> Result<Vec<Reputation>, StoreError> {
+        match self.request(|r| Command::Reputations(limit, r)).await? {
+            Answer::Reputations(v) => Ok(v),
+            _ => Ok(Vec::new()),
+        }
+    }
+
     /// Adds `delta` to a subject's score (committed when this returns); returns the new
     /// entry.
     pub async fn adjust_reputation(
@@ -417,6 +426,7 @@ enum Answer {
     Bans(Vec<Ban>),
     Reports(Vec<Report>),
     Reputation(Reputation),
+    Reputations(Vec<Reputation>),
     Connections(Vec<ConnectionRecord>),
     Verdicts(Vec<VerdictRecord>),
 }

@@ -54,6 +54,8 @@ pub struct Report {
     pub reason: String,
     /// Free text the reporter added (never a stanza body unless the reporter put it there).
     pub text: Option<String>,
+    /// The ids of the reported stanzas (XEP-0359 `by/id`), if the report names any.
+    pub stanza_ids: Vec<String>,
 }
 
 /// A subject's (JID's or address's) standing.

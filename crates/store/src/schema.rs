@@ -75,6 +75,8 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         action TEXT NOT NULL
      );
      CREATE INDEX verdicts_at ON verdicts (at_ms);",
+    // 3: the XEP-0359 stanza ids a report names, one per line.
+    "ALTER TABLE reports ADD COLUMN stanza_ids TEXT;",
 ];
 
 fn describe(path: Option<&Path>) -> String {

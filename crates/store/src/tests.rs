@@ -56,6 +56,7 @@ fn report(at: SystemTime) -> Report {
         subject: "spammer@example.net".into(),
         reason: "spam".into(),
         text: Some("buy now".into()),
+        stanza_ids: vec!["spammer@example.net/id-1".into()],
     }
 }
 

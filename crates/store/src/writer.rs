@@ -30,6 +30,7 @@ pub(crate) enum Command {
     AddReport(Report, Reply),
     Reports(Option<String>, usize, Reply),
     Reputation(String, Reply),
+    Reputations(usize, Reply),
     AdjustReputation(String, f64, SystemTime, Reply),
     Connection(ConnectionRecord),
     Verdict(VerdictRecord),
@@ -154,6 +155,7 @@ impl Writer {
                         (reply, reports(tx, subject.as_deref(), limit))
                     }
                     Command::Reputation(subject, reply) => (reply, reputation(tx, &subject)),
+                    Command::Reputations(limit, reply) => (reply, reputations(tx, limit)),
                     Command::AdjustReputation(subject, delta, now, reply) => {
                         (reply, adjust_reputation(tx, &subject, delta, now))
                     }
@@ -270,21 +272,23 @@ fn active_bans(tx: &Transaction<'_>, now: SystemTime) -> rusqlite::Result<Answer
 
 fn add_report(tx: &Transaction<'_>, report: &Report) -> rusqlite::Result<Answer> {
     tx.prepare_cached(
-        "INSERT INTO reports (at_ms, reporter, subject, reason, text) VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT INTO reports (at_ms, reporter, subject, reason, text, stanza_ids)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?
     .execute(params![
         ms(report.at),
         report.reporter,
         report.subject,
         report.reason,
-        report.text
+        report.text,
+        (!report.stanza_ids.is_empty()).then(|| report.stanza_ids.join("\n"))
     ])?;
     Ok(Answer::Id(tx.last_insert_rowid()))
 }
 
 fn reports(tx: &Transaction<'_>, subject: Option<&str>, limit: usize) -> rusqlite::Result<Answer> {
     let mut stmt = tx.prepare_cached(
-        "SELECT id, at_ms, reporter, subject, reason, text FROM reports
+        "SELECT id, at_ms, reporter, subject, reason, text, stanza_ids FROM reports
          WHERE ?1 IS NULL OR subject = ?1 ORDER BY at_ms DESC, id DESC LIMIT ?2",
     )?;
     let rows = stmt.query_map(params![subject, limit as i64], |r| {
@@ -295,6 +299,10 @@ fn reports(tx: &Transaction<'_>, subject: Option<&str>, limit: usize) -> rusqlit
             subject: r.get(3)?,
             reason: r.get(4)?,
             text: r.get(5)?,
+            stanza_ids: r
+                .get::<_, Option<String>>(6)?
+                .map(|s| s.lines().map(str::to_owned).collect())
+                .unwrap_or_default(),
         })
     })?;
     rows.collect::<rusqlite::Result<Vec<_>>>()
@@ -311,6 +319,21 @@ fn reputation(tx: &Transaction<'_>, subject: &str) -> rusqlite::Result<Answer> {
         score: row.map_or(0.0, |r| r.0),
         updated: row.map(|r| time(r.1)),
     }))
+}
+
+fn reputations(tx: &Transaction<'_>, limit: usize) -> rusqlite::Result<Answer> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT subject, score, updated_ms FROM reputation ORDER BY updated_ms DESC LIMIT ?1",
+    )?;
+    let rows = stmt.query_map(params![limit as i64], |r| {
+        Ok(Reputation {
+            subject: r.get(0)?,
+            score: r.get(1)?,
+            updated: Some(time(r.get(2)?)),
+        })
+    })?;
+    rows.collect::<rusqlite::Result<Vec<_>>>()
+        .map(Answer::Reputations)
 }
 
 fn adjust_reputation(
