@@ -271,3 +271,68 @@ fn reports_and_reputation_survive_a_restart() {
     send_routed(&mut dave, &alice_jid, "dave-after");
     assert_eq!(next_message_id(&mut alice), "dave-after");
 }
+
+#[test]
+fn a_throttled_account_is_slowed_and_rules_see_its_standing() {
+    let s = Setup::start(
+        r#"
+[reputation]
+rule_weight = 12
+throttle_at = 10
+throttle_rate = "2/1h"
+quarantine_at = "off"
+ban_at = "off"
+
+[[rule]]
+name = "casino"
+action = "drop"
+report = "casino spam"
+[rule.match]
+kind = ["message"]
+keywords = ["casino"]
+
+[[rule]]
+name = "no-links-while-throttled"
+action = "bounce"
+bounce = { type = "modify", condition = "not-acceptable", text = "no links from this account for now" }
+[rule.match]
+mark = "reputation:throttled"
+url_count = 1
+"#,
+    );
+    let (mut alice, alice_jid) = s.wall.login(ALICE, "a");
+    let (mut bob, bob_jid) = s.wall.login(BOB, "b");
+    let chat = |id: &str, body: &str| {
+        format!("<message to='{bob_jid}' id='{id}' type='chat'><body>{body}</body></message>")
+    };
+    // A link passes while Alice is in good standing.
+    alice.send_raw(chat("link-0", "see https://shop.example/"));
+    assert_eq!(next_message_id(&mut bob), "link-0");
+    alice.send_raw(chat("spam", "casino night"));
+    // Throttled now (12): the rule sees the mark and bounces the link...
+    alice.send_raw(chat("link-1", "see https://shop.example/"));
+    let reply = alice.read_element_matching(by_id("link-1"));
+    assert_eq!(
+        reply,
+        format!(
+            "<message type='error' id='link-1' from='{bob_jid}' to='{alice_jid}'><error type='modify'>\
+             <not-acceptable xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>\
+             <text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas' xml:lang='en'>no links from this account for now</text>\
+             </error></message>"
+        )
+    );
+    // ... and at most two messages an hour get through (the bounced one counted).
+    alice.send_raw(chat("m2", "hello"));
+    assert_eq!(next_message_id(&mut bob), "m2");
+    alice.send_raw(chat("m3", "hello again"));
+    let reply = alice.read_element_matching(by_id("m3"));
+    assert_eq!(
+        reply,
+        format!(
+            "<message type='error' id='m3' from='{bob_jid}' to='{alice_jid}'><error type='wait'>\
+             <policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>\
+             <text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas' xml:lang='en'>this account is slowed down: \
+             at most 2 messages per 1h</text></error></message>"
+        )
+    );
+}

@@ -769,6 +769,42 @@ impl C2sSession {
         )
     }
 
+    /// `[reputation]` as marks rules can test: `reputation:throttled`,
+    /// `reputation:quarantined`, `reputation:banned`, each set when the other party
+    /// (the sender of a stanza to the client; the account itself otherwise) stands
+    /// there or worse.
+    fn reputation_marks(
+        &self,
+        hook: Hook,
+        stanza: Option<&Stanza<'_>>,
+        marks: &mut Marks,
+        now: Instant,
+    ) {
+        let limiter = self.limiter.load();
+        if limiter.antispam.reputation.is_none() {
+            return;
+        }
+        let whom = match hook {
+            Hook::ToClient => stanza.and_then(|s| s.from()).map(|f| bare_jid(&f)),
+            _ => self.conn.account.clone(),
+        };
+        let Some(whom) = whom else { return };
+        let standing = limiter
+            .state
+            .antispam
+            .standing(&limiter.antispam, &whom, now);
+        let until = now + std::time::Duration::from_secs(1);
+        for (level, mark) in [
+            (Standing::Throttled, "reputation:throttled"),
+            (Standing::Quarantined, "reputation:quarantined"),
+            (Standing::Banned, "reputation:banned"),
+        ] {
+            if standing >= level {
+                marks.set(mark, until);
+            }
+        }
+    }
+
     /// Whether the recipient is not among the contacts xmppwall saw (or no roster
     /// was seen: a quarantined account gets no benefit of the doubt).
     fn recipient_unknown(&self, stanza: &Stanza<'_>) -> bool {
@@ -782,7 +818,7 @@ impl C2sSession {
         self.contacts.as_ref().is_none_or(|c| c.peek(&to).is_none())
     }
 
-    /// The sender's reputation for a stanza to the client: banned senders are
+    /// A remote sender's reputation for a stanza to the client: banned senders are
     /// dropped, quarantined ones when they are strangers, throttled ones over the
     /// rate.
     fn reputation_holds_back(&mut self, stanza: &Stanza<'_>, now: Instant) -> bool {
@@ -794,6 +830,13 @@ impl C2sSession {
             return false;
         };
         let from = bare_jid(&from);
+        // Local accounts are judged once, on their own stream towards the server.
+        if limiter.antispam.is_local(
+            xmppwall_policy::stanza::domain_of(&from),
+            self.conn.account.as_deref(),
+        ) {
+            return false;
+        }
         let held = match limiter
             .state
             .antispam
@@ -974,6 +1017,7 @@ impl C2sSession {
         if let Some(account) = &self.conn.account {
             self.limiter.load().add_account_marks(account, &mut marks);
         }
+        self.reputation_marks(hook, stanza, &mut marks, now);
         let stranger = stanza.and_then(|st| self.stranger(hook, st));
         let mechanism = match &self.auth {
             Auth::InProgress { mechanism } | Auth::Authenticated { mechanism } => {
