@@ -72,7 +72,7 @@ pub const ACCOUNTS: [Account; 3] = [ALICE, BOB, CAROL];
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The last `max` bytes of a log, for panic messages that stay readable.
-pub(crate) fn tail(text: &str, max: usize) -> &str {
+pub fn tail(text: &str, max: usize) -> &str {
     if text.len() <= max {
         return text;
     }

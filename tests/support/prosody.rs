@@ -52,6 +52,13 @@ pub struct ProsodyOptions {
     /// A XEP-0060 publish-subscribe service at [`PUBSUB_DOMAIN`] (Prosody's `pubsub`
     /// component), nodes kept up to 256 items, `carol@example.test` its admin.
     pub pubsub: bool,
+    /// The one domain to host instead of [`DOMAIN`] and [`OTHER_DOMAIN`] (a second
+    /// server for federation tests); the test accounts are registered on it, and
+    /// with `tls` the certificate is for it.
+    pub domain: Option<String>,
+    /// Outgoing server-to-server connections for these domains go to these addresses
+    /// instead of DNS (tests/support/prosody_modules/mod_test_s2s_routes.lua).
+    pub s2s_routes: Vec<(String, SocketAddr)>,
 }
 
 /// The publish-subscribe service's JID with `pubsub`.
@@ -99,9 +106,10 @@ impl Prosody {
         for d in [&data, &certs] {
             std::fs::create_dir(d).unwrap_or_else(|e| panic!("creating {}: {e}", d.display()));
         }
-        let cert = options
-            .tls
-            .then(|| TestCert::generate(&[DOMAIN, OTHER_DOMAIN]));
+        let cert = options.tls.then(|| match &options.domain {
+            Some(domain) => TestCert::generate(&[domain]),
+            None => TestCert::generate(&[DOMAIN, OTHER_DOMAIN]),
+        });
 
         let c2s = free_loopback_addr();
         let c2s_direct_tls = options.tls.then(free_loopback_addr);
@@ -128,8 +136,9 @@ impl Prosody {
         std::fs::write(&config_path, config)
             .unwrap_or_else(|e| panic!("writing {}: {e}", config_path.display()));
 
+        let host = options.domain.as_deref().unwrap_or(DOMAIN);
         for account in ACCOUNTS {
-            prosodyctl_register(&config_path, account.user, DOMAIN, account.password);
+            prosodyctl_register(&config_path, account.user, host, account.password);
         }
 
         let mut command = Command::new("prosody");
@@ -141,7 +150,7 @@ impl Prosody {
             "answer a stream header on c2s",
             &mut process,
             STARTUP_TIMEOUT,
-            || stream_answers(c2s).then_some(()),
+            || stream_answers(c2s, host).then_some(()),
             describe,
         );
 
@@ -224,9 +233,13 @@ fn render_config(input: &ConfigInput<'_>) -> String {
         "private",
         "time",
         "version",
+        "dialback",
     ];
     if options.http {
         modules.extend(["bosh", "websocket"]);
+    }
+    if !options.s2s_routes.is_empty() {
+        modules.push("test_s2s_routes");
     }
     let modules: Vec<String> = modules.iter().map(|m| format!("{m:?}")).collect();
 
@@ -285,9 +298,32 @@ fn render_config(input: &ConfigInput<'_>) -> String {
             cert.chain_path, cert.key_path
         ));
     }
+    if !options.s2s_routes.is_empty() {
+        line(format!(
+            "plugin_paths = {{ {:?} }}",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/prosody_modules")
+        ));
+        let routes: Vec<String> = options
+            .s2s_routes
+            .iter()
+            .map(|(domain, addr)| {
+                format!(
+                    "[{domain:?}] = {{ {:?}, {} }}",
+                    addr.ip().to_string(),
+                    addr.port()
+                )
+            })
+            .collect();
+        line(format!("test_s2s_routes = {{ {} }}", routes.join("; ")));
+    }
     line(options.extra_global_config.clone());
-    line(format!("VirtualHost {DOMAIN:?}"));
-    line(format!("VirtualHost {OTHER_DOMAIN:?}"));
+    match &options.domain {
+        Some(domain) => line(format!("VirtualHost {domain:?}")),
+        None => {
+            line(format!("VirtualHost {DOMAIN:?}"));
+            line(format!("VirtualHost {OTHER_DOMAIN:?}"));
+        }
+    }
     if options.pubsub {
         line(format!("Component {PUBSUB_DOMAIN:?} \"pubsub\""));
         line(format!("    admins = {{ \"carol@{DOMAIN}\" }}"));
@@ -318,13 +354,13 @@ fn prosodyctl_register(config: &Path, user: &str, host: &str, password: &str) {
 
 /// Whether a stream header sent to `addr` is answered with stream features: Prosody has
 /// not only bound the port but also loaded the host and its modules.
-fn stream_answers(addr: SocketAddr) -> bool {
+fn stream_answers(addr: SocketAddr, domain: &str) -> bool {
     let attempt = || -> std::io::Result<bool> {
         let mut tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
         tcp.set_read_timeout(Some(Duration::from_secs(2)))?;
         write!(
             tcp,
-            "<?xml version='1.0'?><stream:stream to='{DOMAIN}' version='1.0' \
+            "<?xml version='1.0'?><stream:stream to='{domain}' version='1.0' \
              xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>"
         )?;
         let deadline = Instant::now() + Duration::from_secs(2);

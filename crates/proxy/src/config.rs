@@ -160,10 +160,6 @@ pub struct Component {
 /// how the egress reaches remote servers.
 #[derive(Debug, Clone, Default)]
 pub struct S2s {
-    /// Remote domains (and their subdomains) allowed to federate; empty: any.
-    pub allow_domains: Vec<String>,
-    /// Remote domains (and their subdomains) refused, inbound and outbound.
-    pub deny_domains: Vec<String>,
     /// PEM roots that peer certificates are validated against; `None`: the bundled
     /// web PKI roots.
     pub ca: Option<PathBuf>,
@@ -180,20 +176,6 @@ pub struct S2s {
 }
 
 impl S2s {
-    /// Whether `domain` may federate: not denied, and allowed when an allow list is
-    /// set. Lists match the domain and its subdomains by label.
-    pub fn permits(&self, domain: &str) -> bool {
-        let under = |list: &[String]| {
-            list.iter().any(|d| {
-                domain == d
-                    || domain
-                        .strip_suffix(d.as_str())
-                        .is_some_and(|rest| rest.ends_with('.'))
-            })
-        };
-        !under(&self.deny_domains) && (self.allow_domains.is_empty() || under(&self.allow_domains))
-    }
-
     /// The static route for `domain`, if any.
     pub fn route(&self, domain: &str) -> Option<SocketAddr> {
         self.routes
@@ -591,10 +573,10 @@ impl Checker<'_> {
                     );
                 }
                 let upstream = l.upstream.as_ref().and_then(|u| self.address(u));
-                if matches!(l.front, Front::S2s | Front::S2sEgress) {
+                if l.front == Front::S2sEgress {
                     self.problem(
                         l.address.span(),
-                        "the s2s fronts are not available in this version; use front = \"c2s\" or \"component\"".into(),
+                        "the s2s-egress front is not available in this version; use front = \"c2s\", \"s2s\" or \"component\"".into(),
                     );
                 }
                 if l.front == Front::S2sEgress && tls_mode != ListenerTls::None {
@@ -999,19 +981,6 @@ impl Checker<'_> {
         let Some(raw) = raw else {
             return S2s::default();
         };
-        let domains = |c: &mut Self, list: &[Spanned<String>]| -> Vec<String> {
-            list.iter()
-                .map(|d| {
-                    let name = d.get_ref().trim_end_matches('.').to_ascii_lowercase();
-                    if name.is_empty() || name.contains(['@', '/', ' ']) {
-                        c.problem(d.span(), format!("{:?} is not a domain name", d.get_ref()));
-                    }
-                    name
-                })
-                .collect()
-        };
-        let allow_domains = domains(self, &raw.allow_domains);
-        let deny_domains = domains(self, &raw.deny_domains);
         let mut routes = Vec::new();
         for (domain, address) in &raw.routes {
             if let Some(a) = self.address(address) {
@@ -1020,8 +989,6 @@ impl Checker<'_> {
         }
         routes.sort();
         S2s {
-            allow_domains,
-            deny_domains,
             ca: raw.ca.as_ref().map(|ca| self.readable_file(ca, "CA file")),
             require_certificate: raw.require_certificate,
             routes,
@@ -1096,10 +1063,6 @@ struct RawComponent {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawS2s {
-    #[serde(default)]
-    allow_domains: Vec<Spanned<String>>,
-    #[serde(default)]
-    deny_domains: Vec<Spanned<String>>,
     ca: Option<Spanned<String>>,
     #[serde(default)]
     require_certificate: bool,

@@ -15,6 +15,7 @@ pub mod proxy_header;
 pub mod recorder;
 pub mod relay;
 pub mod rtbl;
+pub mod s2s;
 pub mod server;
 pub mod session;
 pub mod stats;

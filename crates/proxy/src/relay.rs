@@ -24,7 +24,9 @@ use crate::c2s::Admission;
 use crate::component::ComponentSession;
 use crate::config::{Config, Front, Listener, ListenerTls};
 use crate::io::{read_into, BoxIo, Rewind};
-use crate::peer::{self, PeerAction, PeerContext, PeerHeader, PeerSession, COMPONENT_NS};
+use crate::peer::{
+    self, PeerAction, PeerContext, PeerHeader, PeerSession, COMPONENT_NS, SERVER_NS,
+};
 use crate::proxy_header;
 use crate::server::Shared;
 use crate::stats::Stats;
@@ -140,9 +142,10 @@ impl PeerConnection {
     async fn run(self, tcp: TcpStream) -> End {
         match self.listener.front {
             Front::Component => self.component(tcp).await,
+            Front::S2s => self.s2s_inbound(tcp).await,
             // Refused by the configuration check until implemented; dispatched to
             // crate::c2s by the server.
-            Front::S2s | Front::S2sEgress | Front::C2s => {
+            Front::S2sEgress | Front::C2s => {
                 drop(tcp);
                 End::PeerClosed
             }
@@ -230,12 +233,208 @@ impl PeerConnection {
         self.relay(io, server, reader, Mutex::new(session)).await
     }
 
+    /// The inbound server-to-server front: STARTTLS answered by xmppwall (or direct
+    /// TLS, XEP-0368), the peer's certificate asked for, the post-TLS header checked,
+    /// then the server connection and the relay (see [`crate::s2s`]).
+    async fn s2s_inbound(mut self, tcp: TcpStream) -> End {
+        let budgets = self.config.limits.framer_budgets();
+        let (mut io, chain): (BoxIo, _) = match self.listener.tls {
+            ListenerTls::None => (Box::new(tcp), Vec::new()),
+            ListenerTls::Direct => {
+                match self
+                    .accept_s2s_tls(Rewind::new(BytesMut::new(), tcp), None)
+                    .await
+                {
+                    Ok(x) => x,
+                    Err(end) => return end,
+                }
+            }
+            ListenerTls::Starttls => {
+                let mut plain = tcp;
+                let mut reader = FrameReader::new(budgets.before);
+                let (header, len) = match self
+                    .read_header(&mut plain, &mut reader, SERVER_NS, None)
+                    .await
+                {
+                    Ok(h) => h,
+                    Err(end) => return end,
+                };
+                reader.consume(len);
+                if let Err(error) = self.check_s2s_header(&header) {
+                    let local = header.to.clone();
+                    return self
+                        .refuse_before_header(&mut plain, SERVER_NS, local.as_deref(), error)
+                        .await;
+                }
+                // RFC 6120 §5.3.1, §5.4.2: xmppwall answers the stream itself (the
+                // dialback namespace declared, XEP-0220 §2.1.1) and offers only
+                // STARTTLS, as mandatory-to-negotiate.
+                let mut out =
+                    peer::response_header(SERVER_NS, header.to.as_deref(), header.from.as_deref());
+                out.extend_from_slice(crate::session::STARTTLS_FEATURES);
+                if let Err(e) = plain.write_all(&out).await {
+                    return End::PeerIo(e);
+                }
+                loop {
+                    match reader
+                        .next(&mut plain, 0, self.preauth_deadline, &mut self.shutdown)
+                        .await
+                    {
+                        ReadOutcome::Frame(Token::Whitespace, len) => reader.consume(len),
+                        ReadOutcome::Frame(Token::Element, len) => {
+                            let is_starttls =
+                                xmppwall_xml::view::StartTag::parse(&reader.buf[..len])
+                                    .is_some_and(|t| {
+                                        t.local_name() == b"starttls"
+                                            && crate::session::namespace(&t, SERVER_NS)
+                                                == crate::session::TLS_NS
+                                    });
+                            reader.consume(len);
+                            if is_starttls {
+                                break;
+                            }
+                            let error = StreamError::new(StreamCondition::PolicyViolation)
+                                .with_text("STARTTLS is required before anything else");
+                            let bytes = error.to_bytes(Some("stream"));
+                            return refuse(&self.shared, &mut plain, bytes, error.condition).await;
+                        }
+                        ReadOutcome::Frame(..) | ReadOutcome::Closed => {
+                            let _ = plain.write_all(b"</stream:stream>").await;
+                            return End::PeerClosed;
+                        }
+                        ReadOutcome::Io(e) => return End::PeerIo(e),
+                        ReadOutcome::TimedOut => {
+                            let error = StreamError::new(StreamCondition::ConnectionTimeout);
+                            let bytes = error.to_bytes(Some("stream"));
+                            return refuse(&self.shared, &mut plain, bytes, error.condition).await;
+                        }
+                        ReadOutcome::Shutdown => {
+                            let error = StreamError::new(StreamCondition::SystemShutdown);
+                            let bytes = error.to_bytes(Some("stream"));
+                            let _ = refuse(&self.shared, &mut plain, bytes, error.condition).await;
+                            return End::Shutdown;
+                        }
+                        ReadOutcome::Framing(e) => {
+                            let error = framing_error(e);
+                            let bytes = error.to_bytes(Some("stream"));
+                            return refuse(&self.shared, &mut plain, bytes, error.condition).await;
+                        }
+                    }
+                }
+                if let Err(e) = plain.write_all(crate::session::STARTTLS_PROCEED).await {
+                    return End::PeerIo(e);
+                }
+                // Bytes after <starttls/> start the TLS handshake (RFC 6120 §5.4.3.3).
+                // The pre-TLS stream was plain TCP: take the socket back out.
+                let rest = std::mem::take(&mut reader.buf);
+                match self
+                    .accept_s2s_tls(Rewind::new(rest, plain), header.to.as_deref())
+                    .await
+                {
+                    Ok(x) => x,
+                    Err(end) => return end,
+                }
+            }
+        };
+        let mut reader = FrameReader::new(budgets.before);
+        let (header, header_len) = match self
+            .read_header(&mut io, &mut reader, SERVER_NS, None)
+            .await
+        {
+            Ok(h) => h,
+            Err(end) => return end,
+        };
+        if let Err(error) = self.check_s2s_header(&header) {
+            let local = header.to.clone();
+            return self
+                .refuse_before_header(&mut io, SERVER_NS, local.as_deref(), error)
+                .await;
+        }
+        let cert = (!chain.is_empty()).then(|| crate::tls::PeerCertificate {
+            chain,
+            verifier: self.shared.s2s_tls.load().verifier.clone(),
+        });
+        debug!(from = ?header.from, to = ?header.to, certificate = cert.is_some(), "remote server stream header");
+        let mut server = match self.connect_server().await {
+            Ok(s) => s,
+            Err(end) => {
+                let error = StreamError::new(StreamCondition::RemoteConnectionFailed)
+                    .with_text("the server is not reachable");
+                let local = header.to.clone();
+                let _ = self
+                    .refuse_before_header(&mut io, SERVER_NS, local.as_deref(), error)
+                    .await;
+                return end;
+            }
+        };
+        let mut first =
+            proxy_header::header(self.config.upstream.proxy_protocol, self.peer, self.local);
+        first.extend_from_slice(&reader.buf[..header_len]);
+        reader.consume(header_len);
+        if let Err(e) = server.write_all(&first).await {
+            return End::ServerIo(e);
+        }
+        let session = crate::s2s::S2sInboundSession::new(
+            self.context(),
+            self.config.s2s.clone(),
+            self.config.domains.clone(),
+            header.to.clone(),
+            cert,
+        );
+        self.relay(io, server, reader, Mutex::new(session)).await
+    }
+
+    /// The checks of a remote server's stream header: a hosted `to` (RFC 6120
+    /// §4.9.3.6 `<host-unknown/>`), a `from` the `[federation]` lists allow
+    /// (`<policy-violation/>`, §4.9.3.15), no ban on the address.
+    fn check_s2s_header(&self, header: &PeerHeader) -> Result<(), StreamError> {
+        if let Some(until) = self.admission.banned_until {
+            return Err(xmppwall_policy::limiter::banned_error(until));
+        }
+        let hosted = &self.config.domains;
+        match &header.to {
+            None if !hosted.is_empty() => {
+                return Err(StreamError::new(StreamCondition::HostUnknown)
+                    .with_text("the stream header has no 'to' address"))
+            }
+            Some(to) if !hosted.is_empty() && !hosted.iter().any(|d| peer::is_within(to, d)) => {
+                return Err(StreamError::new(StreamCondition::HostUnknown)
+                    .with_text(format!("this server does not host {to}")))
+            }
+            _ => {}
+        }
+        if let Some(from) = &header.from {
+            if self
+                .shared
+                .limiter
+                .load()
+                .antispam
+                .federation_refuses(from, None)
+            {
+                info!(remote = %from, "stream from a denied domain refused");
+                return Err(StreamError::new(StreamCondition::PolicyViolation)
+                    .with_text(format!("federation with {from} is not allowed")));
+            }
+        }
+        Ok(())
+    }
+
+    /// TLS for a remote server: the certificate for the name it asked for, and
+    /// its own certificate asked for.
+    async fn accept_s2s_tls(
+        &self,
+        tcp: Rewind<TcpStream>,
+        fallback_name: Option<&str>,
+    ) -> Result<(BoxIo, Vec<rustls::pki_types::CertificateDer<'static>>), End> {
+        self.accept_tls_with(tcp, fallback_name, true).await
+    }
+
     /// Reads the optional XML declaration and the stream header, and checks its
     /// namespaces. Returns the header and how many bytes it took (kept in
     /// `reader.buf`, to be replayed to the server).
-    pub(crate) async fn read_header(
+    pub(crate) async fn read_header<S: tokio::io::AsyncRead + AsyncWrite + Unpin>(
         &mut self,
-        io: &mut BoxIo,
+        io: &mut S,
         reader: &mut FrameReader,
         content_ns: &str,
         local_domain: Option<&str>,
@@ -308,18 +507,18 @@ impl PeerConnection {
         tcp: Rewind<TcpStream>,
         fallback_name: Option<&str>,
     ) -> Result<BoxIo, End> {
-        self.accept_tls_with(tcp, fallback_name, |c| c)
+        self.accept_tls_with(tcp, fallback_name, false)
             .await
             .map(|(io, _)| io)
     }
 
-    /// Like [`Self::accept_tls`], letting `adapt` change the server configuration
-    /// chosen by name; also returns the peer's certificate chain, if it sent one.
+    /// Like [`Self::accept_tls`], with the server-to-server configuration when
+    /// `s2s` is set; also returns the peer's certificate chain, if it sent one.
     pub(crate) async fn accept_tls_with(
         &self,
         tcp: Rewind<TcpStream>,
         fallback_name: Option<&str>,
-        adapt: impl FnOnce(Arc<rustls::ServerConfig>) -> Arc<rustls::ServerConfig>,
+        s2s: bool,
     ) -> Result<(BoxIo, Vec<rustls::pki_types::CertificateDer<'static>>), End> {
         let handshake = async {
             let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp).await?;
@@ -328,10 +527,15 @@ impl PeerConnection {
                 .server_name()
                 .map(str::to_owned)
                 .or_else(|| fallback_name.map(str::to_owned));
-            let Some(config) = self.shared.certs.config_for(name.as_deref()) else {
+            let config = if s2s {
+                self.shared.certs.s2s_config_for(name.as_deref())
+            } else {
+                self.shared.certs.config_for(name.as_deref())
+            };
+            let Some(config) = config else {
                 return Err(io::Error::other("no certificate configured"));
             };
-            start.into_stream(adapt(config)).await
+            start.into_stream(config).await
         };
         match tokio::time::timeout_at(self.preauth_deadline, handshake).await {
             Ok(Ok(tls)) => {

@@ -39,6 +39,8 @@ pub struct Shared {
     pub policy: Arc<ArcSwap<Policy>>,
     pub certs: CertStore,
     pub upstream_tls: ArcSwap<UpstreamTlsConfig>,
+    /// How remote servers' certificates are checked (`[s2s]`), swapped on reload.
+    pub s2s_tls: ArcSwap<tls::S2sTls>,
     pub stats: Stats,
     /// The stanza recording, when `[record] path` is set (fixed until restart).
     pub recorder: std::sync::OnceLock<Arc<crate::recorder::Recorder>>,
@@ -62,6 +64,7 @@ impl Shared {
     pub fn with_store(config: Config, store: Store) -> Result<Arc<Shared>, TlsError> {
         let certs = CertStore::load(&config.tls)?;
         let upstream_tls = upstream_tls(&config)?;
+        let s2s_tls = tls::s2s_tls(&config.s2s)?;
         let limiter =
             Limiter::new(config.policy_limits.clone()).with_antispam(config.antispam.clone());
         crate::durable::attach(&limiter, &store);
@@ -82,6 +85,7 @@ impl Shared {
             config: ArcSwap::from_pointee(config),
             certs,
             upstream_tls: ArcSwap::from_pointee(upstream_tls),
+            s2s_tls: ArcSwap::from_pointee(s2s_tls),
             stats: Stats::default(),
             recorder: std::sync::OnceLock::new(),
             shutdown: watch::channel(false).0,
@@ -143,7 +147,9 @@ impl Shared {
     /// needs a restart.
     pub fn reload(&self, config: Config) -> Result<(), TlsError> {
         let upstream = upstream_tls(&config)?;
+        let s2s_tls = tls::s2s_tls(&config.s2s)?;
         self.certs.reload(&config.tls)?;
+        self.s2s_tls.store(Arc::new(s2s_tls));
         let old = self.config.load();
         if old.listeners != config.listeners {
             warn!("listener changes take effect only after a restart");

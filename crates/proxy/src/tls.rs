@@ -36,13 +36,24 @@ fn file_error(path: &Path, message: impl Into<String>) -> TlsError {
     }
 }
 
+/// ALPN protocol id for server-to-server connections over direct TLS (XEP-0368 §3).
+pub const ALPN_XMPP_SERVER: &[u8] = b"xmpp-server";
+
+/// The TLS configurations of one certificate: for clients, and for remote servers
+/// (which are asked for a certificate of their own, RFC 6120 §13.7.2).
+#[derive(Debug, Clone)]
+struct Configs {
+    c2s: Arc<ServerConfig>,
+    s2s: Arc<ServerConfig>,
+}
+
 /// Certificates by domain, chosen per connection.
 #[derive(Debug)]
 struct CertTable {
-    by_domain: HashMap<String, Arc<ServerConfig>>,
+    by_domain: HashMap<String, Configs>,
     /// Wildcard entries, `*.example.org` stored as `example.org`.
-    by_parent: HashMap<String, Arc<ServerConfig>>,
-    default: Option<Arc<ServerConfig>>,
+    by_parent: HashMap<String, Configs>,
+    default: Option<Configs>,
 }
 
 /// The server-side TLS configurations, reloadable without restart.
@@ -68,6 +79,17 @@ impl CertStore {
     /// The configuration for a client that asked for `name` (SNI, or for STARTTLS
     /// without SNI, the stream header's `to`).
     pub fn config_for(&self, name: Option<&str>) -> Option<Arc<ServerConfig>> {
+        self.configs_for(name).map(|c| c.c2s)
+    }
+
+    /// The configuration for a remote server that asked for `name`: the same
+    /// certificate, and the peer is asked for its own (optional: dialback-only peers
+    /// have none), ALPN `xmpp-server`.
+    pub fn s2s_config_for(&self, name: Option<&str>) -> Option<Arc<ServerConfig>> {
+        self.configs_for(name).map(|c| c.s2s)
+    }
+
+    fn configs_for(&self, name: Option<&str>) -> Option<Configs> {
         let table = self.table.load();
         if let Some(name) = name {
             let name = name.trim_end_matches('.').to_ascii_lowercase();
@@ -110,7 +132,29 @@ impl CertTable {
     }
 }
 
-fn server_config(files: &CertificateFiles) -> Result<Arc<ServerConfig>, TlsError> {
+fn server_config(files: &CertificateFiles) -> Result<Configs, TlsError> {
+    let c2s = c2s_server_config(files)?;
+    let (certs, key) = load_key(&files.cert, &files.key)?;
+    let provider = Arc::new(default_provider());
+    let mut s2s = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(Arc::new(RequestPeerCertificate(provider)))
+        .with_single_cert(certs, key)
+        .map_err(|e| {
+            file_error(
+                &files.key,
+                format!("the key does not match the certificate or is unsupported: {e}"),
+            )
+        })?;
+    s2s.alpn_protocols = vec![ALPN_XMPP_SERVER.to_vec()];
+    s2s.ignore_client_order = true;
+    Ok(Configs {
+        c2s,
+        s2s: Arc::new(s2s),
+    })
+}
+
+fn c2s_server_config(files: &CertificateFiles) -> Result<Arc<ServerConfig>, TlsError> {
     let (certs, key) = load_key(&files.cert, &files.key)?;
     let mut config = ServerConfig::builder_with_provider(Arc::new(default_provider()))
         .with_safe_default_protocol_versions()?
@@ -226,6 +270,158 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyCertificate {
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Asks a remote server for its certificate without requiring one, and accepts any
+/// chain at the TLS layer (the handshake signature is still verified): which domains
+/// the certificate proves is decided per domain afterwards ([`PeerCertificate`]),
+/// because one stream may carry several (XEP-0220 §8, multiplexing).
+#[derive(Debug)]
+struct RequestPeerCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::server::danger::ClientCertVerifier for RequestPeerCertificate {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        Ok(rustls::server::danger::ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// How xmppwall checks remote servers' certificates: the roots (`[s2s] ca`, else
+/// the web PKI) and the client configuration of the egress.
+#[derive(Debug, Clone)]
+pub struct S2sTls {
+    pub verifier: Arc<dyn rustls::client::danger::ServerCertVerifier>,
+    pub egress: Arc<ClientConfig>,
+}
+
+/// Builds [`S2sTls`] from the `[s2s]` section.
+pub fn s2s_tls(s2s: &crate::config::S2s) -> Result<S2sTls, TlsError> {
+    let provider = Arc::new(default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    match &s2s.ca {
+        Some(ca) => {
+            for cert in CertificateDer::pem_file_iter(ca)
+                .map_err(|e| file_error(ca, format!("cannot read CA file: {e}")))?
+            {
+                let cert =
+                    cert.map_err(|e| file_error(ca, format!("invalid PEM certificate: {e}")))?;
+                roots.add(cert)?;
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let verifier: Arc<dyn rustls::client::danger::ServerCertVerifier> =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .map_err(|e| TlsError::File {
+            path: "[s2s] ca".into(),
+            message: format!("cannot build a certificate verifier: {e}"),
+        })?;
+    let egress_verifier: Arc<dyn rustls::client::danger::ServerCertVerifier> =
+        if s2s.egress_insecure_skip_verify {
+            Arc::new(AcceptAnyCertificate(provider.clone()))
+        } else {
+            verifier.clone()
+        };
+    let mut egress = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(egress_verifier)
+        .with_no_client_auth();
+    egress.alpn_protocols = vec![ALPN_XMPP_SERVER.to_vec()];
+    Ok(S2sTls {
+        verifier,
+        egress: Arc::new(egress),
+    })
+}
+
+/// The certificate chain a remote server presented, and what it proves.
+#[derive(Clone)]
+pub struct PeerCertificate {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub verifier: Arc<dyn rustls::client::danger::ServerCertVerifier>,
+}
+
+impl std::fmt::Debug for PeerCertificate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerCertificate")
+            .field("certificates", &self.chain.len())
+            .finish()
+    }
+}
+
+impl PeerCertificate {
+    /// Whether the chain is valid now, issued by a trusted root, and names `domain`
+    /// (RFC 6120 §13.7.2, with the DNS-ID rules of RFC 6125 §6.4 as RFC 7590 applies
+    /// them to XMPP): the same check a server makes of a server certificate.
+    pub fn valid_for(&self, domain: &str) -> bool {
+        let Some((end_entity, intermediates)) = self.chain.split_first() else {
+            return false;
+        };
+        let Ok(name) = ServerName::try_from(domain.to_owned()) else {
+            return false;
+        };
+        self.verifier
+            .verify_server_cert(
+                end_entity,
+                intermediates,
+                &name,
+                &[],
+                rustls::pki_types::UnixTime::now(),
+            )
+            .is_ok()
     }
 }
 

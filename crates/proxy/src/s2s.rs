@@ -1,0 +1,375 @@
+//! The inbound server-to-server session: a remote server's stream to the protected
+//! server, what xmppwall knows of it and what it does with each element.
+//!
+//! Sans-IO, driven by [`crate::relay`], after xmppwall has terminated TLS (RFC 6120
+//! §5) with the certificate for the requested domain and asked the peer for a
+//! certificate of its own. Authentication of the peer's domains:
+//!
+//! - **Dialback** (XEP-0220) passes through: the peer's `<db:result/>` request goes to
+//!   the server, which verifies the key with the peer's authoritative server as
+//!   usual and answers `<db:result type='valid'/>` (or `invalid`). xmppwall records
+//!   the answer per domain pair (remote, local); several pairs on one stream
+//!   (multiplexing, XEP-0220 §8) are tracked each on its own.
+//! - **Certificates** are checked by xmppwall (RFC 6120 §13.7.2, RFC 6125): the
+//!   server behind xmppwall never sees the peer's certificate, so a pair the server
+//!   accepted counts as `certificate` when the chain is valid for the remote domain,
+//!   and `dialback` otherwise. With `[s2s] require_certificate`, a dialback request
+//!   for a domain the certificate does not prove is refused before the server sees
+//!   it. SASL EXTERNAL is not offered (the server could not check it): peers fall
+//!   back to dialback, which xmppwall and the server then both see.
+//!
+//! Stanzas: none before a pair is authenticated (`<not-authorized/>`, RFC 6120
+//! §4.9.3.12); each one's `from` domain must be authenticated on this stream towards
+//! its `to` domain (`<invalid-from/>`, §4.9.3.9); missing addresses are
+//! `<improper-addressing/>` (§4.9.3.7). Then the stanza size limit and the
+//! `to-server` rules, with `peer_domain` and `peer_auth` known.
+
+use std::time::Instant;
+
+use xmppwall_policy::rules::{Hook, PeerAuth};
+use xmppwall_xml::view::{self, StartTag};
+use xmppwall_xml::Token;
+
+use crate::config::S2s;
+use crate::peer::{
+    element_name, error_bytes, is_stanza, is_within, jid_domain, stream_prefix, PeerAction,
+    PeerContext, PeerSession, BIDI_FEATURE_NS, DIALBACK_NS, SERVER_NS,
+};
+use crate::session::{namespace, SASL_NS, STREAMS_NS, TLS_NS};
+use crate::stream_error::{StreamCondition, StreamError};
+use crate::tls::PeerCertificate;
+
+/// Domain pairs one stream may authenticate (XEP-0220 §8 multiplexing), pending
+/// or done: past this, further dialback requests are refused.
+pub const MAX_DOMAIN_PAIRS: usize = 64;
+
+/// One remote domain authenticated towards one local domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthenticatedPair {
+    pub remote: String,
+    pub local: String,
+    pub how: PeerAuth,
+}
+
+#[derive(Debug)]
+pub struct S2sInboundSession {
+    ctx: PeerContext,
+    s2s: S2s,
+    /// Domains the server hosts (empty: any).
+    hosted: Vec<String>,
+    /// The local domain the stream header asked for.
+    local_domain: Option<String>,
+    cert: Option<PeerCertificate>,
+    /// Domains the certificate was checked for, and the answer.
+    cert_checked: Vec<(String, bool)>,
+    pending: Vec<(String, String)>,
+    authenticated: Vec<AuthenticatedPair>,
+    server_prefix: Option<String>,
+    awaits_header: bool,
+}
+
+impl S2sInboundSession {
+    pub fn new(
+        ctx: PeerContext,
+        s2s: S2s,
+        hosted: Vec<String>,
+        local_domain: Option<String>,
+        cert: Option<PeerCertificate>,
+    ) -> Self {
+        S2sInboundSession {
+            ctx,
+            s2s,
+            hosted,
+            local_domain,
+            cert,
+            cert_checked: Vec::new(),
+            pending: Vec::new(),
+            authenticated: Vec::new(),
+            server_prefix: None,
+            awaits_header: true,
+        }
+    }
+
+    /// The pairs authenticated so far.
+    pub fn authenticated(&self) -> &[AuthenticatedPair] {
+        &self.authenticated
+    }
+
+    fn hosts(&self, domain: &str) -> bool {
+        self.hosted.is_empty() || self.hosted.iter().any(|h| is_within(domain, h))
+    }
+
+    /// Whether the peer's certificate proves `domain` (checked once per domain).
+    pub fn certificate_proves(&mut self, domain: &str) -> bool {
+        if let Some((_, ok)) = self.cert_checked.iter().find(|(d, _)| d == domain) {
+            return *ok;
+        }
+        let ok = self.cert.as_ref().is_some_and(|c| c.valid_for(domain));
+        if self.cert_checked.len() < MAX_DOMAIN_PAIRS {
+            self.cert_checked.push((domain.to_owned(), ok));
+        }
+        ok
+    }
+
+    fn on_peer_element(&mut self, bytes: &[u8], now: Instant) -> PeerAction {
+        let Some(tag) = StartTag::parse(bytes) else {
+            return PeerAction::Close(StreamError::new(StreamCondition::NotWellFormed));
+        };
+        let (local, ns) = element_name(&tag, SERVER_NS, Some("stream"));
+        match (local, ns.as_ref()) {
+            (b"result", DIALBACK_NS) if tag.attribute(b"type").is_none() => {
+                return self.dialback_request(&tag);
+            }
+            // The peer asking the server to verify a key (the server is the
+            // authoritative side here), or answering in a dialback it started.
+            (b"result" | b"verify", DIALBACK_NS) => return PeerAction::Forward,
+            (b"starttls", TLS_NS) => {
+                return PeerAction::Close(
+                    StreamError::new(StreamCondition::PolicyViolation)
+                        .with_text("TLS is already in place"),
+                )
+            }
+            (b"auth", SASL_NS) => {
+                // Not offered (the server could not check the certificate).
+                return PeerAction::Close(
+                    StreamError::new(StreamCondition::PolicyViolation)
+                        .with_text("SASL is not offered on this stream; use dialback"),
+                );
+            }
+            _ => {}
+        }
+        if !is_stanza(local, &ns, SERVER_NS) {
+            return PeerAction::Forward;
+        }
+        if self.authenticated.is_empty() {
+            return PeerAction::Close(
+                StreamError::new(StreamCondition::NotAuthorized)
+                    .with_text("stanzas are not accepted before the stream is authenticated"),
+            );
+        }
+        let (Some(from), Some(to)) = (tag.attribute(b"from"), tag.attribute(b"to")) else {
+            return PeerAction::Close(
+                StreamError::new(StreamCondition::ImproperAddressing)
+                    .with_text("stanzas between servers carry both 'from' and 'to'"),
+            );
+        };
+        let (from, to) = (jid_domain(&from), jid_domain(&to));
+        let Some(pair) = self
+            .authenticated
+            .iter()
+            .find(|p| p.remote == from && p.local == to)
+            .cloned()
+        else {
+            if !self.hosts(&to) {
+                return PeerAction::Close(
+                    StreamError::new(StreamCondition::HostUnknown)
+                        .with_text(format!("this server does not host {to}")),
+                );
+            }
+            return PeerAction::Close(StreamError::new(StreamCondition::InvalidFrom).with_text(
+                format!("{from} is not authenticated on this stream towards {to}"),
+            ));
+        };
+        self.ctx
+            .check_stanza(Hook::ToServer, &tag, bytes, (&pair.remote, pair.how), now)
+    }
+
+    /// `<db:result from='remote' to='local'>key</db:result>` (XEP-0220 §2.1.1): the
+    /// peer asks to be authenticated for a domain pair.
+    fn dialback_request(&mut self, tag: &StartTag<'_>) -> PeerAction {
+        let (Some(from), Some(to)) = (tag.attribute(b"from"), tag.attribute(b"to")) else {
+            return PeerAction::Close(
+                StreamError::new(StreamCondition::ImproperAddressing)
+                    .with_text("a dialback request names 'from' and 'to'"),
+            );
+        };
+        let (from, to) = (from.to_ascii_lowercase(), to.to_ascii_lowercase());
+        let refuse = |condition: &str, text: &str| {
+            // XEP-0220 §2.4: a refused request is answered with a db:result of type
+            // error carrying a stanza error condition (RFC 6120 §8.3.3).
+            PeerAction::Reply(
+                format!(
+                    "<db:result xmlns:db='{DIALBACK_NS}' from='{}' to='{}' type='error'><error type='cancel'><{condition} xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/><text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'>{}</text></error></db:result>",
+                    view::escape_attribute(&to),
+                    view::escape_attribute(&from),
+                    view::escape_text(text),
+                )
+                .into_bytes(),
+            )
+        };
+        if !self.hosts(&to) {
+            return refuse("item-not-found", "this server does not host that domain");
+        }
+        if self
+            .ctx
+            .limiter
+            .load()
+            .antispam
+            .federation_refuses(&from, None)
+        {
+            tracing::info!(remote = %from, "dialback request from a denied domain refused");
+            return refuse(
+                "policy-violation",
+                "federation with this domain is not allowed",
+            );
+        }
+        if self.s2s.require_certificate && !self.certificate_proves(&from) {
+            tracing::info!(remote = %from, "dialback request without a valid certificate refused");
+            return refuse(
+                "not-authorized",
+                "a certificate valid for the domain is required",
+            );
+        }
+        if self.pending.len() + self.authenticated.len() >= MAX_DOMAIN_PAIRS {
+            return refuse("resource-constraint", "too many domains on one stream");
+        }
+        if !self.pending.iter().any(|(r, l)| *r == from && *l == to) {
+            self.pending.push((from, to));
+        }
+        PeerAction::Forward
+    }
+
+    fn on_server_element(&mut self, bytes: &[u8], now: Instant) -> PeerAction {
+        let Some(tag) = StartTag::parse(bytes) else {
+            return PeerAction::Forward;
+        };
+        let (local, ns) = element_name(&tag, SERVER_NS, self.server_prefix.as_deref());
+        match (local, ns.as_ref()) {
+            (b"features", STREAMS_NS) => {
+                return match rewrite_s2s_features(bytes) {
+                    Some(rewritten) => PeerAction::Rewrite(rewritten),
+                    None => PeerAction::Forward,
+                }
+            }
+            (b"result", DIALBACK_NS) => {
+                self.dialback_answer(&tag);
+                return PeerAction::Forward;
+            }
+            _ => {}
+        }
+        if !is_stanza(local, &ns, SERVER_NS) {
+            return PeerAction::Forward;
+        }
+        // Stanzas from the server on an inbound stream (bidirectional streams are not
+        // offered, so rarely): the outgoing rules apply.
+        let to = tag
+            .attribute(b"to")
+            .map(|t| jid_domain(&t))
+            .unwrap_or_default();
+        let how = self
+            .authenticated
+            .iter()
+            .find(|p| p.remote == to)
+            .map_or(PeerAuth::Dialback, |p| p.how);
+        self.ctx
+            .check_stanza(Hook::ToClient, &tag, bytes, (&to, how), now)
+    }
+
+    /// The server's verdict on a dialback request: `<db:result from='local'
+    /// to='remote' type='valid|invalid|error'/>`.
+    fn dialback_answer(&mut self, tag: &StartTag<'_>) {
+        let (Some(local), Some(remote)) = (tag.attribute(b"from"), tag.attribute(b"to")) else {
+            return;
+        };
+        let (local, remote) = (local.to_ascii_lowercase(), remote.to_ascii_lowercase());
+        let was_pending = self
+            .pending
+            .iter()
+            .any(|(r, l)| *r == remote && *l == local);
+        self.pending.retain(|(r, l)| !(*r == remote && *l == local));
+        if tag.attribute(b"type").as_deref() != Some("valid") || !was_pending {
+            return;
+        }
+        let how = if self.certificate_proves(&remote) {
+            PeerAuth::Certificate
+        } else {
+            PeerAuth::Dialback
+        };
+        tracing::info!(remote = %remote, local = %local, how = how.name(), "remote server authenticated");
+        if !self
+            .authenticated
+            .iter()
+            .any(|p| p.remote == remote && p.local == local)
+        {
+            self.authenticated
+                .push(AuthenticatedPair { remote, local, how });
+        }
+    }
+}
+
+impl PeerSession for S2sInboundSession {
+    fn on_peer_frame(&mut self, token: Token, bytes: &[u8], now: Instant) -> PeerAction {
+        match token {
+            Token::Element => self.on_peer_element(bytes, now),
+            // No SASL and no STARTTLS on the relayed stream: nothing restarts it.
+            Token::StreamOpen => PeerAction::Close(
+                StreamError::new(StreamCondition::PolicyViolation)
+                    .with_text("the stream cannot be restarted here"),
+            ),
+            _ => PeerAction::Forward,
+        }
+    }
+
+    fn on_server_frame(&mut self, token: Token, bytes: &[u8], now: Instant) -> PeerAction {
+        match token {
+            Token::StreamOpen => {
+                self.awaits_header = false;
+                self.server_prefix = stream_prefix(bytes);
+                PeerAction::Forward
+            }
+            Token::Element => self.on_server_element(bytes, now),
+            _ => PeerAction::Forward,
+        }
+    }
+
+    fn is_authenticated(&self) -> bool {
+        !self.authenticated.is_empty()
+    }
+
+    fn peer_error_bytes(&self, error: &StreamError) -> Vec<u8> {
+        error_bytes(
+            error,
+            self.awaits_header,
+            SERVER_NS,
+            self.local_domain.as_deref(),
+            self.server_prefix.as_deref(),
+        )
+    }
+}
+
+/// Removes from a server's features what cannot pass xmppwall on a server-to-server
+/// stream: STARTTLS (done by xmppwall), compression (it would hide the stream),
+/// SASL (the server cannot see the peer's certificate, RFC 6120 §13.7.2; xmppwall
+/// checks it itself), and bidirectional streams (XEP-0288: xmppwall relays one
+/// direction per stream; the server's own traffic leaves through the egress).
+/// `None` when unchanged.
+pub fn rewrite_s2s_features(features: &[u8]) -> Option<Vec<u8>> {
+    let tag = StartTag::parse(features)?;
+    if tag.self_closing {
+        return None;
+    }
+    let mut out = Vec::with_capacity(features.len());
+    let mut copied = 0;
+    for child in view::children(features) {
+        let ns = namespace(&child.start, "");
+        let drop = matches!(
+            (child.start.local_name(), ns.as_ref()),
+            (b"starttls", TLS_NS)
+                | (b"mechanisms", SASL_NS)
+                | (b"compression", crate::session::COMPRESS_FEATURE_NS)
+                | (b"bidi", BIDI_FEATURE_NS)
+        );
+        if drop {
+            out.extend_from_slice(&features[copied..child.range.start]);
+            copied = child.range.end;
+        }
+    }
+    if copied == 0 {
+        return None;
+    }
+    out.extend_from_slice(&features[copied..]);
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,264 @@
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use xmppwall_policy::rules::{Marks, StreamFront};
+use xmppwall_policy::Limiter;
+use xmppwall_xml::Token;
+
+use super::*;
+use crate::config::{Config, Limits};
+
+fn context(config: Config) -> PeerContext {
+    let limiter = Limiter::new(config.policy_limits.clone()).with_antispam(config.antispam.clone());
+    let policy = Arc::try_unwrap(config.policy).unwrap();
+    PeerContext {
+        front: StreamFront::S2s,
+        limits: Limits::default(),
+        limiter: Arc::new(ArcSwap::from_pointee(limiter)),
+        policy: Arc::new(ArcSwap::from_pointee(policy)),
+        ip: "127.0.0.1".parse().unwrap(),
+        marks: Marks::default(),
+        recorder: None,
+        audit: None,
+    }
+}
+
+fn config(rules: &str) -> Config {
+    let text = format!(
+        "domains = [\"example.test\"]\n[upstream]\naddress = \"127.0.0.1:1\"\n[[listen]]\nfront = \"s2s\"\ntls = \"none\"\naddress = \"127.0.0.1:2\"\n{rules}"
+    );
+    Config::parse(std::path::Path::new("/nonexistent/x.toml"), &text).unwrap()
+}
+
+fn session(s2s: S2s, rules: &str) -> S2sInboundSession {
+    let mut s = S2sInboundSession::new(
+        context(config(rules)),
+        s2s,
+        vec!["example.test".into()],
+        Some("example.test".into()),
+        None,
+    );
+    let header = b"<stream:stream xmlns='jabber:server' xmlns:db='jabber:server:dialback' xmlns:stream='http://etherx.jabber.org/streams' from='example.test' id='s1' version='1.0'>";
+    assert_eq!(
+        s.on_server_frame(Token::StreamOpen, header, Instant::now()),
+        PeerAction::Forward
+    );
+    s
+}
+
+fn dialback(s: &mut S2sInboundSession, remote: &str, local: &str) {
+    let now = Instant::now();
+    let request = format!("<db:result from='{remote}' to='{local}'>key</db:result>");
+    assert_eq!(
+        s.on_peer_frame(Token::Element, request.as_bytes(), now),
+        PeerAction::Forward
+    );
+    let valid = format!("<db:result from='{local}' to='{remote}' type='valid'/>");
+    assert_eq!(
+        s.on_server_frame(Token::Element, valid.as_bytes(), now),
+        PeerAction::Forward
+    );
+}
+
+fn closes_with(action: PeerAction, condition: StreamCondition) {
+    match action {
+        PeerAction::Close(e) => assert_eq!(e.condition, condition, "{e:?}"),
+        other => panic!(
+            "expected a {} stream error, got {other:?}",
+            condition.name()
+        ),
+    }
+}
+
+#[test]
+fn stanza_before_dialback_is_not_authorized() {
+    let mut s = session(S2s::default(), "");
+    closes_with(
+        s.on_peer_frame(
+            Token::Element,
+            b"<message from='a@remote.test' to='b@example.test'/>",
+            Instant::now(),
+        ),
+        StreamCondition::NotAuthorized,
+    );
+}
+
+#[test]
+fn dialback_valid_authenticates_the_pair_and_spoofing_another_domain_is_invalid_from() {
+    let mut s = session(S2s::default(), "");
+    dialback(&mut s, "remote.test", "example.test");
+    assert_eq!(
+        s.authenticated(),
+        [AuthenticatedPair {
+            remote: "remote.test".into(),
+            local: "example.test".into(),
+            how: PeerAuth::Dialback
+        }]
+    );
+    let now = Instant::now();
+    assert_eq!(
+        s.on_peer_frame(
+            Token::Element,
+            b"<message from='a@remote.test/r' to='b@example.test'><body>hi</body></message>",
+            now
+        ),
+        PeerAction::Forward
+    );
+    closes_with(
+        s.on_peer_frame(
+            Token::Element,
+            b"<message from='a@victim.test' to='b@example.test'/>",
+            now,
+        ),
+        StreamCondition::InvalidFrom,
+    );
+}
+
+#[test]
+fn multiplexed_domains_are_each_authenticated_on_their_own() {
+    let mut s = session(S2s::default(), "");
+    dialback(&mut s, "remote.test", "example.test");
+    let now = Instant::now();
+    // A second domain asks (XEP-0220 §8); until the server says valid, it may not send.
+    let request = b"<db:result from='muc.remote.test' to='example.test'>k2</db:result>";
+    assert_eq!(
+        s.on_peer_frame(Token::Element, request, now),
+        PeerAction::Forward
+    );
+    closes_with(
+        s.on_peer_frame(
+            Token::Element,
+            b"<presence from='room@muc.remote.test/x' to='b@example.test'/>",
+            now,
+        ),
+        StreamCondition::InvalidFrom,
+    );
+    let mut s = session(S2s::default(), "");
+    dialback(&mut s, "remote.test", "example.test");
+    dialback(&mut s, "muc.remote.test", "example.test");
+    assert_eq!(
+        s.on_peer_frame(
+            Token::Element,
+            b"<presence from='room@muc.remote.test/x' to='b@example.test'/>",
+            now
+        ),
+        PeerAction::Forward
+    );
+}
+
+#[test]
+fn invalid_dialback_authenticates_nothing() {
+    let mut s = session(S2s::default(), "");
+    let now = Instant::now();
+    s.on_peer_frame(
+        Token::Element,
+        b"<db:result from='remote.test' to='example.test'>bad</db:result>",
+        now,
+    );
+    s.on_server_frame(
+        Token::Element,
+        b"<db:result from='example.test' to='remote.test' type='invalid'/>",
+        now,
+    );
+    assert!(!s.is_authenticated());
+    // A 'valid' the peer never asked for counts for nothing either.
+    s.on_server_frame(
+        Token::Element,
+        b"<db:result from='example.test' to='other.test' type='valid'/>",
+        now,
+    );
+    assert!(!s.is_authenticated());
+}
+
+#[test]
+fn dialback_for_a_denied_domain_is_refused_before_the_server_sees_it() {
+    let mut s = session(
+        S2s::default(),
+        "[federation]\nmode = \"deny\"\ndomains = [\"spam.test\", \"*.spam.test\"]",
+    );
+    match s.on_peer_frame(
+        Token::Element,
+        b"<db:result from='x.spam.test' to='example.test'>k</db:result>",
+        Instant::now(),
+    ) {
+        PeerAction::Reply(reply) => {
+            let reply = String::from_utf8(reply).unwrap();
+            assert!(
+                reply.contains("type='error'") && reply.contains("<policy-violation"),
+                "{reply}"
+            );
+        }
+        other => panic!("expected a db:result error, got {other:?}"),
+    }
+}
+
+#[test]
+fn dialback_without_a_certificate_is_refused_when_certificates_are_required() {
+    let s2s = S2s {
+        require_certificate: true,
+        ..S2s::default()
+    };
+    let mut s = session(s2s, "");
+    match s.on_peer_frame(
+        Token::Element,
+        b"<db:result from='remote.test' to='example.test'>k</db:result>",
+        Instant::now(),
+    ) {
+        PeerAction::Reply(reply) => assert!(String::from_utf8(reply)
+            .unwrap()
+            .contains("<not-authorized")),
+        other => panic!("expected a db:result error, got {other:?}"),
+    }
+}
+
+#[test]
+fn missing_addresses_are_improper_addressing() {
+    let mut s = session(S2s::default(), "");
+    dialback(&mut s, "remote.test", "example.test");
+    closes_with(
+        s.on_peer_frame(
+            Token::Element,
+            b"<message to='b@example.test'/>",
+            Instant::now(),
+        ),
+        StreamCondition::ImproperAddressing,
+    );
+}
+
+#[test]
+fn rules_see_the_peer_domain_and_how_it_authenticated() {
+    let rules = r#"
+[[rule]]
+name = "no-dialback-only-files"
+chain = "to-server"
+action = "bounce"
+match = { front = ["s2s"], peer_auth = ["dialback"], peer_domain = "remote.test", payload = ["jabber:x:oob"] }
+"#;
+    let mut s = session(S2s::default(), rules);
+    dialback(&mut s, "remote.test", "example.test");
+    let oob = b"<message id='m' from='a@remote.test/r' to='b@example.test'><x xmlns='jabber:x:oob'><url>http://x/y</url></x></message>";
+    match s.on_peer_frame(Token::Element, oob, Instant::now()) {
+        PeerAction::Reply(reply) => {
+            let reply = String::from_utf8(reply).unwrap();
+            assert!(
+                reply.contains("to='a@remote.test/r'") && reply.contains("from='b@example.test'"),
+                "{reply}"
+            );
+        }
+        other => panic!("expected a bounce, got {other:?}"),
+    }
+}
+
+#[test]
+fn features_lose_starttls_sasl_and_bidi_and_keep_dialback() {
+    let features = b"<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>EXTERNAL</mechanism></mechanisms><bidi xmlns='urn:xmpp:features:bidi'/><dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback></stream:features>";
+    let out = String::from_utf8(rewrite_s2s_features(features).unwrap()).unwrap();
+    assert_eq!(out, "<stream:features><dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback></stream:features>");
+    assert_eq!(
+        rewrite_s2s_features(
+            b"<stream:features><dialback xmlns='urn:xmpp:features:dialback'/></stream:features>"
+        ),
+        None
+    );
+}

@@ -1,0 +1,382 @@
+//! The inbound server-to-server front: two real Prosody servers federating through
+//! xmppwall on loopback (the remote one's outgoing connections routed to xmppwall by
+//! the test route module, never by DNS), a dialback-only peer and a
+//! certificate-authenticated one, a denied domain, and a raw remote server that
+//! spoofs its `from` after authenticating with a real dialback key, each asserted
+//! on the wire.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::process::Command;
+
+use support::client::{tls_client_config, TestClient, TlsVersions};
+use support::ports::free_loopback_addr;
+use support::xml;
+use support::{Prosody, ProsodyOptions, TestCert, Xmppwall, ALICE, BOB, DOMAIN};
+
+/// The remote server's domain.
+const REMOTE: &str = "remote.test";
+/// The remote Prosody's dialback secret, so a test can compute a key it accepts.
+const DIALBACK_SECRET: &str = "remote-dialback-secret-7";
+
+struct Federation {
+    wall: Xmppwall,
+    /// xmppwall's s2s front: where the remote server connects for [`DOMAIN`].
+    front: SocketAddr,
+    cert: TestCert,
+    local: Prosody,
+    remote: Prosody,
+}
+
+/// How the remote server is set up.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Peer {
+    /// No certificate: it can only authenticate by dialback.
+    DialbackOnly,
+    /// A certificate for remote.test from a CA xmppwall trusts.
+    Certificate,
+}
+
+impl Federation {
+    /// Remote Prosody (remote.test) → xmppwall (s2s front) → local Prosody
+    /// (example.test); the local server's own outgoing connections go straight to
+    /// the remote one. `s2s` is the body of xmppwall's `[s2s]` section.
+    fn start(peer: Peer, s2s: &str, rules: &str) -> Federation {
+        let front = free_loopback_addr();
+        let remote = Prosody::start_with(ProsodyOptions {
+            domain: Some(REMOTE.into()),
+            tls: peer == Peer::Certificate,
+            s2s_routes: vec![(DOMAIN.into(), front)],
+            extra_global_config: format!("dialback_secret = {DIALBACK_SECRET:?}"),
+            ..ProsodyOptions::default()
+        });
+        // Behind xmppwall the local server speaks plaintext on loopback: it offers no
+        // STARTTLS of its own (xmppwall does TLS), and its direct connection to the
+        // remote server stays plaintext too.
+        let local = Prosody::start_with(ProsodyOptions {
+            s2s_routes: vec![(REMOTE.into(), remote.s2s)],
+            extra_global_config: "s2s_allow_encryption = false".into(),
+            ..ProsodyOptions::default()
+        });
+        let cert = TestCert::generate(&[DOMAIN]);
+        let ca = match &remote.cert {
+            Some(c) => format!("ca = {:?}", c.ca_path.display().to_string()),
+            None => String::new(),
+        };
+        let config = format!(
+            r#"
+domains = ["{DOMAIN}"]
+
+[upstream]
+address = "{c2s}"
+connect_timeout = "2s"
+
+[[listen]]
+front = "s2s"
+tls = "starttls"
+address = "{front}"
+upstream = "{s2s_port}"
+
+[tls]
+default = {{ cert = "{cert}", key = "{key}" }}
+
+[s2s]
+{ca}
+{s2s}
+
+{rules}
+"#,
+            c2s = local.c2s,
+            s2s_port = local.s2s,
+            cert = cert.chain_path.display(),
+            key = cert.key_path.display(),
+        );
+        let wall = Xmppwall::start(&config);
+        Federation {
+            wall,
+            front,
+            cert,
+            local,
+            remote,
+        }
+    }
+
+    /// Runs `check`; if it panics, the three logs are printed first.
+    fn explain_on_failure(&self, check: impl FnOnce()) {
+        if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(check)) {
+            eprintln!(
+                "--- xmppwall ---\n{}\n--- local prosody ---\n{}\n--- remote prosody ---\n{}",
+                support::tail(&self.wall.log(), 12000),
+                support::tail(&self.local.log(), 12000),
+                support::tail(&self.remote.log(), 12000)
+            );
+            std::panic::resume_unwind(panic);
+        }
+    }
+
+    /// A raw remote server on the s2s front, past STARTTLS, with the features
+    /// relayed from the local server; returns it and the stream id to sign.
+    fn raw_peer(&self, from: &str) -> (TestClient, String) {
+        let mut c = TestClient::connect(self.front);
+        c.send_raw(s2s_header(from));
+        let header = c.read_stream_header();
+        assert!(
+            header.contains("xmlns:db='jabber:server:dialback'"),
+            "{header}"
+        );
+        let features = c.read_element();
+        assert!(features.contains("<starttls"), "{features}");
+        c.send_raw("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
+        let proceed = c.read_element();
+        assert_eq!(xml::root_name(&proceed), "proceed", "{proceed}");
+        c.upgrade_to_tls(tls_client_config(&self.cert.ca_der, TlsVersions::Any));
+        c.send_raw(s2s_header(from));
+        let header = c.read_stream_header();
+        let id = xml::root_attr(&header, "id").expect("the server's header has an id");
+        let features = c.read_element();
+        assert!(features.contains("dialback"), "{features}");
+        assert!(!features.contains("starttls"), "{features}");
+        (c, id)
+    }
+}
+
+fn s2s_header(from: &str) -> String {
+    format!(
+        "<?xml version='1.0'?><stream:stream xmlns='jabber:server' \
+         xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' \
+         from='{from}' to='{DOMAIN}' version='1.0'>"
+    )
+}
+
+/// The dialback key the remote Prosody accepts for a stream with `id` (its
+/// mod_dialback: HMAC-SHA256 keyed with the hex SHA-256 of its secret, over
+/// "to from id"), computed by Python's hmac, independent of xmppwall.
+fn dialback_key(id: &str) -> String {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import hashlib, hmac, sys; \
+             k = hashlib.sha256(sys.argv[1].encode()).hexdigest().encode(); \
+             print(hmac.new(k, sys.argv[2].encode(), hashlib.sha256).hexdigest())",
+            DIALBACK_SECRET,
+            &format!("{DOMAIN} {REMOTE} {id}"),
+        ])
+        .output()
+        .expect("running python3");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn login(server: &Prosody, host: &str, account: support::Account) -> TestClient {
+    let mut c = TestClient::connect(server.c2s);
+    c.domain = host.to_owned();
+    c.open_stream();
+    c.auth_plain(account);
+    c.bind(Some("desk"));
+    c.send_raw("<presence/>");
+    c
+}
+
+/// alice@remote.test writes to bob@example.test through xmppwall, and gets an
+/// answer back (which goes straight from the local server to the remote one).
+fn exchange(f: &Federation) {
+    let mut bob = login(&f.local, DOMAIN, BOB);
+    let mut alice = login(&f.remote, REMOTE, ALICE);
+    let bob_jid = format!("bob@{DOMAIN}");
+    alice.send_raw(format!("<presence to='{bob_jid}'/>"));
+    alice.send_raw(format!(
+        "<message type='chat' to='{bob_jid}' id='m1'><body>hello across</body></message>"
+    ));
+    let presence = bob.read_element_matching(|e| {
+        xml::root_name(e) == "presence" && e.contains(&format!("alice@{REMOTE}"))
+    });
+    assert!(
+        presence.contains("from='alice@remote.test/desk'"),
+        "{presence}"
+    );
+    let message = bob.read_element_matching(|e| xml::root_name(e) == "message");
+    assert_eq!(
+        xml::text(&message, "body").as_deref(),
+        Some("hello across"),
+        "{message}"
+    );
+    assert!(message.contains("alice@remote.test"), "{message}");
+    bob.send_raw(format!(
+        "<message type='chat' to='alice@{REMOTE}' id='r1'><body>hello back</body></message>"
+    ));
+    let reply = alice.read_element_matching(|e| xml::root_name(e) == "message");
+    assert_eq!(
+        xml::text(&reply, "body").as_deref(),
+        Some("hello back"),
+        "{reply}"
+    );
+}
+
+#[test]
+fn dialback_only_peer_federates_through_the_s2s_front() {
+    let f = Federation::start(Peer::DialbackOnly, "", "");
+    f.explain_on_failure(|| exchange(&f));
+    let log = f.wall.log();
+    assert!(
+        log.contains(
+            "remote server authenticated remote=remote.test local=example.test how=\"dialback\""
+        ) || log.contains(
+            "remote server authenticated remote=remote.test local=example.test how=dialback"
+        ),
+        "{log}"
+    );
+}
+
+#[test]
+fn certificate_authenticated_peer_is_recorded_as_such() {
+    let f = Federation::start(Peer::Certificate, "require_certificate = true", "");
+    exchange(&f);
+    let log = f.wall.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("remote server authenticated")
+                && l.contains("remote=remote.test")
+                && l.contains("certificate")),
+        "{log}"
+    );
+}
+
+#[test]
+fn dialback_only_peer_is_refused_when_certificates_are_required() {
+    let f = Federation::start(Peer::DialbackOnly, "require_certificate = true", "");
+    let mut alice = login(&f.remote, REMOTE, ALICE);
+    alice.send_raw(format!(
+        "<message type='chat' to='bob@{DOMAIN}' id='m1'><body>no cert</body></message>"
+    ));
+    // The remote server gives up on the domain and bounces the message.
+    let bounced = alice.read_element_matching(|e| xml::root_name(e) == "message");
+    assert_eq!(
+        xml::root_attr(&bounced, "type").as_deref(),
+        Some("error"),
+        "{bounced}"
+    );
+    assert!(
+        !f.local.log().contains("no cert"),
+        "the message reached the local server"
+    );
+}
+
+#[test]
+fn denied_domain_cannot_connect() {
+    let f = Federation::start(
+        Peer::DialbackOnly,
+        "",
+        "[federation]\nmode = \"deny\"\ndomains = [\"remote.test\", \"*.remote.test\"]",
+    );
+    // On the wire: xmppwall's header, then <policy-violation/> (RFC 6120 §4.9.3.15).
+    let mut raw = TestClient::connect(f.front);
+    raw.send_raw(s2s_header("x.remote.test"));
+    raw.read_stream_header();
+    let rest = raw.read_until_closed();
+    assert!(
+        rest.contains(
+            "<stream:error><policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"
+        ),
+        "{rest}"
+    );
+    // And the real remote server cannot deliver: its user gets an error back.
+    let mut alice = login(&f.remote, REMOTE, ALICE);
+    alice.send_raw(format!(
+        "<message type='chat' to='bob@{DOMAIN}' id='m1'><body>denied</body></message>"
+    ));
+    let bounced = alice.read_element_matching(|e| xml::root_name(e) == "message");
+    assert_eq!(
+        xml::root_attr(&bounced, "type").as_deref(),
+        Some("error"),
+        "{bounced}"
+    );
+    assert!(
+        !f.local.log().contains(">denied<"),
+        "the message reached the local server"
+    );
+}
+
+#[test]
+fn spoofed_from_after_dialback_is_invalid_from() {
+    let f = Federation::start(Peer::DialbackOnly, "", "");
+    let mut bob = login(&f.local, DOMAIN, BOB);
+    let (mut raw, id) = f.raw_peer(REMOTE);
+    raw.send_raw(format!(
+        "<db:result from='{REMOTE}' to='{DOMAIN}'>{}</db:result>",
+        dialback_key(&id)
+    ));
+    // The local server verifies the key with the real remote server.
+    let verdict = raw.read_element();
+    assert_eq!(
+        xml::root_attr(&verdict, "type").as_deref(),
+        Some("valid"),
+        "{verdict}"
+    );
+    raw.send_raw(format!(
+        "<message from='carol@{REMOTE}/x' to='bob@{DOMAIN}' type='chat'><body>legit</body></message>"
+    ));
+    raw.send_raw(format!(
+        "<message from='mallory@victim.test' to='bob@{DOMAIN}' type='chat'><body>spoofed</body></message>"
+    ));
+    let rest = raw.read_until_closed();
+    assert!(
+        rest.contains("<invalid-from xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"),
+        "{rest}"
+    );
+    let legit = bob.read_element_matching(|e| xml::root_name(e) == "message");
+    assert_eq!(
+        xml::text(&legit, "body").as_deref(),
+        Some("legit"),
+        "{legit}"
+    );
+    // Prosody logs the start tag of every stanza it receives.
+    let log = f.local.log();
+    assert!(log.contains("carol@remote.test"), "{log}");
+    assert!(
+        !log.contains("mallory@victim.test"),
+        "the spoofed stanza reached the server"
+    );
+}
+
+#[test]
+fn stanza_before_authentication_is_not_authorized() {
+    let f = Federation::start(Peer::DialbackOnly, "", "");
+    let (mut raw, _) = f.raw_peer(REMOTE);
+    raw.send_raw(format!(
+        "<message from='carol@{REMOTE}' to='bob@{DOMAIN}'><body>early</body></message>"
+    ));
+    let rest = raw.read_until_closed();
+    assert!(
+        rest.contains("<not-authorized xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"),
+        "{rest}"
+    );
+}
+
+#[test]
+fn rules_see_s2s_streams_and_drop_from_the_remote_side() {
+    let rules = r#"
+[[rule]]
+name = "no-remote-headlines"
+chain = "to-server"
+action = "drop"
+[rule.match]
+front = ["s2s"]
+peer_domain = "remote.test"
+peer_auth = ["dialback"]
+keywords = ["casino"]
+"#;
+    let f = Federation::start(Peer::DialbackOnly, "", rules);
+    let mut bob = login(&f.local, DOMAIN, BOB);
+    let mut alice = login(&f.remote, REMOTE, ALICE);
+    for (id, body) in [("m1", "visit the casino"), ("m2", "see you at lunch")] {
+        alice.send_raw(format!(
+            "<message type='chat' to='bob@{DOMAIN}' id='{id}'><body>{body}</body></message>"
+        ));
+    }
+    let first = bob.read_element_matching(|e| xml::root_name(e) == "message");
+    assert_eq!(
+        xml::text(&first, "body").as_deref(),
+        Some("see you at lunch"),
+        "{first}"
+    );
+}
