@@ -14,45 +14,95 @@ const STANZAS_NS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
 /// Application-specific conditions of XEP-0182, registered by XEP-0205 §5.
 pub const ERRORS_NS: &str = "urn:xmpp:errors";
 
-/// Defined stream error conditions (RFC 6120 §4.9.3) that xmppwall sends.
+/// Defined stream error conditions (RFC 6120 §4.9.3) that xmppwall sends. Every
+/// condition of §4.9.3 is here except `see-other-host` (§4.9.3.19), which needs a
+/// host as content and which xmppwall never sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StreamCondition {
     BadFormat,
+    BadNamespacePrefix,
+    Conflict,
     ConnectionTimeout,
+    HostGone,
     HostUnknown,
     ImproperAddressing,
     InternalServerError,
     InvalidFrom,
     InvalidNamespace,
+    InvalidXml,
     NotAuthorized,
     NotWellFormed,
     PolicyViolation,
     RemoteConnectionFailed,
+    Reset,
     ResourceConstraint,
     RestrictedXml,
     SystemShutdown,
     UndefinedCondition,
+    UnsupportedEncoding,
+    UnsupportedFeature,
+    UnsupportedStanzaType,
     UnsupportedVersion,
 }
 
 impl StreamCondition {
+    pub const ALL: [StreamCondition; 24] = [
+        StreamCondition::BadFormat,
+        StreamCondition::BadNamespacePrefix,
+        StreamCondition::Conflict,
+        StreamCondition::ConnectionTimeout,
+        StreamCondition::HostGone,
+        StreamCondition::HostUnknown,
+        StreamCondition::ImproperAddressing,
+        StreamCondition::InternalServerError,
+        StreamCondition::InvalidFrom,
+        StreamCondition::InvalidNamespace,
+        StreamCondition::InvalidXml,
+        StreamCondition::NotAuthorized,
+        StreamCondition::NotWellFormed,
+        StreamCondition::PolicyViolation,
+        StreamCondition::RemoteConnectionFailed,
+        StreamCondition::Reset,
+        StreamCondition::ResourceConstraint,
+        StreamCondition::RestrictedXml,
+        StreamCondition::SystemShutdown,
+        StreamCondition::UndefinedCondition,
+        StreamCondition::UnsupportedEncoding,
+        StreamCondition::UnsupportedFeature,
+        StreamCondition::UnsupportedStanzaType,
+        StreamCondition::UnsupportedVersion,
+    ];
+
+    /// The condition with this element name (`policy-violation`, ...).
+    pub fn from_name(name: &str) -> Option<StreamCondition> {
+        StreamCondition::ALL.into_iter().find(|c| c.name() == name)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             StreamCondition::BadFormat => "bad-format",
+            StreamCondition::BadNamespacePrefix => "bad-namespace-prefix",
+            StreamCondition::Conflict => "conflict",
             StreamCondition::ConnectionTimeout => "connection-timeout",
+            StreamCondition::HostGone => "host-gone",
             StreamCondition::HostUnknown => "host-unknown",
             StreamCondition::ImproperAddressing => "improper-addressing",
             StreamCondition::InternalServerError => "internal-server-error",
             StreamCondition::InvalidFrom => "invalid-from",
             StreamCondition::InvalidNamespace => "invalid-namespace",
+            StreamCondition::InvalidXml => "invalid-xml",
             StreamCondition::NotAuthorized => "not-authorized",
             StreamCondition::NotWellFormed => "not-well-formed",
             StreamCondition::PolicyViolation => "policy-violation",
             StreamCondition::RemoteConnectionFailed => "remote-connection-failed",
+            StreamCondition::Reset => "reset",
             StreamCondition::ResourceConstraint => "resource-constraint",
             StreamCondition::RestrictedXml => "restricted-xml",
             StreamCondition::SystemShutdown => "system-shutdown",
             StreamCondition::UndefinedCondition => "undefined-condition",
+            StreamCondition::UnsupportedEncoding => "unsupported-encoding",
+            StreamCondition::UnsupportedFeature => "unsupported-feature",
+            StreamCondition::UnsupportedStanzaType => "unsupported-stanza-type",
             StreamCondition::UnsupportedVersion => "unsupported-version",
         }
     }

@@ -9,6 +9,7 @@
 pub mod address;
 pub mod antispam;
 pub mod blocklist;
+pub mod bans;
 pub mod errors;
 pub mod limiter;
 pub mod limits;

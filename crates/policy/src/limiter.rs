@@ -631,6 +631,33 @@ impl Limiter {
         active
     }
 
+    /// The address groups banned now by the limits themselves (authentication
+    /// failures, a rule's `ban`), with the wall-clock end of each ban.
+    pub fn address_bans(&self, now: Instant) -> Vec<(IpAddr, SystemTime)> {
+        self.state
+            .addresses()
+            .iter()
+            .filter_map(|(key, e)| {
+                e.banned_until
+                    .filter(|&t| t > now)
+                    .map(|t| (key.ip(), wall_clock(now, t)))
+            })
+            .collect()
+    }
+
+    /// Lifts the limits' ban on `ip`'s address group; whether there was one.
+    pub fn unban(&self, ip: IpAddr, now: Instant) -> bool {
+        let key = self.address_key(ip.to_canonical());
+        let mut table = self.state.addresses();
+        match table.get_mut(&key) {
+            Some(e) if e.banned_until.is_some_and(|t| t > now) => {
+                e.banned_until = None;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Sets a mark on an account.
     pub fn mark_account(&self, account: &str, name: &str, until: Instant) {
         let mut table = self

@@ -118,6 +118,11 @@ impl<K: Hash + Eq, V> BoundedTable<K, V> {
         }
     }
 
+    /// Every entry, most recently used first, without touching recency.
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.entries.iter()
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }
