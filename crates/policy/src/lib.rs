@@ -8,8 +8,8 @@
 
 pub mod address;
 pub mod antispam;
-pub mod blocklist;
 pub mod bans;
+pub mod blocklist;
 pub mod errors;
 pub mod limiter;
 pub mod limits;

@@ -645,19 +645,6 @@ impl Limiter {
             .collect()
     }
 
-    /// Lifts the limits' ban on `ip`'s address group; whether there was one.
-    pub fn unban(&self, ip: IpAddr, now: Instant) -> bool {
-        let key = self.address_key(ip.to_canonical());
-        let mut table = self.state.addresses();
-        match table.get_mut(&key) {
-            Some(e) if e.banned_until.is_some_and(|t| t > now) => {
-                e.banned_until = None;
-                true
-            }
-            _ => false,
-        }
-    }
-
     /// Sets a mark on an account.
     pub fn mark_account(&self, account: &str, name: &str, until: Instant) {
         let mut table = self

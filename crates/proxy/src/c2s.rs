@@ -29,12 +29,13 @@ use crate::session::{
     self, namespace, C2sSession, ClientAction, ClientHeader, SaslOutcome, ServerAction, CLIENT_NS,
     TLS_NS,
 };
-use crate::stats::Stats;
+use crate::sessions::{LiveSession, Registration};
+use crate::stats::{Outcome, RecentVerdict, Stats, PROCESSING_SAMPLE_EVERY};
 use crate::stream::{framing_error, release_consumed, FrameReader, ReadOutcome};
 use crate::stream_error::{StreamCondition, StreamError};
 use crate::tls::describe_handshake_error;
 use std::time::SystemTime;
-use xmppwall_policy::limiter::{auth_banned_error, banned_error};
+use xmppwall_policy::limiter::auth_banned_error;
 use xmppwall_policy::rules::Hook;
 use xmppwall_policy::{ConnectionTicket, LimitKind, Limiter, Throttle};
 use xmppwall_store::{ConnectionRecord, VerdictSource};
@@ -80,6 +81,17 @@ enum End {
 }
 
 impl End {
+    fn outcome(&self) -> Outcome {
+        match self {
+            End::ClientClosed => Outcome::ClientClosed,
+            End::ServerClosed => Outcome::ServerClosed,
+            End::Refused(_) | End::RefusedOther => Outcome::StreamError,
+            End::Shutdown => Outcome::Shutdown,
+            End::ClientIo(_) => Outcome::ClientIoError,
+            End::ServerIo(_) => Outcome::ServerIoError,
+        }
+    }
+
     fn reason(&self) -> &'static str {
         match self {
             End::ClientClosed => "client closed",
@@ -96,13 +108,14 @@ impl End {
 /// What the gate decided for a connection it let in.
 pub struct Admission {
     pub ticket: ConnectionTicket,
-    /// The address is banned until then: the client is told so and the stream closes.
-    pub banned_until: Option<SystemTime>,
+    /// The address is banned: the client is told this and the stream closes.
+    pub banned: Option<StreamError>,
 }
 
 /// Serves one accepted client connection to its end.
 pub async fn serve(
     shared: Arc<Shared>,
+    id: u64,
     tcp: TcpStream,
     peer: SocketAddr,
     listener: Listener,
@@ -146,12 +159,14 @@ pub async fn serve(
         );
         Stats::add(&shared.stats.connections_closed, 1);
         record("refused by the connect chain", &traffic);
+        shared.stats.ended(Outcome::RuleRefused);
         return;
     }
     let _ = tcp.set_nodelay(true);
     let local = tcp.local_addr().unwrap_or(listener.address);
     let accepted = Instant::now();
     let conn = Connection {
+        id,
         preauth_deadline: accepted + config.timeouts.preauth,
         shared: shared.clone(),
         config,
@@ -166,6 +181,7 @@ pub async fn serve(
     let end = conn.run(tcp, listener.tls).await;
     Stats::add(&shared.stats.connections_closed, 1);
     record(end.reason(), &traffic);
+    shared.stats.ended(end.outcome());
     let elapsed_ms = accepted.elapsed().as_millis() as u64;
     match &end {
         End::ClientIo(e) | End::ServerIo(e) => {
@@ -176,6 +192,7 @@ pub async fn serve(
 }
 
 struct Connection {
+    id: u64,
     shared: Arc<Shared>,
     config: Arc<Config>,
     limiter: Limiter,
@@ -245,9 +262,9 @@ impl Connection {
                     Ok((header, _)) => header,
                     Err(end) => return end,
                 };
-                if let Some(until) = self.admission.banned_until {
+                if let Some(error) = self.admission.banned.take() {
                     return self
-                        .refuse_before_header(&mut tcp, Some(&header), banned_error(until))
+                        .refuse_before_header(&mut tcp, Some(&header), error)
                         .await;
                 }
                 // RFC 6120 §5.3.1: xmppwall answers the stream itself and offers only
@@ -419,9 +436,9 @@ impl Connection {
             Ok(h) => h,
             Err(end) => return end,
         };
-        if let Some(until) = self.admission.banned_until {
+        if let Some(error) = self.admission.banned.take() {
             return self
-                .refuse_before_header(&mut client, Some(&header), banned_error(until))
+                .refuse_before_header(&mut client, Some(&header), error)
                 .await;
         }
         debug!(to = ?header.to, version = ?header.version, "client stream header");
@@ -464,14 +481,54 @@ impl Connection {
             session.record_to(recorder.clone());
         }
         session.audit_to(self.shared.store.clone());
+        session.use_bans(self.shared.bans.clone());
         let session = Mutex::new(session);
-        let end = self.relay(client, server, reader, &session, header).await;
+        let registration =
+            self.shared
+                .sessions
+                .register(self.id, self.peer, "c2s", header.to.clone());
+        let end = self
+            .relay(client, server, reader, &session, header, registration)
+            .await;
         *self
             .traffic
             .identity
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = lock(&session).identity().map(str::to_owned);
         end
+    }
+
+    /// Counts a refused stanza and keeps it in the ring of recent verdicts.
+    fn note_refusal(&self, live: &LiveSession, direction: &'static str, action: &ClientAction) {
+        let stats = &self.shared.stats;
+        let (verdict, condition) = match action {
+            ClientAction::Forward | ClientAction::ForwardRewritten(_) => return,
+            // Counted as bounced where the reply is sent.
+            ClientAction::Reply(_) => ("bounce", None),
+            ClientAction::Drop => {
+                if direction == "to_server" {
+                    Stats::add(&stats.to_server_dropped, 1);
+                }
+                ("drop", None)
+            }
+            ClientAction::Close(error) => {
+                Stats::add(&stats.to_server_closed, 1);
+                ("close", Some(error.condition.name()))
+            }
+            ClientAction::CloseWith(_) => {
+                Stats::add(&stats.to_server_closed, 1);
+                ("close", None)
+            }
+        };
+        stats.recent.push(RecentVerdict {
+            at: SystemTime::now(),
+            session: live.id,
+            peer: self.peer.ip(),
+            jid: live.jid(),
+            direction,
+            verdict,
+            condition,
+        });
     }
 
     async fn connect_upstream(&self) -> io::Result<BoxIo> {
@@ -502,6 +559,7 @@ impl Connection {
         client_reader: FrameReader,
         session: &Mutex<C2sSession>,
         header: ClientHeader,
+        registration: Registration<'_>,
     ) -> End {
         let (client_rd, client_wr) = tokio::io::split(client);
         let (server_rd, server_wr) = tokio::io::split(server);
@@ -514,9 +572,17 @@ impl Connection {
             session,
             to_client,
             from_s2c,
+            &registration,
         );
-        let s2c =
-            self.server_to_client(server_rd, client_wr, session, from_c2s, to_server, &header);
+        let s2c = self.server_to_client(
+            server_rd,
+            client_wr,
+            session,
+            from_c2s,
+            to_server,
+            &header,
+            &registration.session,
+        );
         tokio::pin!(c2s, s2c);
         let grace = self.config.timeouts.shutdown_grace;
         tokio::select! {
@@ -535,6 +601,7 @@ impl Connection {
     ///
     /// Forwarded frames are written straight from the read buffer: a run of
     /// consecutive passes is one write, broken only where something is refused.
+    #[allow(clippy::too_many_arguments)] // the two halves, the queues, the session's parts
     async fn client_to_server(
         &self,
         mut rd: ReadHalf<BoxIo>,
@@ -543,15 +610,19 @@ impl Connection {
         session: &Mutex<C2sSession>,
         to_client: mpsc::Sender<ToClient>,
         mut from_s2c: mpsc::Receiver<Vec<u8>>,
+        registration: &Registration<'_>,
     ) -> End {
         let budgets = self.config.limits.framer_budgets();
         let stats = &self.shared.stats;
+        let live = &*registration.session;
+        let mut kicked = registration.kicked.clone();
         let FrameReader {
             mut framer,
             mut buf,
         } = reader;
         let mut shutdown = self.shutdown.clone();
         let mut throttle_pause = Duration::ZERO;
+        let mut frames = 0u64;
         loop {
             // Frame what is buffered first: the header read may have left bytes.
             let mut stanzas = 0u64;
@@ -574,8 +645,16 @@ impl Connection {
                     }
                 };
                 let bytes = &buf[pos..pos + frame.len];
-                let action =
-                    lock(session).on_client_frame(frame.token, bytes, Instant::now().into_std());
+                frames += 1;
+                let action = if frames % PROCESSING_SAMPLE_EVERY == 0 {
+                    // Sampled: two clock reads for one frame in PROCESSING_SAMPLE_EVERY.
+                    let started = std::time::Instant::now();
+                    let action = lock(session).on_client_frame(frame.token, bytes, started);
+                    stats.processing.observe(started.elapsed());
+                    action
+                } else {
+                    lock(session).on_client_frame(frame.token, bytes, Instant::now().into_std())
+                };
                 if action == ClientAction::Forward {
                     pos += frame.len;
                     stanzas += u64::from(frame.token == Token::Element);
@@ -586,6 +665,7 @@ impl Connection {
                 }
                 pos += frame.len;
                 run_start = pos;
+                self.note_refusal(live, "to_server", &action);
                 match action {
                     ClientAction::Forward => {}
                     ClientAction::ForwardRewritten(rewritten) => {
@@ -613,6 +693,7 @@ impl Connection {
             }
             Stats::add(&stats.stanzas_to_server, stanzas);
             Stats::add(&self.traffic.stanzas_to_server, stanzas);
+            LiveSession::add(&live.stanzas_from_client, stanzas);
             if let Err(e) = wr.write_all(&buf[run_start..pos]).await {
                 return End::ServerIo(e);
             }
@@ -620,6 +701,7 @@ impl Connection {
             if !throttle_pause.is_zero() {
                 tokio::select! {
                     _ = tokio::time::sleep(std::mem::take(&mut throttle_pause)) => {}
+                    error = kicked_error(&mut kicked) => return close_both(&mut wr, &to_client, error).await,
                     _ = shutdown.changed() => {
                         let _ = wr.write_all(b"</stream:stream>").await;
                         let _ = wr.shutdown().await;
@@ -643,6 +725,12 @@ impl Connection {
                     }
                     continue;
                 }
+                // An operator's kick: the client gets the chosen stream error, the
+                // server the end of the stream.
+                error = kicked_error(&mut kicked) => {
+                    info!(condition = error.condition.name(), "session kicked by the operator");
+                    return close_both(&mut wr, &to_client, error).await;
+                }
                 _ = shutdown.changed() => {
                     // The server direction tells the client; the server hears the
                     // stream end from here.
@@ -657,6 +745,8 @@ impl Connection {
                     return End::ClientClosed;
                 }
                 Ok(Ok(n)) => {
+                    Stats::add(&stats.bytes_from_client, n as u64);
+                    LiveSession::add(&live.bytes_from_client, n as u64);
                     // XEP-0205 §2.7: over the rate, stop reading for a while; the
                     // bytes already read are processed, nothing is dropped.
                     let throttle = lock(session).bytes_read(n, Instant::now().into_std());
@@ -696,6 +786,7 @@ impl Connection {
         mut from_c2s: mpsc::Receiver<ToClient>,
         to_server: mpsc::Sender<Vec<u8>>,
         header: &ClientHeader,
+        live: &LiveSession,
     ) -> End {
         let budgets = self.config.limits.framer_budgets();
         let stats = &self.shared.stats;
@@ -751,8 +842,12 @@ impl Connection {
                             let _ = wr.shutdown().await;
                             return End::ServerClosed;
                         }
-                        Ok(_) => {}
+                        Ok(n) => {
+                            Stats::add(&stats.bytes_from_server, n as u64);
+                            LiveSession::add(&live.bytes_to_client, n as u64);
+                        }
                         Err(e) => {
+                            Stats::add(&stats.upstream_io_errors, 1);
                             let error = StreamError::new(StreamCondition::RemoteConnectionFailed);
                             let bytes = lock(session).stream_error_bytes(&error, self.domain(Some(header)));
                             let _ = wr.write_all(&bytes).await;
@@ -826,6 +921,8 @@ impl Connection {
                                 return self.refuse(&mut wr, bytes, error.condition).await;
                             }
                             ServerAction::Drop => {
+                                Stats::add(&stats.to_client_dropped, 1);
+                                self.note_refusal(live, "to_client", &ClientAction::Drop);
                                 if let Err(e) = wr.write_all(&buf[run_start..pos]).await {
                                     return End::ClientIo(e);
                                 }
@@ -857,6 +954,9 @@ impl Connection {
                         }
                         if sasl == Some(SaslOutcome::Success) {
                             Stats::add(&stats.sasl_successes, 1);
+                            if let Some(account) = lock(session).account() {
+                                live.set_jid(account, false);
+                            }
                             let (successes, failures) = self.shared.limiter.load().auth_succeeded(self.peer.ip());
                             info!(auth = ?lock(session).auth(), address_successes = successes, address_failures = failures, "authenticated");
                         }
@@ -866,12 +966,31 @@ impl Connection {
                     }
                     Stats::add(&stats.stanzas_to_client, stanzas);
                     Stats::add(&self.traffic.stanzas_to_client, stanzas);
+                    LiveSession::add(&live.stanzas_to_client, stanzas);
+                    if !live.has_full_jid() {
+                        if let Some(jid) = lock(session).bound_jid() {
+                            live.set_jid(jid, true);
+                        }
+                    }
                     if let Err(e) = wr.write_all(&buf[run_start..pos]).await {
                         return End::ClientIo(e);
                     }
                     release_consumed(&mut buf, pos);
                 }
             }
+        }
+    }
+}
+
+/// Resolves with the kick's stream error once the operator kicks the session;
+/// never if the registry entry is gone.
+async fn kicked_error(kicked: &mut watch::Receiver<Option<StreamError>>) -> StreamError {
+    loop {
+        if kicked.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+        if let Some(error) = kicked.borrow_and_update().clone() {
+            return error;
         }
     }
 }

@@ -60,7 +60,33 @@ pub struct Config {
     pub s2s: S2s,
     /// The durable store (`[store]`): fixed until restart.
     pub store: xmppwall_store::StoreConfig,
+    /// The admin HTTP API; `None`: not served.
+    pub admin: Option<Admin>,
 }
+
+/// `[admin]`: the admin HTTP API and metrics (see `docs/admin.md`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Admin {
+    pub listen: SocketAddr,
+    /// The bearer token requests must carry; `None` only on a loopback address.
+    pub token: Option<String>,
+    /// `/metrics` without the token (for Prometheus scrapers).
+    pub metrics_public: bool,
+}
+
+impl fmt::Debug for Admin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The token never reaches a log line.
+        f.debug_struct("Admin")
+            .field("listen", &self.listen)
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .field("metrics_public", &self.metrics_public)
+            .finish()
+    }
+}
+
+/// The admin API's address when `[admin]` names none.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:5380";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upstream {
@@ -677,9 +703,12 @@ impl Checker<'_> {
         let s2s = self.s2s(raw.s2s.as_ref());
         let store = self.store(raw.store.unwrap_or_default());
 
+        let admin = raw.admin.as_ref().map(|a| self.admin(a));
+
         Config {
             components,
             s2s,
+            admin,
             source,
             domains,
             store,
@@ -729,6 +758,62 @@ impl Checker<'_> {
                 reputation: self.duration(&r.reputation, d.reputation),
                 prune_interval: self.duration(&r.prune_interval, d.prune_interval),
             },
+        }
+    }
+
+    fn admin(&mut self, raw: &RawAdmin) -> Admin {
+        let listen = match &raw.listen {
+            Some(l) => self.address(l),
+            None => DEFAULT_ADMIN_LISTEN.parse().ok(),
+        }
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 5380)));
+        let token = match (&raw.token, &raw.token_file) {
+            (Some(_), Some(f)) => {
+                self.problem(f.span(), "give either token or token_file, not both".into());
+                None
+            }
+            (Some(t), None) => Some((t.get_ref().trim().to_owned(), t.span())),
+            (None, Some(f)) => {
+                let path = self.path(f.get_ref());
+                match std::fs::read_to_string(&path) {
+                    Ok(text) => Some((text.trim().to_owned(), f.span())),
+                    Err(e) => {
+                        self.problem(
+                            f.span(),
+                            format!("cannot read the admin token file {}: {e}", path.display()),
+                        );
+                        None
+                    }
+                }
+            }
+            (None, None) => None,
+        };
+        let token = match token {
+            Some((t, span)) if t.len() < 16 => {
+                self.problem(
+                    span,
+                    "the admin token is shorter than 16 characters; use a long random one, e.g. from `openssl rand -hex 32`".into(),
+                );
+                None
+            }
+            Some((t, _)) => Some(t),
+            None => None,
+        };
+        if token.is_none()
+            && raw.token.is_none()
+            && raw.token_file.is_none()
+            && !listen.ip().is_loopback()
+        {
+            let span = raw.listen.as_ref().map(|l| l.span()).unwrap_or(0..0);
+            self.problem(
+                span,
+                format!("the admin API on the non-loopback address {listen} needs a token; set token_file (or token) in [admin]"),
+            );
+        }
+        Admin {
+            listen,
+            token,
+            metrics_public: raw.metrics_public.unwrap_or(false),
         }
     }
 
@@ -1051,6 +1136,7 @@ struct RawConfig {
     #[serde(default)]
     rtbl: Vec<antispam::RawRtbl>,
     store: Option<RawStore>,
+    admin: Option<RawAdmin>,
 }
 
 #[derive(Deserialize)]
@@ -1091,6 +1177,15 @@ struct RawRetention {
     expired_bans: Option<Spanned<String>>,
     reputation: Option<Spanned<String>>,
     prune_interval: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: Option<Spanned<String>>,
+    token: Option<Spanned<String>>,
+    token_file: Option<Spanned<String>>,
+    metrics_public: Option<bool>,
 }
 
 #[derive(Deserialize)]

@@ -18,6 +18,7 @@ pub mod rtbl;
 pub mod s2s;
 pub mod server;
 pub mod session;
+pub mod sessions;
 pub mod stats;
 pub mod stream;
 pub use xmppwall_policy::errors as stream_error;

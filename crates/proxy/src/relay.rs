@@ -203,8 +203,7 @@ impl PeerConnection {
                 .refuse_before_header(&mut io, COMPONENT_NS, Some(&domain), error)
                 .await;
         }
-        if let Some(until) = self.admission.banned_until {
-            let error = xmppwall_policy::limiter::banned_error(until);
+        if let Some(error) = self.admission.banned.clone() {
             return self
                 .refuse_before_header(&mut io, COMPONENT_NS, Some(&domain), error)
                 .await;

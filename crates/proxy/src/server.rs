@@ -17,6 +17,8 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
+use xmppwall_policy::bans::{address_banned_error, Bans};
+use xmppwall_policy::limiter::banned_error;
 use xmppwall_policy::rules::Hook;
 use xmppwall_policy::rules::Policy;
 use xmppwall_policy::{GateDecision, Limiter};
@@ -42,6 +44,10 @@ pub struct Shared {
     /// How remote servers' certificates are checked (`[s2s]`), swapped on reload.
     pub s2s_tls: ArcSwap<tls::S2sTls>,
     pub stats: Stats,
+    /// The live client streams (for the admin API: list, kick).
+    pub sessions: crate::sessions::Registry,
+    /// The operator's bans on addresses, prefixes, accounts and domains.
+    pub bans: Arc<Bans>,
     /// The stanza recording, when `[record] path` is set (fixed until restart).
     pub recorder: std::sync::OnceLock<Arc<crate::recorder::Recorder>>,
     /// Durable bans, reports, reputation and the audit trail (`[store]`).
@@ -87,6 +93,8 @@ impl Shared {
             upstream_tls: ArcSwap::from_pointee(upstream_tls),
             s2s_tls: ArcSwap::from_pointee(s2s_tls),
             stats: Stats::default(),
+            sessions: crate::sessions::Registry::default(),
+            bans: Arc::new(Bans::default()),
             recorder: std::sync::OnceLock::new(),
             shutdown: watch::channel(false).0,
             next_id: AtomicU64::new(1),
@@ -170,6 +178,31 @@ impl Shared {
     }
 }
 
+/// Why a reload was refused; the running configuration stays.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The file (or an included one) is invalid: every problem with FILE:LINE:COLUMN.
+    #[error("{0}")]
+    Invalid(crate::config::ConfigError),
+    #[error("cannot load TLS certificates: {0}")]
+    Tls(TlsError),
+}
+
+impl Shared {
+    /// Reads the configuration file the running one came from (with its rules,
+    /// lists and certificates) and swaps it in; on any problem nothing changes.
+    /// SIGHUP and the admin API's reload both come here.
+    pub fn reload_from_file(&self) -> Result<std::path::PathBuf, ReloadError> {
+        let path = self.config.load().source.clone();
+        let config = Config::load(&path).map_err(ReloadError::Invalid)?;
+        if config.admin != self.config.load().admin {
+            warn!("[admin] changes take effect only after a restart");
+        }
+        self.reload(config).map_err(ReloadError::Tls)?;
+        Ok(path)
+    }
+}
+
 fn upstream_tls(config: &Config) -> Result<UpstreamTlsConfig, TlsError> {
     config
         .upstream
@@ -247,10 +280,16 @@ pub async fn serve(
                     GateDecision::Refuse(limit) => {
                         debug!(peer = %peer, limit = limit.name(), "connection refused at the gate");
 shared.audit_refusal(peer.ip(), Hook::Connect, VerdictSource::Limit, limit.name(), "refuse");
+                        shared.stats.ended(crate::stats::Outcome::GateRefused);
                         drop(tcp);
                         continue;
                     }
-                    GateDecision::Admit(ticket) => c2s::Admission { ticket, banned_until: None },
+                    // The operator's bans (admin API): the client is told, like a
+                    // banned address (RFC 6120 §4.9.3.18).
+                    GateDecision::Admit(ticket) => c2s::Admission {
+                        ticket,
+                        banned: shared.bans.address(peer.ip()).map(|ban| address_banned_error(&ban)),
+                    },
                     GateDecision::Banned(ticket, until) => {
 shared.audit_refusal(
                             peer.ip(),
@@ -259,7 +298,7 @@ shared.audit_refusal(
                             xmppwall_policy::LimitKind::BannedAddress.name(),
                             "close",
                         );
-                        c2s::Admission { ticket, banned_until: Some(until) }
+                        c2s::Admission { ticket, banned: Some(banned_error(until)) }
                     }
                 };
                 let id = shared.connection_id();
@@ -269,7 +308,7 @@ shared.audit_refusal(
                 tracker2.spawn(
                     async move {
                         match listener.front {
-                            Front::C2s => c2s::serve(shared, tcp, peer, listener, admission).await,
+                            Front::C2s => c2s::serve(shared, id, tcp, peer, listener, admission).await,
                             Front::S2s | Front::S2sEgress | Front::Component => {
                                 crate::relay::serve(shared, tcp, peer, listener, admission).await
                             }

@@ -18,6 +18,9 @@ use arc_swap::ArcSwap;
 use base64::Engine as _;
 use tracing::info;
 use xmppwall_policy::antispam::{RegistrationRequest, StrangerAction, StrangerScope};
+use xmppwall_policy::bans::{
+    account_banned_error, account_disabled_failure, domain_banned_error, Ban, Bans,
+};
 use xmppwall_policy::reputation::Standing;
 use xmppwall_policy::rules::{self, Hook, Marks, Policy, StreamFront, Subject};
 use xmppwall_policy::stanza::{bare_jid, Kind, Stanza};
@@ -28,7 +31,7 @@ use xmppwall_xml::view::{self, StartTag};
 use xmppwall_xml::Token;
 
 use crate::config::{Limits, ListenerTls};
-use crate::stream_error::{StanzaError, StreamCondition, StreamError};
+use crate::stream_error::{ErrorType, StanzaError, StreamCondition, StreamError};
 
 pub const STREAMS_NS: &str = "http://etherx.jabber.org/streams";
 pub const CLIENT_NS: &str = "jabber:client";
@@ -129,6 +132,8 @@ pub struct C2sSession {
     recorder: Option<Arc<crate::recorder::Recorder>>,
     /// Where verdicts other than pass are recorded (the store's audit trail).
     audit: Option<Store>,
+    /// The operator's bans on accounts and domains (see `xmppwall_policy::bans`).
+    bans: Option<Arc<Bans>>,
     /// The stream's `to`: the domain of accounts named by SASL usernames.
     domain: Option<String>,
     /// The account the SASL exchange named, before the server confirms it.
@@ -179,6 +184,7 @@ impl C2sSession {
             contacts: None,
             recorder: None,
             audit: None,
+            bans: None,
             domain,
             sasl_account: None,
             auth: Auth::None,
@@ -200,6 +206,16 @@ impl C2sSession {
 
     pub fn is_authenticated(&self) -> bool {
         matches!(self.auth, Auth::Authenticated { .. })
+    }
+
+    /// Checks accounts and stanzas against the operator's bans from now on.
+    pub fn use_bans(&mut self, bans: Arc<Bans>) {
+        self.bans = Some(bans);
+    }
+
+    /// The account (bare JID), once SASL succeeded or a resource was bound.
+    pub fn account(&self) -> Option<&str> {
+        self.conn.account.as_deref()
     }
 
     pub fn bound_jid(&self) -> Option<&str> {
@@ -452,6 +468,14 @@ impl C2sSession {
         let Some(stanza) = Stanza::with_start(tag, bytes) else {
             return ClientAction::Forward;
         };
+        if let Some(ban) = self.domain_ban(stanza.to().as_deref()) {
+            return match domain_banned_error(&ban)
+                .reply_to(&stanza.start, self.bound_jid.as_deref())
+            {
+                Some(reply) => ClientAction::Reply(reply),
+                None => ClientAction::Drop,
+            };
+        }
         if let Some(action) = self.reputation_to_server(&stanza, now) {
             return action;
         }
@@ -530,6 +554,9 @@ impl C2sSession {
             }
             (b"success", SASL_NS) => {
                 self.authenticated();
+                if let Some(refusal) = self.account_ban_at_sasl(SASL_NS) {
+                    return refusal;
+                }
                 self.client_restart = true;
                 self.server_restart = true;
                 if let Some(error) = self.run_stream_hook(Hook::Auth, now) {
@@ -539,6 +566,9 @@ impl C2sSession {
             (b"success", SASL2_NS) => {
                 // SASL2 (XEP-0388) authenticates without restarting the stream.
                 self.authenticated();
+                if let Some(refusal) = self.account_ban_at_sasl(SASL2_NS) {
+                    return refusal;
+                }
                 if let Some(error) = self.run_stream_hook(Hook::Auth, now) {
                     return ServerAction::ForwardThenClose(error);
                 }
@@ -569,6 +599,32 @@ impl C2sSession {
                             Some("result") => {
                                 self.bound_jid = bound_jid(bytes);
                                 self.pending_bind = None;
+                                if let Some(ban) = self
+                                    .bans
+                                    .as_ref()
+                                    .zip(self.bound_jid.as_deref())
+                                    .and_then(|(bans, jid)| bans.account(jid))
+                                {
+                                    // RFC 6120 §7.6.2.2: not allowed to bind; then the
+                                    // stream (which the server has bound) ends.
+                                    let refusal = StanzaError {
+                                        error_type: ErrorType::Cancel,
+                                        condition: "not-allowed",
+                                        app_condition: None,
+                                        text: None,
+                                    };
+                                    let reply = format!(
+                                        "<iq type='error' id='{}'>{}</iq>",
+                                        view::escape_attribute(
+                                            &tag.attribute(b"id").unwrap_or_default()
+                                        ),
+                                        refusal.error_element()
+                                    );
+                                    return ServerAction::ReplaceThenClose(
+                                        reply.into_bytes(),
+                                        account_banned_error(&ban),
+                                    );
+                                }
                                 if self.conn.account.is_none() {
                                     // A mechanism that names no user (EXTERNAL, ...):
                                     // the account is known from the bind result on, and
@@ -958,8 +1014,30 @@ impl C2sSession {
         })
     }
 
+    /// The operator's ban on the account that just authenticated: the client gets a
+    /// SASL `<failure/>` with `<account-disabled/>` instead of the success, then the
+    /// stream ends (see `xmppwall_policy::bans`).
+    fn account_ban_at_sasl(&self, ns: &str) -> Option<ServerAction> {
+        let ban = self.bans.as_ref()?.account(self.conn.account.as_deref()?)?;
+        Some(ServerAction::ReplaceThenClose(
+            account_disabled_failure(&ban, ns),
+            account_banned_error(&ban),
+        ))
+    }
+
+    /// The operator's ban on the domain of `jid`, if any (one atomic load while no
+    /// domain is banned).
+    fn domain_ban(&self, jid: Option<&str>) -> Option<Ban> {
+        let bans = self.bans.as_ref().filter(|b| b.has_domains())?;
+        bans.domain_of(jid?)
+    }
+
     /// Limits, then rules, for a stanza the server sends the client.
     fn server_stanza(&mut self, stanza: &Stanza<'_>, now: Instant) -> ServerAction {
+        // A stanza from a banned domain is dropped: its sender is beyond the server.
+        if self.domain_ban(stanza.from().as_deref()).is_some() {
+            return ServerAction::Drop;
+        }
         let verdict = self.limiter.load().check_to_client(&self.conn, stanza, now);
         self.audit_limit(Hook::ToClient, Some(&stanza.start), &verdict);
         match verdict {

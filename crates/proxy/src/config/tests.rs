@@ -321,3 +321,42 @@ fn reputation_section_is_read() {
     assert!(r.throttle.is_none());
     assert!(r.exempt_jids.contains("boss@example.org"));
 }
+
+#[test]
+fn admin_defaults_to_loopback_and_keeps_the_token_out_of_debug_output() {
+    let c = parse(&format!(
+        "{MINIMAL}\n[admin]\ntoken = \"0123456789abcdef0123\"\n"
+    ))
+    .unwrap();
+    let admin = c.admin.expect("[admin] read");
+    assert_eq!(admin.listen, DEFAULT_ADMIN_LISTEN.parse().unwrap());
+    assert_eq!(admin.token.as_deref(), Some("0123456789abcdef0123"));
+    assert!(!admin.metrics_public);
+    assert!(!format!("{admin:?}").contains("0123456789abcdef"));
+    assert!(parse(MINIMAL).unwrap().admin.is_none());
+}
+
+#[test]
+fn admin_on_a_public_address_without_a_token_is_refused_at_its_line() {
+    let err = parse(&format!("{MINIMAL}\n[admin]\nlisten = \"0.0.0.0:5380\"\n")).unwrap_err();
+    assert_eq!(err.problems[0].line, 11, "{err}");
+    assert!(err.to_string().contains("needs a token"), "{err}");
+    // Loopback without a token is allowed.
+    assert!(parse(&format!("{MINIMAL}\n[admin]\nlisten = \"[::1]:5380\"\n")).is_ok());
+}
+
+#[test]
+fn admin_token_problems_are_reported() {
+    let short = parse(&format!("{MINIMAL}\n[admin]\ntoken = \"short\"\n")).unwrap_err();
+    assert!(short.to_string().contains("shorter than 16"), "{short}");
+    let missing = parse(&format!(
+        "{MINIMAL}\n[admin]\ntoken_file = \"no-such.token\"\n"
+    ))
+    .unwrap_err();
+    assert!(
+        missing
+            .to_string()
+            .contains("cannot read the admin token file"),
+        "{missing}"
+    );
+}
