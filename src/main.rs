@@ -1,5 +1,8 @@
-//! The `xmppwall` command: run the proxy, check a configuration.
+//! The `xmppwall` command: run the proxy, check a configuration, replay a
+//! recording, and administer a running instance (`ctl`).
 #![forbid(unsafe_code)]
+
+mod ctl;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -55,6 +58,8 @@ enum Command {
         #[arg(short, long)]
         verbose: bool,
     },
+    /// Administer a running xmppwall through its admin API (`[admin]`).
+    Ctl(ctl::Ctl),
 }
 
 fn main() -> ExitCode {
@@ -87,6 +92,13 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("xmppwall: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Ctl(c) => match ctl::run(c) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("xmppwall ctl: {e:#}");
                 ExitCode::FAILURE
             }
         },
@@ -181,12 +193,19 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
         .context("cannot start the runtime")?;
     runtime.block_on(async move {
         let listeners = server::bind(&config).await?;
+        let admin = match &config.admin {
+            Some(admin) => Some(xmppwall_admin::bind(admin).await?),
+            None => None,
+        };
         let store = xmppwall_store::Store::open(&config.store).context("cannot open the store")?;
         if let Some(path) = store.path() {
             info!(path = %path.display(), "store opened");
         }
         let shared =
             server::Shared::with_store(config, store).context("cannot load TLS certificates")?;
+        if let Some(listener) = admin {
+            tokio::spawn(xmppwall_admin::serve(shared.clone(), listener));
+        }
         let mut hangup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
         let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
         let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
@@ -198,14 +217,14 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
             loop {
                 tokio::select! {
                     _ = hangup.recv() => {
-                        reload(&reloader, &path);
+                        reload(&reloader);
                         list_times = list_file_times(&reloader);
                     }
                     _ = list_check.tick() => {
                         let now = list_file_times(&reloader);
                         if now != list_times {
                             info!("a list file changed; reloading");
-                            reload(&reloader, &path);
+                            reload(&reloader);
                             list_times = list_file_times(&reloader);
                         }
                     }
@@ -262,17 +281,15 @@ fn log_stats(shared: &server::Shared) {
 }
 
 /// SIGHUP: read the configuration and certificates again; keep the running ones if
-/// anything is wrong.
-fn reload(shared: &server::Shared, path: &std::path::Path) {
-    match Config::load(path) {
-        Err(e) => {
+/// anything is wrong. The admin API's reload takes the same path.
+fn reload(shared: &server::Shared) {
+    match shared.reload_from_file() {
+        Ok(path) => info!(config = %path.display(), "configuration reloaded"),
+        Err(server::ReloadError::Invalid(e)) => {
             for problem in &e.problems {
                 error!(%problem, "reload refused; the running configuration stays");
             }
         }
-        Ok(config) => match shared.reload(config) {
-            Ok(()) => info!(config = %path.display(), "configuration reloaded"),
-            Err(e) => warn!(error = %e, "reload refused; the running configuration stays"),
-        },
+        Err(e) => warn!(error = %e, "reload refused; the running configuration stays"),
     }
 }

@@ -15,6 +15,7 @@
 pub mod certs;
 pub mod client;
 pub mod ejabberd;
+pub mod http;
 pub mod ports;
 pub mod process;
 pub mod prosody;

@@ -151,7 +151,7 @@ pub fn listen_addresses(config_toml: &str) -> Vec<SocketAddr> {
     }
     if let Some(admin) = config
         .get("admin")
-        .and_then(|a| a.get("address"))
+        .and_then(|a| a.get("listen").or_else(|| a.get("address")))
         .and_then(|a| a.as_str())
     {
         found.push(admin);
