@@ -778,6 +778,7 @@ impl Connection {
 
     /// The server → client direction: frames, observes (SASL, bind), rewrites
     /// features, forwards; also writes what the client direction sends back.
+    #[allow(clippy::too_many_arguments)] // the two halves, the queues, the session's parts
     async fn server_to_client(
         &self,
         mut rd: ReadHalf<BoxIo>,
