@@ -387,8 +387,8 @@ impl PeerConnection {
     /// §4.9.3.6 `<host-unknown/>`), a `from` the `[federation]` lists allow
     /// (`<policy-violation/>`, §4.9.3.15), no ban on the address.
     fn check_s2s_header(&self, header: &PeerHeader) -> Result<(), StreamError> {
-        if let Some(until) = self.admission.banned_until {
-            return Err(xmppwall_policy::limiter::banned_error(until));
+        if let Some(error) = self.admission.banned.clone() {
+            return Err(error);
         }
         let hosted = &self.config.domains;
         match &header.to {
