@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # The test command: ./scripts/test.sh [extra cargo test arguments]
 #
-# Installs what the integration tests need if it is missing (Debian's prosody and
-# ejabberd, Python's slixmpp), makes sure no system XMPP daemon is left running from a
+# Installs what the integration tests need if it is missing (Debian's prosody,
+# ejabberd and redis-server, Python's slixmpp), makes sure no system XMPP daemon is left running from a
 # package install, then runs `cargo test --workspace --all-targets "$@"`.
 #
 # Idempotent: installs nothing when everything is present. Non-interactive (CI=true
 # works). Set XMPPWALL_TEST_NO_INSTALL=1 to skip the install step entirely.
 #
-# The tests start their own Prosody and ejabberd on free loopback ports in temporary
-# directories; they never use the system services or /etc/{prosody,ejabberd}.
+# The tests start their own Prosody, ejabberd and Redis on free loopback ports in
+# temporary directories; they never use the system services or /etc/{prosody,ejabberd}.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -23,6 +23,7 @@ declare -A APT_PACKAGES=(
     [procps]=/bin/kill
     [python3]=/usr/bin/python3
     [python3-pip]=/usr/lib/python3/dist-packages/pip
+    [redis-server]=/usr/bin/redis-server
 )
 # slixmpp's API changes between releases; tests/interop/slixmpp_echo.py is written for
 # this one (and works with >= 1.8).
@@ -85,7 +86,7 @@ stop_system_daemons() {
     # anyone reading the machine's state, and ejabberd's system node is not ours. There is
     # no systemd here; `service` runs the init scripts. Harmless when they are not running.
     local service
-    for service in prosody ejabberd; do
+    for service in prosody ejabberd redis-server; do
         if [ -x "/etc/init.d/$service" ]; then
             as_root service "$service" stop >/dev/null 2>&1 || true
         fi

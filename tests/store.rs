@@ -115,7 +115,9 @@ fn an_authentication_failure_ban_survives_kill_9_and_restart() {
     let mut c = TestClient::connect_from(loopback(21), s.addr);
     c.open_stream();
     for _ in 0..2 {
-        let answer = c.try_auth_plain("alice", "wrong").unwrap_err();
+        let answer = c
+            .try_auth_plain("alice", "wrong")
+            .expect_err("a wrong password fails");
         assert_eq!(xml::root_name(&answer), "failure", "{answer}");
     }
     let closing = c.read_until_closed();

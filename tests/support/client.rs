@@ -421,3 +421,56 @@ pub fn base64(bytes: &[u8]) -> String {
     }
     out
 }
+
+const HEADER: &str = "<?xml version='1.0'?><stream:stream to='example.test' version='1.0' \
+                      xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>";
+
+/// A TCP connection from `source` that sends a stream header. `Some(connection)` once
+/// the server's stream features arrived through xmppwall; `None` when xmppwall closed
+/// the connection without sending a single byte (a refusal at the gate).
+pub fn stream_from(source: IpAddr, addr: SocketAddr) -> Option<TcpStream> {
+    let socket =
+        Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).expect("a TCP socket");
+    socket
+        .bind(&SocketAddr::new(source, 0).into())
+        .unwrap_or_else(|e| panic!("binding to {source}: {e}"));
+    socket
+        .connect_timeout(&addr.into(), IO_TIMEOUT)
+        .unwrap_or_else(|e| panic!("connecting from {source}: {e}"));
+    let mut tcp = TcpStream::from(socket);
+    tcp.set_read_timeout(Some(IO_TIMEOUT))
+        .expect("setting the read timeout");
+    // A refused connection may already be reset: the write is allowed to fail.
+    let _ = tcp.write_all(HEADER.as_bytes());
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match tcp.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => {
+                got.extend_from_slice(&chunk[..n]);
+                if String::from_utf8_lossy(&got).contains("</stream:features>") {
+                    return Some(tcp);
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+                ) =>
+            {
+                break
+            }
+            Err(e) => panic!(
+                "from {source}: neither features nor a close within {IO_TIMEOUT:?} ({e}); got {:?}",
+                String::from_utf8_lossy(&got)
+            ),
+        }
+    }
+    assert!(
+        got.is_empty(),
+        "a refused connection got bytes: {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    None
+}

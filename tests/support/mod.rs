@@ -20,6 +20,7 @@ pub mod ports;
 pub mod process;
 pub mod prosody;
 pub mod proxy_protocol;
+pub mod redis;
 pub mod slixmpp;
 pub mod wall;
 pub mod xml;

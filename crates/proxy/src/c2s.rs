@@ -110,6 +110,8 @@ pub struct Admission {
     pub ticket: ConnectionTicket,
     /// The address is banned: the client is told this and the stream closes.
     pub banned: Option<StreamError>,
+    /// The connection's place in the count shared with other instances.
+    pub cluster: Option<xmppwall_store::ClusterTicket>,
 }
 
 /// Serves one accepted client connection to its end.

@@ -62,6 +62,9 @@ pub struct Config {
     pub store: xmppwall_store::StoreConfig,
     /// The admin HTTP API; `None`: not served.
     pub admin: Option<Admin>,
+    /// State shared with other instances (`[store] shared = "redis"`): fixed until
+    /// restart.
+    pub redis: Option<xmppwall_store::RedisConfig>,
 }
 
 /// `[admin]`: the admin HTTP API and metrics (see `docs/admin.md`).
@@ -701,7 +704,9 @@ impl Checker<'_> {
             })
             .collect();
         let s2s = self.s2s(raw.s2s.as_ref());
-        let store = self.store(raw.store.unwrap_or_default());
+        let raw_store = raw.store.unwrap_or_default();
+        let redis = self.redis(&raw_store);
+        let store = self.store(raw_store);
 
         let admin = raw.admin.as_ref().map(|a| self.admin(a));
 
@@ -712,6 +717,7 @@ impl Checker<'_> {
             source,
             domains,
             store,
+            redis,
             upstream: upstream.unwrap_or(Upstream {
                 address: SocketAddr::from(([127, 0, 0, 1], 5222)),
                 proxy_protocol: ProxyProtocol::None,
@@ -733,6 +739,50 @@ impl Checker<'_> {
 
     /// `[store]`: the database file (relative to this file; `":memory:"` keeps
     /// nothing across restarts) and the retention of each record kind.
+    /// `[store] shared`: `"none"` (default) or `"redis"` with `redis = URL`.
+    fn redis(&mut self, raw: &RawStore) -> Option<xmppwall_store::RedisConfig> {
+        let shared = raw.shared.as_ref()?;
+        match shared.get_ref().as_str() {
+            "none" => return None,
+            "redis" => {}
+            other => {
+                self.problem(
+                    shared.span(),
+                    format!("unknown shared state {other:?}; write \"none\" or \"redis\""),
+                );
+                return None;
+            }
+        }
+        let Some(url) = &raw.redis else {
+            self.problem(
+                shared.span(),
+                "shared = \"redis\" needs `redis = \"redis://HOST:PORT/DB\"` in [store]".into(),
+            );
+            return None;
+        };
+        if !["redis://", "rediss://", "unix://", "redis+unix://"]
+            .iter()
+            .any(|scheme| url.get_ref().starts_with(scheme))
+        {
+            self.problem(
+                url.span(),
+                format!(
+                    "invalid Redis address {:?}; write redis://HOST:PORT/DB",
+                    url.get_ref()
+                ),
+            );
+        }
+        let prefix = raw
+            .redis_prefix
+            .as_ref()
+            .map_or_else(|| "xmppwall".to_owned(), |p| p.get_ref().clone());
+        Some(xmppwall_store::RedisConfig {
+            url: url.get_ref().clone(),
+            timeout: self.duration(&raw.redis_timeout, std::time::Duration::from_millis(100)),
+            prefix,
+        })
+    }
+
     fn store(&mut self, raw: RawStore) -> xmppwall_store::StoreConfig {
         let path = match &raw.path {
             Some(p) if p.get_ref() == ":memory:" => None,
@@ -1164,6 +1214,10 @@ struct RawS2s {
 #[serde(deny_unknown_fields)]
 struct RawStore {
     path: Option<Spanned<String>>,
+    shared: Option<Spanned<String>>,
+    redis: Option<Spanned<String>>,
+    redis_timeout: Option<Spanned<String>>,
+    redis_prefix: Option<Spanned<String>>,
     #[serde(default)]
     retention: RawRetention,
 }

@@ -22,7 +22,10 @@ use xmppwall_policy::limiter::banned_error;
 use xmppwall_policy::rules::Hook;
 use xmppwall_policy::rules::Policy;
 use xmppwall_policy::{GateDecision, Limiter};
-use xmppwall_store::{Ban, StanzaSummary, Store, StoreConfig, VerdictRecord, VerdictSource};
+use xmppwall_store::{
+    Ban, Cluster, ClusterEvent, ClusterTicket, SharedRefusal, StanzaSummary, Store, StoreConfig,
+    VerdictRecord, VerdictSource,
+};
 
 use crate::c2s;
 use crate::config::{Config, Front, Listener};
@@ -52,6 +55,9 @@ pub struct Shared {
     pub recorder: std::sync::OnceLock<Arc<crate::recorder::Recorder>>,
     /// Durable bans, reports, reputation and the audit trail (`[store]`).
     pub store: Store,
+    /// State shared with other instances through Redis (`[store] shared = "redis"`),
+    /// once [`Shared::join_cluster`] ran.
+    pub cluster: Arc<std::sync::OnceLock<Cluster>>,
     shutdown: watch::Sender<bool>,
     next_id: AtomicU64,
 }
@@ -75,6 +81,8 @@ impl Shared {
             Limiter::new(config.policy_limits.clone()).with_antispam(config.antispam.clone());
         crate::durable::attach(&limiter, &store);
         let sink = store.clone();
+        let cluster = Arc::new(std::sync::OnceLock::<Cluster>::new());
+        let shared_sink = cluster.clone();
         limiter.state.observe_bans(Box::new(move |ban| {
             sink.submit_ban(Ban::new(
                 ban.network,
@@ -83,9 +91,13 @@ impl Shared {
                 ban.source.clone(),
                 ban.reason.clone(),
             ));
+            if let Some(cluster) = shared_sink.get() {
+                cluster.ban(ban.network, ban.until, &ban.source, &ban.reason);
+            }
         }));
         Ok(Arc::new(Shared {
             store,
+            cluster,
             limiter: Arc::new(ArcSwap::from_pointee(limiter)),
             policy: Arc::new(ArcSwap::new(config.policy.clone())),
             config: ArcSwap::from_pointee(config),
@@ -132,6 +144,114 @@ impl Shared {
         });
     }
 
+    /// Bans `ip`'s address group now, on every instance, durably (for the admin API):
+    /// the gate refuses it at once, the store commits it before this returns, and
+    /// the other instances hear of it through Redis when shared state is on.
+    pub async fn ban(
+        &self,
+        ip: std::net::IpAddr,
+        duration: std::time::Duration,
+        source: &str,
+        reason: &str,
+    ) -> Result<std::time::SystemTime, xmppwall_store::StoreError> {
+        let until = self.limiter.load().ban_address(
+            ip,
+            duration,
+            std::time::Instant::now(),
+            source,
+            reason,
+        );
+        self.store.flush().await?;
+        Ok(until)
+    }
+
+    /// Lifts the ban on `network`'s address group here, in the store and on the other
+    /// instances; returns whether one was in force here.
+    pub async fn unban(
+        &self,
+        network: xmppwall_store::IpNet,
+    ) -> Result<bool, xmppwall_store::StoreError> {
+        let limiter = self.limiter.load();
+        let group = limiter.network_of(network.addr());
+        let lifted = limiter.unban(network, std::time::Instant::now());
+        let now = std::time::SystemTime::now();
+        self.store.unban(network, now).await?;
+        if group != network {
+            self.store.unban(group, now).await?;
+        }
+        if let Some(cluster) = self.cluster.get() {
+            cluster.unban(group);
+        }
+        Ok(lifted)
+    }
+
+    /// Joins the other instances through Redis when `[store] shared = "redis"`: bans
+    /// they make apply here and bans made here reach them. Within a tokio runtime;
+    /// once per process.
+    pub fn join_cluster(self: &Arc<Self>) {
+        let Some(redis) = self.config.load().redis.clone() else {
+            return;
+        };
+        if self.cluster.get().is_some() {
+            return;
+        }
+        let (cluster, mut events) = match Cluster::start(redis) {
+            Ok(started) => started,
+            Err(e) => {
+                warn!(error = %e, "shared state is off");
+                return;
+            }
+        };
+        info!(instance = cluster.instance(), "sharing state through Redis");
+        let _ = self.cluster.set(cluster);
+        let limiter = self.limiter.clone();
+        tokio::spawn(async move {
+            while let Some(event) = events.recv().await {
+                let limiter = limiter.load();
+                match event {
+                    ClusterEvent::Ban {
+                        network,
+                        until,
+                        source,
+                        ..
+                    } => {
+                        debug!(%network, source, "ban from another instance");
+                        limiter.restore_ban(network, until, std::time::Instant::now());
+                    }
+                    ClusterEvent::Unban { network } => {
+                        limiter.unban(network, std::time::Instant::now());
+                    }
+                }
+            }
+        });
+    }
+
+    /// The shared gate for an admitted connection: `Ok(None)` without shared state.
+    async fn shared_admission(
+        &self,
+        ip: std::net::IpAddr,
+    ) -> Result<Option<ClusterTicket>, xmppwall_policy::LimitKind> {
+        let Some(cluster) = self.cluster.get() else {
+            return Ok(None);
+        };
+        let (network, max, attempts) = {
+            let limiter = self.limiter.load();
+            let gate = &limiter.config.gate;
+            (
+                limiter.network_of(ip),
+                gate.max_connections_per_address,
+                gate.connection_attempts.map(|p| (p.count, p.period)),
+            )
+        };
+        match cluster.admit(network, max, attempts).await {
+            Ok(ticket) => Ok(Some(ticket)),
+            Err(SharedRefusal::Connections) => {
+                Err(xmppwall_policy::LimitKind::ConnectionsPerAddress)
+            }
+            Err(SharedRefusal::Attempts) => Err(xmppwall_policy::LimitKind::ConnectionAttempts),
+        }
+    }
+
     /// Applies the bans the store holds (at start: bans outlive restarts).
     pub async fn restore_bans(&self) {
         let now = std::time::SystemTime::now();
@@ -162,7 +282,7 @@ impl Shared {
         if old.listeners != config.listeners {
             warn!("listener changes take effect only after a restart");
         }
-        if old.store != config.store {
+        if old.store != config.store || old.redis != config.redis {
             warn!("[store] changes take effect only after a restart");
         }
         self.upstream_tls.store(Arc::new(upstream));
@@ -249,6 +369,7 @@ pub async fn serve(
     }
     shared.restore_bans().await;
     crate::durable::restore_reputation(&shared.limiter.load(), &shared.store).await;
+    shared.join_cluster();
     let tracker = TaskTracker::new();
     // Real-time block lists: followed from start to shutdown (changes need a restart).
     for rtbl in shared.config.load().rtbl.clone() {
@@ -279,7 +400,7 @@ pub async fn serve(
                 let admission = match shared.limiter.load().admit(peer.ip(), std::time::Instant::now()) {
                     GateDecision::Refuse(limit) => {
                         debug!(peer = %peer, limit = limit.name(), "connection refused at the gate");
-shared.audit_refusal(peer.ip(), Hook::Connect, VerdictSource::Limit, limit.name(), "refuse");
+                        shared.audit_refusal(peer.ip(), Hook::Connect, VerdictSource::Limit, limit.name(), "refuse");
                         shared.stats.ended(crate::stats::Outcome::GateRefused);
                         drop(tcp);
                         continue;
@@ -289,16 +410,17 @@ shared.audit_refusal(peer.ip(), Hook::Connect, VerdictSource::Limit, limit.name(
                     GateDecision::Admit(ticket) => c2s::Admission {
                         ticket,
                         banned: shared.bans.address(peer.ip()).map(|ban| address_banned_error(&ban)),
+                        cluster: None,
                     },
                     GateDecision::Banned(ticket, until) => {
-shared.audit_refusal(
+                        shared.audit_refusal(
                             peer.ip(),
                             Hook::Connect,
                             VerdictSource::Limit,
                             xmppwall_policy::LimitKind::BannedAddress.name(),
                             "close",
                         );
-                        c2s::Admission { ticket, banned: Some(banned_error(until)) }
+                        c2s::Admission { ticket, banned: Some(banned_error(until)), cluster: None }
                     }
                 };
                 let id = shared.connection_id();
@@ -307,6 +429,21 @@ shared.audit_refusal(
                 let listener = listener.clone();
                 tracker2.spawn(
                     async move {
+                        let mut admission = admission;
+                        // The shared gate (several instances): one Redis round trip at most,
+                        // off the accept loop.
+                        if admission.banned.is_none() && !admission.ticket.trusted_address {
+                            match shared.shared_admission(peer.ip()).await {
+                                Ok(ticket) => admission.cluster = ticket,
+                                Err(kind) => {
+                                    debug!(limit = kind.name(), "connection refused by the shared gate");
+                                    shared.limiter.load().state.hit(kind);
+                                    shared.audit_refusal(peer.ip(), Hook::Connect, VerdictSource::Limit, kind.name(), "refuse");
+                                    drop(tcp);
+                                    return;
+                                }
+                            }
+                        }
                         match listener.front {
                             Front::C2s => c2s::serve(shared, id, tcp, peer, listener, admission).await,
                             Front::S2s | Front::S2sEgress | Front::Component => {

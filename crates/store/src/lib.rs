@@ -45,6 +45,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod cluster;
 mod records;
 mod schema;
 mod writer;
@@ -55,6 +56,7 @@ use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+pub use cluster::{Cluster, ClusterEvent, ClusterTicket, RedisConfig, SharedRefusal};
 pub use ipnet::IpNet;
 pub use records::{
     Ban, ConnectionRecord, Report, Reputation, StanzaSummary, VerdictRecord, VerdictSource,

@@ -360,3 +360,30 @@ fn admin_token_problems_are_reported() {
         "{missing}"
     );
 }
+
+#[test]
+fn shared_redis_state_is_read_and_its_mistakes_located() {
+    let c = parse(&format!(
+        "{MINIMAL}\n[store]\nshared = \"redis\"\nredis = \"redis://127.0.0.1:6390/2\"\nredis_timeout = \"250ms\"\n"
+    ))
+    .unwrap();
+    let redis = c.redis.expect("shared state on");
+    assert_eq!(redis.url, "redis://127.0.0.1:6390/2");
+    assert_eq!(redis.timeout, Duration::from_millis(250));
+    assert_eq!(redis.prefix, "xmppwall");
+    assert_eq!(parse(MINIMAL).unwrap().redis, None);
+
+    let e = parse(&format!("{MINIMAL}\n[store]\nshared = \"redis\"\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(":11:10: shared = \"redis\" needs"), "{e}");
+    let e = parse(&format!(
+        "{MINIMAL}\n[store]\nshared = \"memcached\"\nredis = \"127.0.0.1:6379\"\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains(":11:10: unknown shared state \"memcached\""),
+        "{e}"
+    );
+}

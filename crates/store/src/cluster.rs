@@ -1,0 +1,637 @@
+//! State shared by several xmppwall instances through Redis: bans (propagated with
+//! pub/sub), connections per address group, and connection attempts per address group.
+//!
+//! # What goes through Redis, and when
+//!
+//! - **At connection accept**, after the local gate admitted it: one script call (one
+//!   round trip, bounded by `timeout`) counts the attempt in a per-period window and
+//!   the connection in the address group's hash of per-instance counts, and refuses
+//!   when the shared cap or rate is exceeded. A timeout or error admits on the local
+//!   decision alone.
+//! - **Never per stanza.** Counts this instance holds are written as absolute values
+//!   (`HSET`) in batches once a second, so a lost or duplicated update heals itself.
+//! - **Bans**: each ban this instance makes is stored as a key with the ban's
+//!   remaining time as expiry and published on a channel; every instance subscribed
+//!   applies it locally at once. At (re)connection an instance reads every stored
+//!   ban, and publishes the bans it made while Redis was away.
+//! - **Instances** refresh a heartbeat key every second; counts of an instance whose
+//!   heartbeat expired are ignored and removed, so a crashed instance's connections
+//!   stop counting within a few seconds.
+//!
+//! # When Redis goes away
+//!
+//! Every instance goes on enforcing its own limits with local state. The change is
+//! logged once (and once again when Redis is back), [`Cluster::redis_up`] turns
+//! false and [`Cluster::redis_outages`] counts it. On reconnection the instance
+//! re-subscribes, reads the stored bans, publishes its pending bans and rewrites its
+//! connection counts.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use ipnet::IpNet;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::writer::{ms, time};
+
+/// Bans waiting to be published while Redis is away, at most.
+const PENDING_BANS: usize = 10_000;
+/// How often the heartbeat and the count batch go out.
+const TICK: Duration = Duration::from_secs(1);
+/// A heartbeat key outlives this many missed ticks.
+const HEARTBEAT_TTL: Duration = Duration::from_secs(5);
+/// Events waiting for the proxy to apply, at most (a full queue drops and logs).
+const EVENT_QUEUE: usize = 4096;
+
+/// How to reach Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisConfig {
+    /// `redis://host:port/db`.
+    pub url: String,
+    /// The longest xmppwall waits for Redis at a connection's accept.
+    pub timeout: Duration,
+    /// Prefix of every key and channel (several deployments on one Redis).
+    pub prefix: String,
+}
+
+/// What another instance (or the stored state) asks this instance to apply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClusterEvent {
+    Ban {
+        network: IpNet,
+        until: SystemTime,
+        source: String,
+        reason: String,
+    },
+    Unban {
+        network: IpNet,
+    },
+}
+
+/// Why the shared gate refused a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SharedRefusal {
+    /// The address group holds the maximum of connections across instances.
+    Connections,
+    /// The address group made too many attempts in this period across instances.
+    Attempts,
+}
+
+/// One connection's place in the shared count; given back on drop.
+pub struct ClusterTicket {
+    inner: Arc<Inner>,
+    network: IpNet,
+}
+
+impl std::fmt::Debug for ClusterTicket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterTicket")
+            .field("network", &self.network)
+            .finish()
+    }
+}
+
+impl Drop for ClusterTicket {
+    fn drop(&mut self) {
+        let mut counts = self.inner.counts();
+        if let Some(n) = counts.open.get_mut(&self.network) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.open.remove(&self.network);
+            }
+        }
+        counts.dirty.insert(self.network);
+    }
+}
+
+#[derive(Default)]
+struct Counts {
+    /// Connections this instance holds per address group.
+    open: HashMap<IpNet, u32>,
+    /// Groups whose count changed since the last batch.
+    dirty: HashSet<IpNet>,
+}
+
+struct Inner {
+    config: RedisConfig,
+    instance: String,
+    client: redis::Client,
+    connection: Mutex<Option<redis::aio::MultiplexedConnection>>,
+    up: AtomicBool,
+    outages: AtomicU64,
+    errors: AtomicU64,
+    counts: Mutex<Counts>,
+    /// Messages to publish once Redis answers again.
+    pending: Mutex<Vec<Outgoing>>,
+    events: mpsc::Sender<ClusterEvent>,
+}
+
+#[derive(Debug, Clone)]
+enum Outgoing {
+    Ban {
+        network: IpNet,
+        until: SystemTime,
+        source: String,
+        reason: String,
+    },
+    Unban(IpNet),
+}
+
+/// The shared state of several instances; cheap to clone.
+#[derive(Clone)]
+pub struct Cluster {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("instance", &self.inner.instance)
+            .field("redis_up", &self.redis_up())
+            .finish()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid Redis address {url:?}: {source}")]
+pub struct ClusterError {
+    url: String,
+    source: redis::RedisError,
+}
+
+/// The script run at accept: attempts in this period's window, then the connection
+/// count over live instances. Returns 0 (admitted, counted), 1 (connections), 2
+/// (attempts).
+const ADMIT: &str = r"
+local max_conns = tonumber(ARGV[2])
+local max_attempts = tonumber(ARGV[3])
+if max_attempts > 0 then
+  local n = redis.call('INCR', KEYS[2])
+  if n == 1 then redis.call('PEXPIRE', KEYS[2], ARGV[4]) end
+  if n > max_attempts then return 2 end
+end
+if max_conns > 0 then
+  local total = 0
+  local h = redis.call('HGETALL', KEYS[1])
+  for i = 1, #h, 2 do
+    if h[i] == ARGV[1] or redis.call('EXISTS', ARGV[5] .. h[i]) == 1 then
+      total = total + tonumber(h[i + 1])
+    else
+      redis.call('HDEL', KEYS[1], h[i])
+    end
+  end
+  if total >= max_conns then return 1 end
+end
+redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+redis.call('PEXPIRE', KEYS[1], 86400000)
+return 0
+";
+
+impl Cluster {
+    /// Starts the background task that keeps the connection to Redis (inside a tokio
+    /// runtime). The receiver gets the bans and unbans to apply locally.
+    pub fn start(
+        config: RedisConfig,
+    ) -> Result<(Cluster, mpsc::Receiver<ClusterEvent>), ClusterError> {
+        let client = redis::Client::open(config.url.as_str()).map_err(|source| ClusterError {
+            url: config.url.clone(),
+            source,
+        })?;
+        let (events, rx) = mpsc::channel(EVENT_QUEUE);
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let inner = Arc::new(Inner {
+            instance: format!("{}-{:08x}", std::process::id(), nanos),
+            config,
+            client,
+            connection: Mutex::new(None),
+            up: AtomicBool::new(false),
+            outages: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            counts: Mutex::new(Counts::default()),
+            pending: Mutex::new(Vec::new()),
+            events,
+        });
+        tokio::spawn(supervise(inner.clone()));
+        Ok((Cluster { inner }, rx))
+    }
+
+    /// This instance's name in Redis.
+    pub fn instance(&self) -> &str {
+        &self.inner.instance
+    }
+
+    /// Whether Redis answers now (for metrics; `false` until the first connection).
+    pub fn redis_up(&self) -> bool {
+        self.inner.up.load(Ordering::Relaxed)
+    }
+
+    /// Times Redis went away since start.
+    pub fn redis_outages(&self) -> u64 {
+        self.inner.outages.load(Ordering::Relaxed)
+    }
+
+    /// Redis calls at accept that failed or timed out (the local decision stood).
+    pub fn redis_errors(&self) -> u64 {
+        self.inner.errors.load(Ordering::Relaxed)
+    }
+
+    /// The shared gate for a connection the local gate admitted from `network` (the
+    /// address group). At most one round trip, bounded by the configured timeout;
+    /// without Redis, the connection is admitted and counted locally.
+    pub async fn admit(
+        &self,
+        network: IpNet,
+        max_connections: Option<u32>,
+        attempts: Option<(u32, Duration)>,
+    ) -> Result<ClusterTicket, SharedRefusal> {
+        let inner = &self.inner;
+        let connection = inner
+            .connection
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(mut connection) = connection {
+            let prefix = &inner.config.prefix;
+            let (max_attempts, window) = attempts.map_or((0, Duration::from_secs(1)), |(n, p)| {
+                (n, p.max(Duration::from_millis(1)))
+            });
+            let window_ms = window.as_millis().max(1) as i64;
+            let slot = ms(SystemTime::now()) / window_ms;
+            let script = redis::Script::new(ADMIT);
+            let mut call = script.prepare_invoke();
+            call.key(format!("{prefix}:conns:{network}"))
+                .key(format!("{prefix}:attempts:{network}:{slot}"))
+                .arg(&inner.instance)
+                .arg(max_connections.unwrap_or(0))
+                .arg(max_attempts)
+                .arg(window_ms)
+                .arg(format!("{prefix}:instance:"));
+            let answer: Result<Result<i64, _>, _> =
+                tokio::time::timeout(inner.config.timeout, call.invoke_async(&mut connection))
+                    .await;
+            match answer {
+                Ok(Ok(1)) => return Err(SharedRefusal::Connections),
+                Ok(Ok(2)) => return Err(SharedRefusal::Attempts),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    inner.errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(error = %e, "Redis refused the shared gate call; local decision stands");
+                }
+                Err(_) => {
+                    inner.errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!("Redis did not answer in time; local decision stands");
+                }
+            }
+        }
+        let mut counts = inner.counts();
+        *counts.open.entry(network).or_insert(0) += 1;
+        counts.dirty.insert(network);
+        drop(counts);
+        Ok(ClusterTicket {
+            inner: self.inner.clone(),
+            network,
+        })
+    }
+
+    /// Shares a ban this instance made: stored with its expiry and published to the
+    /// other instances (now, or once Redis is back).
+    pub fn ban(&self, network: IpNet, until: SystemTime, source: &str, reason: &str) {
+        self.inner.publish(Outgoing::Ban {
+            network,
+            until,
+            source: source.to_owned(),
+            reason: reason.to_owned(),
+        });
+    }
+
+    /// Shares the lifting of a ban.
+    pub fn unban(&self, network: IpNet) {
+        self.inner.publish(Outgoing::Unban(network));
+    }
+}
+
+impl Inner {
+    fn counts(&self) -> MutexGuard<'_, Counts> {
+        self.counts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn channel(&self) -> String {
+        format!("{}:bans", self.config.prefix)
+    }
+
+    /// Queues `message`; the supervisor sends it at its next tick (or at once).
+    fn publish(self: &Arc<Self>, message: Outgoing) {
+        {
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            if pending.len() >= PENDING_BANS {
+                warn!("too many bans waiting for Redis; the oldest is shared no more");
+                pending.remove(0);
+            }
+            pending.push(message);
+        }
+        if self.up.load(Ordering::Relaxed) {
+            let inner = self.clone();
+            tokio::spawn(async move {
+                let connection = inner
+                    .connection
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                if let Some(mut c) = connection {
+                    let _ = inner.flush_pending(&mut c).await;
+                }
+            });
+        }
+    }
+
+    /// Sends the queued bans and unbans; they stay queued if Redis fails.
+    async fn flush_pending(
+        &self,
+        c: &mut redis::aio::MultiplexedConnection,
+    ) -> redis::RedisResult<()> {
+        let batch: Vec<Outgoing> =
+            std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let prefix = &self.config.prefix;
+        let mut pipe = redis::pipe();
+        let now = SystemTime::now();
+        for message in &batch {
+            match message {
+                Outgoing::Ban {
+                    network,
+                    until,
+                    source,
+                    reason,
+                } => {
+                    let Ok(left) = until.duration_since(now) else {
+                        continue;
+                    };
+                    let value = format!("{}\t{source}\t{reason}", ms(*until));
+                    pipe.cmd("SET")
+                        .arg(format!("{prefix}:ban:{network}"))
+                        .arg(&value)
+                        .arg("PX")
+                        .arg(left.as_millis().max(1) as u64)
+                        .ignore();
+                    pipe.cmd("PUBLISH")
+                        .arg(self.channel())
+                        .arg(format!("{}\tban\t{network}\t{value}", self.instance))
+                        .ignore();
+                }
+                Outgoing::Unban(network) => {
+                    pipe.cmd("DEL")
+                        .arg(format!("{prefix}:ban:{network}"))
+                        .ignore();
+                    pipe.cmd("PUBLISH")
+                        .arg(self.channel())
+                        .arg(format!("{}\tunban\t{network}", self.instance))
+                        .ignore();
+                }
+            }
+        }
+        let result: redis::RedisResult<()> = pipe.query_async(c).await;
+        if result.is_err() {
+            // Put them back in front of anything queued meanwhile.
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            let newer = std::mem::replace(&mut *pending, batch);
+            pending.extend(newer);
+            pending.truncate(PENDING_BANS);
+        }
+        result
+    }
+
+    /// Writes this instance's heartbeat and the counts that changed (all of them with
+    /// `all`), as absolute values.
+    async fn sync(
+        &self,
+        c: &mut redis::aio::MultiplexedConnection,
+        all: bool,
+    ) -> redis::RedisResult<()> {
+        let prefix = &self.config.prefix;
+        let changes: Vec<(IpNet, u32)> = {
+            let mut counts = self.counts();
+            let dirty: Vec<IpNet> = if all {
+                counts.dirty.clear();
+                counts.open.keys().copied().collect()
+            } else {
+                counts.dirty.drain().collect()
+            };
+            dirty
+                .into_iter()
+                .map(|n| (n, counts.open.get(&n).copied().unwrap_or(0)))
+                .collect()
+        };
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(format!("{prefix}:instance:{}", self.instance))
+            .arg(1)
+            .arg("PX")
+            .arg(HEARTBEAT_TTL.as_millis() as u64)
+            .ignore();
+        for (network, n) in &changes {
+            let key = format!("{prefix}:conns:{network}");
+            if *n == 0 {
+                pipe.cmd("HDEL").arg(&key).arg(&self.instance).ignore();
+            } else {
+                pipe.cmd("HSET")
+                    .arg(&key)
+                    .arg(&self.instance)
+                    .arg(*n)
+                    .ignore();
+                pipe.cmd("PEXPIRE").arg(&key).arg(86_400_000u64).ignore();
+            }
+        }
+        let result: redis::RedisResult<()> = pipe.query_async(c).await;
+        if result.is_err() {
+            let mut counts = self.counts();
+            counts.dirty.extend(changes.into_iter().map(|(n, _)| n));
+        }
+        result
+    }
+
+    /// Every ban stored in Redis, applied locally (at each (re)connection).
+    async fn load_bans(
+        &self,
+        c: &mut redis::aio::MultiplexedConnection,
+    ) -> redis::RedisResult<usize> {
+        let prefix = &self.config.prefix;
+        let mut keys: Vec<String> = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{prefix}:ban:*"))
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(c)
+                .await?;
+            keys.extend(batch);
+            if next == 0 || keys.len() > 1_000_000 {
+                break;
+            }
+            cursor = next;
+        }
+        let mut n = 0;
+        for chunk in keys.chunks(500) {
+            let values: Vec<Option<String>> = redis::cmd("MGET").arg(chunk).query_async(c).await?;
+            for (key, value) in chunk.iter().zip(values) {
+                let (Some(network), Some(value)) =
+                    (key.strip_prefix(&format!("{prefix}:ban:")), value)
+                else {
+                    continue;
+                };
+                if let Some(event) = parse_ban(network, &value) {
+                    n += 1;
+                    self.deliver(event);
+                }
+            }
+        }
+        Ok(n)
+    }
+
+    fn deliver(&self, event: ClusterEvent) {
+        if self.events.try_send(event).is_err() {
+            warn!("shared ban events are arriving faster than they are applied; one was dropped");
+        }
+    }
+
+    /// A message from the ban channel; those this instance sent are skipped.
+    fn on_message(&self, payload: &str) {
+        let mut fields = payload.splitn(3, '\t');
+        let (Some(sender), Some(kind), Some(rest)) = (fields.next(), fields.next(), fields.next())
+        else {
+            return;
+        };
+        if sender == self.instance {
+            return;
+        }
+        match kind {
+            "ban" => {
+                let Some((network, value)) = rest.split_once('\t') else {
+                    return;
+                };
+                if let Some(event) = parse_ban(network, value) {
+                    self.deliver(event);
+                }
+            }
+            "unban" => {
+                if let Ok(network) = rest.parse() {
+                    self.deliver(ClusterEvent::Unban { network });
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn went_down(&self, why: &str) {
+        *self.connection.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        if self.up.swap(false, Ordering::Relaxed) {
+            self.outages.fetch_add(1, Ordering::Relaxed);
+            warn!(redis = %self.config.url, reason = why, "Redis is unreachable; enforcing with this instance's state only until it is back");
+        }
+    }
+}
+
+/// `until_ms \t source \t reason` of a stored or published ban.
+fn parse_ban(network: &str, value: &str) -> Option<ClusterEvent> {
+    let network: IpNet = network.parse().ok()?;
+    let mut parts = value.splitn(3, '\t');
+    let until: i64 = parts.next()?.parse().ok()?;
+    Some(ClusterEvent::Ban {
+        network,
+        until: time(until),
+        source: parts.next().unwrap_or("").to_owned(),
+        reason: parts.next().unwrap_or("").to_owned(),
+    })
+}
+
+/// Keeps a connection and a subscription to Redis; reconnects after a failure.
+async fn supervise(inner: Arc<Inner>) {
+    use futures_util::StreamExt;
+    let mut first = true;
+    loop {
+        if inner.events.is_closed() {
+            return;
+        }
+        let connected = async {
+            let c = inner.client.get_multiplexed_async_connection().await?;
+            let mut pubsub = inner.client.get_async_pubsub().await?;
+            pubsub.subscribe(inner.channel()).await?;
+            Ok::<_, redis::RedisError>((c, pubsub))
+        };
+        let (mut c, pubsub) = match tokio::time::timeout(Duration::from_secs(2), connected).await {
+            Ok(Ok(pair)) => pair,
+            Ok(Err(e)) => {
+                if first {
+                    warn!(redis = %inner.config.url, error = %e, "cannot reach Redis; enforcing with this instance's state only until it answers");
+                    first = false;
+                }
+                inner.went_down(&e.to_string());
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                continue;
+            }
+            Err(_) => {
+                inner.went_down("connect timed out");
+                continue;
+            }
+        };
+        first = false;
+        // Catch up: what others banned meanwhile, what this instance banned, its counts.
+        let catch_up = async {
+            inner.sync(&mut c, true).await?;
+            let n = inner.load_bans(&mut c).await?;
+            inner.flush_pending(&mut c).await?;
+            Ok::<_, redis::RedisError>(n)
+        };
+        let loaded = match catch_up.await {
+            Ok(n) => n,
+            Err(e) => {
+                inner.went_down(&e.to_string());
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                continue;
+            }
+        };
+        *inner.connection.lock().unwrap_or_else(|p| p.into_inner()) = Some(c.clone());
+        if !inner.up.swap(true, Ordering::Relaxed) {
+            info!(redis = %inner.config.url, instance = %inner.instance, shared_bans = loaded, "Redis reachable; sharing bans and counts with the other instances");
+        }
+        let mut messages = pubsub.into_on_message();
+        let mut tick = tokio::time::interval(TICK);
+        let why = loop {
+            tokio::select! {
+                message = messages.next() => match message {
+                    Some(m) => {
+                        if let Ok(payload) = m.get_payload::<String>() {
+                            inner.on_message(&payload);
+                        }
+                    }
+                    None => break "the subscription ended".to_owned(),
+                },
+                _ = tick.tick() => {
+                    if inner.events.is_closed() {
+                        return;
+                    }
+                    let step = async {
+                        inner.sync(&mut c, false).await?;
+                        inner.flush_pending(&mut c).await
+                    };
+                    match tokio::time::timeout(TICK * 2, step).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => break e.to_string(),
+                        Err(_) => break "Redis did not answer in time".to_owned(),
+                    }
+                }
+            }
+        };
+        inner.went_down(&why);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}

@@ -1,0 +1,187 @@
+//! Two xmppwall instances sharing state through one real Redis (Debian's
+//! `redis-server`, started here on a free loopback port): a ban made on one refuses
+//! the address on the other, a per-address connection cap holds across both, and
+//! with Redis stopped each instance goes on enforcing its own limits until Redis is
+//! back and sharing resumes.
+
+mod support;
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use support::client::{stream_from, TestClient};
+use support::process::wait_until;
+use support::redis::Redis;
+use support::wall::{Wall, WallConfig};
+use support::{xml, Prosody, IO_TIMEOUT};
+
+const STREAMS: &str = "urn:ietf:params:xml:ns:xmpp-streams";
+/// How long an instance may take to notice Redis come or go (it checks every second).
+const REDIS_NOTICE: Duration = Duration::from_secs(20);
+
+/// `127.0.0.n`.
+fn loopback(n: u8) -> IpAddr {
+    IpAddr::from([127, 0, 0, n])
+}
+
+struct Pair {
+    a: Wall,
+    b: Wall,
+    redis: Redis,
+    _prosody: Prosody,
+}
+
+impl Pair {
+    fn start(tables: &str) -> Pair {
+        let redis = Redis::start();
+        let prosody = Prosody::start();
+        let config = || WallConfig {
+            tables: format!(
+                "[store]\npath = \":memory:\"\nshared = \"redis\"\nredis = {:?}\n\n{tables}",
+                redis.url()
+            ),
+            ..WallConfig::default()
+        };
+        let a = Wall::start(prosody.c2s, config());
+        let b = Wall::start(prosody.c2s, config());
+        let pair = Pair {
+            a,
+            b,
+            redis,
+            _prosody: prosody,
+        };
+        pair.wait_for_log(REACHABLE, 1);
+        pair
+    }
+
+    /// Waits until both instances logged `what` at least `n` times.
+    fn wait_for_log(&self, what: &str, n: usize) {
+        for wall in [&self.a, &self.b] {
+            wait_until(REDIS_NOTICE, what, || {
+                (wall.xmppwall.log().matches(what).count() >= n).then_some(())
+            });
+        }
+    }
+}
+
+const REACHABLE: &str = "Redis reachable; sharing bans and counts";
+const UNREACHABLE: &str = "Redis is unreachable; enforcing with this instance's state only";
+const REMOTE_BAN: &str = "ban from another instance";
+
+/// Two failed SASL PLAIN attempts from `source`: the second bans the address.
+fn get_banned(source: IpAddr, addr: SocketAddr) {
+    let mut c = TestClient::connect_from(source, addr);
+    c.open_stream();
+    for _ in 0..2 {
+        let answer = c
+            .try_auth_plain("alice", "wrong")
+            .expect_err("a wrong password fails");
+        assert_eq!(xml::root_name(&answer), "failure", "{answer}");
+    }
+    let closing = c.read_until_closed();
+    assert!(
+        closing.contains("too many failed authentication attempts from this address"),
+        "{closing:?}"
+    );
+}
+
+/// What a banned address gets on a new connection: a stream header, then
+/// `<policy-violation/>` naming the ban's end (XEP-0205 §2.3).
+fn assert_refused_as_banned(source: IpAddr, addr: SocketAddr) {
+    let mut c = TestClient::connect_from(source, addr);
+    c.send_stream_header();
+    c.read_stream_header();
+    let rest = c.read_until_closed();
+    let open = format!(
+        "<stream:error><policy-violation xmlns='{STREAMS}'/><text xmlns='{STREAMS}' xml:lang='en'>this address is banned until "
+    );
+    assert!(rest.starts_with(&open), "not the ban error: {rest:?}");
+}
+
+const BAN_AFTER_TWO_FAILURES: &str = "[auth]\nmax_failures = \"2/1h\"\nban = \"10m\"\n";
+const TWO_CONNECTIONS: &str =
+    "[gate]\nmax_connections_per_address = 2\nconnection_attempts = \"off\"\n";
+
+#[test]
+fn a_ban_made_on_one_instance_refuses_the_address_on_the_other() {
+    let p = Pair::start(BAN_AFTER_TWO_FAILURES);
+    get_banned(loopback(51), p.a.plain);
+    // Propagation is by publish/subscribe: wait (bounded) until B applied it.
+    wait_until(IO_TIMEOUT, "B to apply A's ban", || {
+        p.b.xmppwall.log().contains(REMOTE_BAN).then_some(())
+    });
+    assert_refused_as_banned(loopback(51), p.b.plain);
+    assert_refused_as_banned(loopback(51), p.a.plain);
+    // Another address still gets in on B.
+    assert!(stream_from(loopback(52), p.b.plain).is_some());
+}
+
+#[test]
+fn a_per_address_connection_cap_holds_across_both_instances() {
+    let p = Pair::start(TWO_CONNECTIONS);
+    let on_a = stream_from(loopback(53), p.a.plain).expect("first connection, on A");
+    let _on_b = stream_from(loopback(53), p.b.plain).expect("second connection, on B");
+    // Each instance holds one: only the shared count knows the address is at its cap.
+    assert!(stream_from(loopback(53), p.a.plain).is_none());
+    assert!(stream_from(loopback(53), p.b.plain).is_none());
+    // Another address is not affected.
+    assert!(stream_from(loopback(54), p.b.plain).is_some());
+    // Closing the one on A gives its place back on B (once A's count reached Redis).
+    drop(on_a);
+    let again = wait_until(IO_TIMEOUT, "a free place for 127.0.0.53 on B", || {
+        stream_from(loopback(53), p.b.plain)
+    });
+    drop(again);
+}
+
+#[test]
+fn with_redis_gone_each_instance_enforces_alone_and_sharing_resumes_when_it_returns() {
+    let mut p = Pair::start(&format!("{TWO_CONNECTIONS}\n{BAN_AFTER_TWO_FAILURES}"));
+    p.redis.stop();
+    p.wait_for_log(UNREACHABLE, 1);
+    for wall in [&p.a, &p.b] {
+        assert_eq!(
+            wall.xmppwall.log().matches(UNREACHABLE).count(),
+            1,
+            "the outage is logged once, not per operation"
+        );
+    }
+
+    // Each instance keeps its own cap of two connections per address...
+    let a1 = stream_from(loopback(55), p.a.plain).expect("A admits a first");
+    let a2 = stream_from(loopback(55), p.a.plain).expect("A admits a second");
+    assert!(
+        stream_from(loopback(55), p.a.plain).is_none(),
+        "A's own cap"
+    );
+    let b1 = stream_from(loopback(55), p.b.plain).expect("B admits a first");
+    let b2 = stream_from(loopback(55), p.b.plain).expect("B admits a second");
+    assert!(
+        stream_from(loopback(55), p.b.plain).is_none(),
+        "B's own cap"
+    );
+    // ... and its own bans.
+    get_banned(loopback(56), p.a.plain);
+    assert_refused_as_banned(loopback(56), p.a.plain);
+    drop((b1, b2));
+
+    p.redis.start_again();
+    p.wait_for_log(REACHABLE, 2);
+    // The ban A made while Redis was away reaches B once Redis is back.
+    wait_until(
+        IO_TIMEOUT,
+        "B to apply the ban A made during the outage",
+        || p.b.xmppwall.log().contains(REMOTE_BAN).then_some(()),
+    );
+    assert_refused_as_banned(loopback(56), p.b.plain);
+    // A wrote its two connections back into the shared count: B, holding none, refuses.
+    assert!(
+        stream_from(loopback(55), p.b.plain).is_none(),
+        "the shared cap holds again"
+    );
+    drop(a1);
+    let again = wait_until(IO_TIMEOUT, "a free place for 127.0.0.55 on B", || {
+        stream_from(loopback(55), p.b.plain)
+    });
+    drop((a2, again));
+}
