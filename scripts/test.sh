@@ -24,6 +24,8 @@ declare -A APT_PACKAGES=(
     [python3]=/usr/bin/python3
     [python3-pip]=/usr/lib/python3/dist-packages/pip
     [redis-server]=/usr/bin/redis-server
+    [nftables]=/usr/sbin/nft
+    [iproute2]=/usr/sbin/ip
 )
 # slixmpp's API changes between releases; tests/interop/slixmpp_echo.py is written for
 # this one (and works with >= 1.8).

@@ -65,6 +65,9 @@ pub struct Config {
     /// State shared with other instances (`[store] shared = "redis"`): fixed until
     /// restart.
     pub redis: Option<xmppwall_store::RedisConfig>,
+    /// Address bans exported to an nftables set (`[store.nftables]`): fixed until
+    /// restart.
+    pub nftables: Option<crate::nftables::NftablesConfig>,
 }
 
 /// `[admin]`: the admin HTTP API and metrics (see `docs/admin.md`).
@@ -706,6 +709,7 @@ impl Checker<'_> {
         let s2s = self.s2s(raw.s2s.as_ref());
         let raw_store = raw.store.unwrap_or_default();
         let redis = self.redis(&raw_store);
+        let nftables = raw_store.nftables.as_ref().map(|n| self.nftables(n));
         let store = self.store(raw_store);
 
         let admin = raw.admin.as_ref().map(|a| self.admin(a));
@@ -718,6 +722,7 @@ impl Checker<'_> {
             domains,
             store,
             redis,
+            nftables,
             upstream: upstream.unwrap_or(Upstream {
                 address: SocketAddr::from(([127, 0, 0, 1], 5222)),
                 proxy_protocol: ProxyProtocol::None,
@@ -781,6 +786,53 @@ impl Checker<'_> {
             timeout: self.duration(&raw.redis_timeout, std::time::Duration::from_millis(100)),
             prefix,
         })
+    }
+
+    /// `[store.nftables]`: names go into `nft` scripts, so only plain identifiers.
+    fn nftables(&mut self, raw: &RawNftables) -> crate::nftables::NftablesConfig {
+        let d = crate::nftables::NftablesConfig::default();
+        let mut name = |value: &Option<Spanned<String>>, default: String| -> String {
+            let Some(v) = value else { return default };
+            let ok = !v.get_ref().is_empty()
+                && v.get_ref()
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            if !ok {
+                self.problem(
+                    v.span(),
+                    format!(
+                        "{:?} is not an nftables name; use letters, digits, '_' and '-'",
+                        v.get_ref()
+                    ),
+                );
+            }
+            v.get_ref().clone()
+        };
+        let family = name(&raw.family, d.family);
+        let table = name(&raw.table, d.table);
+        let set_v4 = name(&raw.set_v4, d.set_v4);
+        let set_v6 = name(&raw.set_v6, d.set_v6);
+        let netns = raw
+            .netns
+            .as_ref()
+            .map(|n| name(&Some(n.clone()), String::new()));
+        if !["inet", "ip", "ip6"].contains(&family.as_str()) {
+            if let Some(f) = &raw.family {
+                self.problem(
+                    f.span(),
+                    "the family must be \"inet\", \"ip\" or \"ip6\"".into(),
+                );
+            }
+        }
+        crate::nftables::NftablesConfig {
+            family,
+            table,
+            set_v4,
+            set_v6,
+            create: raw.create.unwrap_or(d.create),
+            netns,
+            nft: raw.nft.as_ref().map_or(d.nft, |n| n.get_ref().clone()),
+        }
     }
 
     fn store(&mut self, raw: RawStore) -> xmppwall_store::StoreConfig {
@@ -1218,8 +1270,21 @@ struct RawStore {
     redis: Option<Spanned<String>>,
     redis_timeout: Option<Spanned<String>>,
     redis_prefix: Option<Spanned<String>>,
+    nftables: Option<RawNftables>,
     #[serde(default)]
     retention: RawRetention,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawNftables {
+    family: Option<Spanned<String>>,
+    table: Option<Spanned<String>>,
+    set_v4: Option<Spanned<String>>,
+    set_v6: Option<Spanned<String>>,
+    create: Option<bool>,
+    netns: Option<Spanned<String>>,
+    nft: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]

@@ -10,6 +10,7 @@ pub mod config;
 pub mod durable;
 pub mod enforce;
 pub mod io;
+pub mod nftables;
 pub mod peer;
 pub mod proxy_header;
 pub mod recorder;

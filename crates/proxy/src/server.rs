@@ -58,6 +58,9 @@ pub struct Shared {
     /// State shared with other instances through Redis (`[store] shared = "redis"`),
     /// once [`Shared::join_cluster`] ran.
     pub cluster: Arc<std::sync::OnceLock<Cluster>>,
+    /// The nftables set address bans are exported to (`[store.nftables]`), once
+    /// [`serve`] started it.
+    pub nftables: Arc<std::sync::OnceLock<crate::nftables::Nftables>>,
     shutdown: watch::Sender<bool>,
     next_id: AtomicU64,
 }
@@ -83,6 +86,8 @@ impl Shared {
         let sink = store.clone();
         let cluster = Arc::new(std::sync::OnceLock::<Cluster>::new());
         let shared_sink = cluster.clone();
+        let nftables = Arc::new(std::sync::OnceLock::<crate::nftables::Nftables>::new());
+        let kernel_sink = nftables.clone();
         limiter.state.observe_bans(Box::new(move |ban| {
             sink.submit_ban(Ban::new(
                 ban.network,
@@ -94,10 +99,14 @@ impl Shared {
             if let Some(cluster) = shared_sink.get() {
                 cluster.ban(ban.network, ban.until, &ban.source, &ban.reason);
             }
+            if let Some(nft) = kernel_sink.get() {
+                nft.ban(ban.network, ban.until);
+            }
         }));
         Ok(Arc::new(Shared {
             store,
             cluster,
+            nftables,
             limiter: Arc::new(ArcSwap::from_pointee(limiter)),
             policy: Arc::new(ArcSwap::new(config.policy.clone())),
             config: ArcSwap::from_pointee(config),
@@ -182,6 +191,9 @@ impl Shared {
         if let Some(cluster) = self.cluster.get() {
             cluster.unban(group);
         }
+        if let Some(nft) = self.nftables.get() {
+            nft.unban(group);
+        }
         Ok(lifted)
     }
 
@@ -205,6 +217,7 @@ impl Shared {
         info!(instance = cluster.instance(), "sharing state through Redis");
         let _ = self.cluster.set(cluster);
         let limiter = self.limiter.clone();
+        let nftables = self.nftables.clone();
         tokio::spawn(async move {
             while let Some(event) = events.recv().await {
                 let limiter = limiter.load();
@@ -217,9 +230,15 @@ impl Shared {
                     } => {
                         debug!(%network, source, "ban from another instance");
                         limiter.restore_ban(network, until, std::time::Instant::now());
+                        if let Some(nft) = nftables.get() {
+                            nft.ban(network, until);
+                        }
                     }
                     ClusterEvent::Unban { network } => {
                         limiter.unban(network, std::time::Instant::now());
+                        if let Some(nft) = nftables.get() {
+                            nft.unban(network);
+                        }
                     }
                 }
             }
@@ -261,6 +280,9 @@ impl Shared {
                 let instant = std::time::Instant::now();
                 for ban in &bans {
                     limiter.restore_ban(ban.network, ban.expires, instant);
+                    if let Some(nft) = self.nftables.get() {
+                        nft.ban(limiter.network_of(ban.network.addr()), ban.expires);
+                    }
                 }
                 if !bans.is_empty() {
                     info!(bans = bans.len(), "bans restored from the store");
@@ -282,7 +304,8 @@ impl Shared {
         if old.listeners != config.listeners {
             warn!("listener changes take effect only after a restart");
         }
-        if old.store != config.store || old.redis != config.redis {
+        if old.store != config.store || old.redis != config.redis || old.nftables != config.nftables
+        {
             warn!("[store] changes take effect only after a restart");
         }
         self.upstream_tls.store(Arc::new(upstream));
@@ -366,6 +389,9 @@ pub async fn serve(
                 warn!(path = %path.display(), error = %e, "cannot open the recording file; not recording")
             }
         }
+    }
+    if let Some(nft) = shared.config.load().nftables.clone() {
+        let _ = shared.nftables.set(crate::nftables::Nftables::start(nft));
     }
     shared.restore_bans().await;
     crate::durable::restore_reputation(&shared.limiter.load(), &shared.store).await;

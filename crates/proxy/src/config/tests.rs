@@ -387,3 +387,26 @@ fn shared_redis_state_is_read_and_its_mistakes_located() {
         "{e}"
     );
 }
+
+#[test]
+fn nftables_export_is_read_and_odd_names_refused() {
+    let c = parse(&format!(
+        "{MINIMAL}\n[store.nftables]\ntable = \"wall\"\nset_v4 = \"bad4\"\ncreate = false\nnetns = \"edge\"\n"
+    ))
+    .unwrap();
+    let n = c.nftables.expect("export on");
+    assert_eq!((n.family.as_str(), n.table.as_str()), ("inet", "wall"));
+    assert_eq!((n.set_v4.as_str(), n.set_v6.as_str()), ("bad4", "banned6"));
+    assert!(!n.create);
+    assert_eq!(n.netns.as_deref(), Some("edge"));
+    assert!(parse(MINIMAL).unwrap().nftables.is_none());
+    let e = parse(&format!(
+        "{MINIMAL}\n[store.nftables]\ntable = \"x; flush ruleset\"\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains(":11:9: \"x; flush ruleset\" is not an nftables name"),
+        "{e}"
+    );
+}

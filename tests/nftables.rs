@@ -1,0 +1,160 @@
+//! Address bans exported to the kernel: xmppwall keeps an nftables set in sync with
+//! its bans, and the chain it creates drops the banned addresses. Runs `nft` inside
+//! a network namespace this test creates (`[store.nftables] netns`), never in the
+//! machine's own ruleset. Skipped, saying so, where the kernel refuses namespaces
+//! or nftables.
+
+mod support;
+
+use std::net::{IpAddr, SocketAddr};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use support::client::TestClient;
+use support::process::wait_until;
+use support::wall::{Wall, WallConfig};
+use support::{xml, Prosody, IO_TIMEOUT};
+
+/// `127.0.0.n`.
+fn loopback(n: u8) -> IpAddr {
+    IpAddr::from([127, 0, 0, n])
+}
+
+/// A network namespace owned by the test; deleted on drop.
+struct Netns(String);
+
+impl Netns {
+    /// `None` (with the reason) where namespaces or nftables are not available.
+    fn create() -> Result<Netns, String> {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "xwtest-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        run("ip", &["netns", "add", &name])?;
+        let ns = Netns(name);
+        ns.exec("ip", &["link", "set", "lo", "up"])?;
+        ns.exec("nft", &["list", "ruleset"])?;
+        Ok(ns)
+    }
+
+    fn exec(&self, program: &str, args: &[&str]) -> Result<String, String> {
+        let mut all = vec!["netns", "exec", &self.0, program];
+        all.extend_from_slice(args);
+        run("ip", &all)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = run("ip", &["netns", "delete", &self.0]);
+    }
+}
+
+fn run(program: &str, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run {program}: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "{program} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Two failed SASL PLAIN attempts from `source`: the second bans the address.
+fn get_banned(source: IpAddr, addr: SocketAddr) {
+    let mut c = TestClient::connect_from(source, addr);
+    c.open_stream();
+    for _ in 0..2 {
+        let answer = c
+            .try_auth_plain("alice", "wrong")
+            .expect_err("a wrong password fails");
+        assert_eq!(xml::root_name(&answer), "failure", "{answer}");
+    }
+    let closing = c.read_until_closed();
+    assert!(closing.contains("banned until"), "{closing:?}");
+}
+
+/// Inside the namespace: a listener on 127.0.0.1, and a TCP connection to it from
+/// each source; "connected" or "dropped" (no answer at all) for each.
+const PROBE: &str = r#"
+import socket, sys
+srv = socket.socket()
+srv.bind(("127.0.0.1", 0))
+srv.listen()
+port = srv.getsockname()[1]
+def attempt(source):
+    c = socket.socket()
+    c.bind((source, 0))
+    c.settimeout(5.0)
+    try:
+        c.connect(("127.0.0.1", port))
+        return "connected"
+    except socket.timeout:
+        return "dropped"
+    except OSError as e:
+        return "error " + str(e)
+print(" ".join(attempt(s) for s in sys.argv[1:]))
+"#;
+
+#[test]
+fn bans_go_into_the_nftables_set_and_the_kernel_drops_the_address() {
+    let ns = match Netns::create() {
+        Ok(ns) => ns,
+        Err(why) => {
+            eprintln!("SKIPPED: network namespaces or nftables are refused here: {why}");
+            return;
+        }
+    };
+    let state = tempfile::tempdir().expect("a state directory");
+    let db = state.path().join("xmppwall.db");
+    let prosody = Prosody::start();
+    let mut wall = Wall::start(
+        prosody.c2s,
+        WallConfig {
+            tables: format!(
+                "[auth]\nmax_failures = \"2/1h\"\nban = \"10m\"\n\n[store]\npath = {:?}\n\n[store.nftables]\nnetns = {:?}\n",
+                db.display().to_string(),
+                ns.0
+            ),
+            ..WallConfig::default()
+        },
+    );
+    let list = || ns.exec("nft", &["list", "set", "inet", "xmppwall", "banned4"]);
+    wait_until(IO_TIMEOUT, "xmppwall to create the nftables set", || {
+        list().ok()
+    });
+
+    get_banned(loopback(61), wall.plain);
+    let listing = wait_until(IO_TIMEOUT, "127.0.0.61 in the set", || {
+        list().ok().filter(|l| l.contains("127.0.0.61"))
+    });
+    // The element lives as long as the ban: ten minutes.
+    assert!(listing.contains("127.0.0.61 timeout 10m"), "{listing}");
+    assert!(!listing.contains("127.0.0.62"), "{listing}");
+    let chain = ns
+        .exec("nft", &["list", "chain", "inet", "xmppwall", "input"])
+        .expect("the input chain");
+    assert!(chain.contains("ip saddr @banned4 drop"), "{chain}");
+
+    // The kernel drops the banned address; another one gets through.
+    let probe = ns
+        .exec("python3", &["-c", PROBE, "127.0.0.61", "127.0.0.62"])
+        .expect("the probe runs");
+    assert_eq!(probe.trim(), "dropped connected");
+
+    // After a kill -9 and restart, the bans from the store are exported again.
+    ns.exec("nft", &["flush", "set", "inet", "xmppwall", "banned4"])
+        .expect("flushing the set");
+    assert!(!list().expect("the set").contains("127.0.0.61"));
+    wall.kill_and_restart();
+    wait_until(IO_TIMEOUT, "127.0.0.61 back in the set", || {
+        list().ok().filter(|l| l.contains("127.0.0.61"))
+    });
+}
