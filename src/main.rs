@@ -14,6 +14,13 @@ use tracing::{error, info, warn};
 use xmppwall_proxy::config::{Config, LogFormat};
 use xmppwall_proxy::server;
 
+/// mimalloc rather than the system allocator: under connection churn from many
+/// addresses glibc's malloc kept freed per-connection memory around the long-lived
+/// address-table entries (heap in use 6 MB, resident 160-240 MB after 40,000-60,000
+/// connections from distinct addresses); see BENCHMARKS.md, "Allocator".
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "xmppwall",

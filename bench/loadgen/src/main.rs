@@ -2,6 +2,7 @@
 //! `bench/run-relay.sh`. See BENCHMARKS.md for what each measurement means.
 #![forbid(unsafe_code)]
 
+mod attack;
 mod procfs;
 mod record;
 mod report;
@@ -39,6 +40,8 @@ enum Command {
     /// Opens many authenticated connections, leaves them idle, reads the memory of
     /// the process under test.
     Idle(run::IdleArgs),
+    /// One attack while legitimate users exchange messages (bench/attacks/run.py).
+    Attack(attack::AttackArgs),
     /// Prints the markdown tables for a results file.
     Report { results: PathBuf },
     /// Prints COUNT distinct free TCP ports on 127.0.0.1, one a line.
@@ -77,6 +80,7 @@ fn main() -> std::process::ExitCode {
             Command::Throughput(args) => run::throughput(args).await,
             Command::Latency(args) => run::latency(args).await,
             Command::Idle(args) => run::idle(args).await,
+            Command::Attack(args) => attack::run(args).await,
             Command::Report { results } => report::print(&results),
             Command::FreePorts { count } => free_ports(count),
         }

@@ -20,7 +20,12 @@ pub const BENCH_NS: &str = "urn:xmppwall:bench";
 /// per-account limits (resources, bandwidth), and one shared account would hit them.
 /// The sink accepts any credentials; xmppwall only watches the outcome.
 fn auth(n: usize) -> Vec<u8> {
-    let credentials = format!("\0bench{n}\0secret");
+    auth_plain(&format!("bench{n}"), "secret")
+}
+
+/// SASL PLAIN for `user` with `password`.
+pub fn auth_plain(user: &str, password: &str) -> Vec<u8> {
+    let credentials = format!("\0{user}\0{password}");
     format!(
         "<auth xmlns='{SASL_NS}' mechanism='PLAIN'>{}</auth>",
         base64(credentials.as_bytes())
@@ -73,7 +78,7 @@ pub struct Framed<S> {
     pending: usize,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
+impl<S: AsyncRead + Unpin> Framed<S> {
     pub fn new(io: S) -> Self {
         Framed {
             io,
@@ -122,10 +127,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
         &self.buf[range]
     }
 
-    pub async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.io.write_all(bytes).await?;
-        // A no-op on TCP; on TLS it pushes the records out.
-        self.io.flush().await
+    /// The connection and whatever was read past the last token handed out.
+    pub fn into_parts(self) -> (S, Vec<u8>) {
+        let rest = self.buf[self.start + self.pending..].to_vec();
+        (self.io, rest)
     }
 
     /// Gives back memory an idle connection does not need.
@@ -138,6 +143,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
     }
 }
 
+impl<S: AsyncRead + AsyncWrite + Unpin> Framed<S> {
+    pub async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.io.write_all(bytes).await?;
+        // A no-op on TCP; on TLS it pushes the records out.
+        self.io.flush().await
+    }
+}
+
 /// Shows at most a few hundred bytes of an unexpected element in an error.
 pub fn excerpt(bytes: &[u8]) -> String {
     let cut = &bytes[..bytes.len().min(300)];
@@ -145,7 +158,7 @@ pub fn excerpt(bytes: &[u8]) -> String {
 }
 
 /// Reads the server's (optional) declaration, stream header and features.
-async fn read_features<S: AsyncRead + AsyncWrite + Unpin>(
+pub async fn read_features<S: AsyncRead + AsyncWrite + Unpin>(
     f: &mut Framed<S>,
     wanted: &str,
 ) -> anyhow::Result<()> {
@@ -174,11 +187,27 @@ pub async fn login<S: AsyncRead + AsyncWrite + Unpin>(
     io: S,
     user: usize,
 ) -> anyhow::Result<Framed<S>> {
+    login_with(io, &auth(user)).await
+}
+
+/// Logs in as `user` with `password` (SASL PLAIN), as [`login`] does.
+pub async fn login_as<S: AsyncRead + AsyncWrite + Unpin>(
+    io: S,
+    user: &str,
+    password: &str,
+) -> anyhow::Result<Framed<S>> {
+    login_with(io, &auth_plain(user, password)).await
+}
+
+async fn login_with<S: AsyncRead + AsyncWrite + Unpin>(
+    io: S,
+    auth: &[u8],
+) -> anyhow::Result<Framed<S>> {
     let mut f = Framed::new(io);
     let header = client_header();
     f.send(&header).await.context("sending the stream header")?;
     read_features(&mut f, SASL_NS).await?;
-    f.send(&auth(user)).await?;
+    f.send(auth).await?;
     let (_, range) = f.expect("the SASL outcome").await?;
     let outcome = f.bytes(range);
     if scan::tag_name(outcome) != b"success" {
