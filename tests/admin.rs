@@ -433,6 +433,55 @@ fn account_ban_answers_sasl_success_with_account_disabled_and_unban_restores_it(
 }
 
 #[test]
+fn operator_bans_survive_kill_9_and_restart_and_a_lifted_one_stays_lifted() {
+    let state = tempfile::tempdir().expect("a state directory");
+    let db = state.path().join("xmppwall.db");
+    let mut s = Setup::start_with(
+        "",
+        &format!("[store]\npath = {:?}\n", db.display().to_string()),
+    );
+    let a = s.post(
+        "/v1/bans",
+        json!({"kind": "address", "value": "127.0.0.81", "duration": "1h", "reason": "test"}),
+    );
+    assert_eq!(a.status, 201, "{}", a.body);
+    let a = s.post("/v1/bans", json!({"kind": "account", "value": ALICE.jid()}));
+    assert_eq!(a.status, 201, "{}", a.body);
+
+    s.wall.kill_and_restart();
+    // The address is still refused, with the ban's stream error.
+    let mut c = TestClient::connect_from(loopback(81), s.wall.plain);
+    c.send_stream_header();
+    let got = c.read_until_closed();
+    assert!(
+        got.contains(&format!("<policy-violation xmlns='{STREAMS}'/>")),
+        "{got}"
+    );
+    assert!(got.contains("this address is banned until "), "{got}");
+    // The account still gets <account-disabled/> instead of the server's success.
+    let mut c = TestClient::connect_from(loopback(1), s.wall.plain);
+    c.open_stream();
+    let answer = c
+        .try_auth_plain(ALICE.user, ALICE.password)
+        .expect_err("banned");
+    assert!(xml::has_element(&answer, "account-disabled"), "{answer}");
+
+    // Lifted, then restarted again: it stays lifted.
+    let a = s.api("DELETE", "/v1/bans?kind=address&value=127.0.0.81", None);
+    assert_eq!(a.status, 200, "{}", a.body);
+    s.wall.kill_and_restart();
+    s.login_from(loopback(81), BOB, "back");
+    let bans = s.get("/v1/bans");
+    let values: Vec<&str> = bans["bans"]
+        .as_array()
+        .expect("bans")
+        .iter()
+        .filter_map(|b| b["value"].as_str())
+        .collect();
+    assert_eq!(values, [ALICE.jid().as_str()], "{bans}");
+}
+
+#[test]
 fn domain_ban_bounces_stanzas_to_it_and_drops_stanzas_from_it() {
     let s = Setup::start();
     s.prosody.register("dave", OTHER_DOMAIN, "dave-password");

@@ -515,7 +515,7 @@ async fn add_ban(State(state): State<AppState>, Json(body): Json<BanBody>) -> Re
         reason: body.reason.clone(),
         created: SystemTime::now(),
     };
-    if let Err(e) = state.shared.bans.add(ban.clone()) {
+    if let Err(e) = state.shared.add_operator_ban(ban.clone()).await {
         return error(StatusCode::INSUFFICIENT_STORAGE, e);
     }
     info!(kind = target.kind(), value = %target.value(), until = ?until.map(rfc3339), "ban added");
@@ -562,7 +562,7 @@ async fn remove_ban(State(state): State<AppState>, Query(q): Query<BanQuery>) ->
         Ok(t) => t,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
-    let mut removed = state.shared.bans.remove(&target);
+    let mut removed = state.shared.remove_operator_ban(&target).await;
     if let BanTarget::Address(net) = &target {
         if net.prefix_len() == net.max_prefix_len() {
             removed |= state

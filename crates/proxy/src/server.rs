@@ -271,6 +271,39 @@ impl Shared {
         }
     }
 
+    /// Adds (or replaces) an operator's ban (admin API): in force at once, and
+    /// committed to the store before this returns, so it survives a restart.
+    pub async fn add_operator_ban(&self, ban: xmppwall_policy::bans::Ban) -> Result<(), String> {
+        self.bans.add(ban.clone())?;
+        let record = xmppwall_store::OperatorBan {
+            kind: ban.target.kind().to_owned(),
+            target: ban.target.value(),
+            created: ban.created,
+            until: ban.until,
+            reason: ban.reason.clone(),
+        };
+        if let Err(e) = self.store.put_operator_ban(record).await {
+            warn!(error = %e, "the ban is in force but could not be saved; it ends with this process");
+        }
+        Ok(())
+    }
+
+    /// Lifts an operator's ban, here and in the store; `false` if there was none.
+    pub async fn remove_operator_ban(&self, target: &xmppwall_policy::bans::BanTarget) -> bool {
+        let removed = self.bans.remove(target);
+        match self
+            .store
+            .remove_operator_ban(target.kind().to_owned(), target.value())
+            .await
+        {
+            Ok(stored) => removed || stored,
+            Err(e) => {
+                warn!(error = %e, "the ban is lifted but the store could not forget it; it returns at the next start");
+                removed
+            }
+        }
+    }
+
     /// Applies the bans the store holds (at start: bans outlive restarts).
     pub async fn restore_bans(&self) {
         let now = std::time::SystemTime::now();
@@ -289,6 +322,35 @@ impl Shared {
                 }
             }
             Err(e) => warn!(error = %e, "cannot read the stored bans; starting without them"),
+        }
+        match self.store.operator_bans(now).await {
+            Ok(bans) => {
+                let mut restored = 0;
+                for b in bans {
+                    match xmppwall_policy::bans::BanTarget::parse(&b.kind, &b.target) {
+                        Ok(target) => {
+                            let ban = xmppwall_policy::bans::Ban {
+                                target,
+                                until: b.until,
+                                reason: b.reason,
+                                created: b.created,
+                            };
+                            if self.bans.add(ban).is_ok() {
+                                restored += 1;
+                            }
+                        }
+                        Err(e) => {
+                            warn!(kind = b.kind, target = b.target, error = %e, "a stored operator ban is not understood; skipped")
+                        }
+                    }
+                }
+                if restored > 0 {
+                    info!(bans = restored, "operator bans restored from the store");
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot read the stored operator bans; starting without them")
+            }
         }
     }
 

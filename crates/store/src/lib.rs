@@ -13,6 +13,7 @@
 //! | record | when it is on disk |
 //! |---|---|
 //! | ban, unban ([`Store::ban`], [`Store::unban`], [`Store::submit_ban`]) | committed (fsynced, `synchronous=FULL`) before the call's future resolves, or before [`Store::flush`] resolves after a [`Store::submit_ban`] |
+//! | operator's ban ([`Store::put_operator_ban`], [`Store::remove_operator_ban`]) | committed before the call returns |
 //! | report ([`Store::add_report`]) | committed before the call returns |
 //! | reputation ([`Store::adjust_reputation`]) | committed before the call returns |
 //! | connection and verdict audit ([`Store::record_connection`], [`Store::record_verdict`]) | batched: queued without waiting, committed with whatever else the writer holds; a crash loses what was still queued (at most [`AUDIT_QUEUE`] records); a full queue drops the record and counts it ([`Store::audit_dropped`]) |
@@ -59,7 +60,8 @@ use std::time::{Duration, SystemTime};
 pub use cluster::{Cluster, ClusterEvent, ClusterTicket, RedisConfig, SharedRefusal};
 pub use ipnet::IpNet;
 pub use records::{
-    Ban, ConnectionRecord, Report, Reputation, StanzaSummary, VerdictRecord, VerdictSource,
+    Ban, ConnectionRecord, OperatorBan, Report, Reputation, StanzaSummary, VerdictRecord,
+    VerdictSource,
 };
 pub use schema::SCHEMA_VERSION;
 
@@ -292,6 +294,36 @@ impl Store {
         }
     }
 
+    /// Records (or replaces) an operator's ban; committed when this returns.
+    pub async fn put_operator_ban(&self, ban: OperatorBan) -> Result<(), StoreError> {
+        self.request(|r| Command::PutOperatorBan(ban, r))
+            .await
+            .map(drop)
+    }
+
+    /// Deletes an operator's ban; committed when this returns. `true` if there was one.
+    pub async fn remove_operator_ban(
+        &self,
+        kind: String,
+        target: String,
+    ) -> Result<bool, StoreError> {
+        match self
+            .request(|r| Command::RemoveOperatorBan(kind, target, r))
+            .await?
+        {
+            Answer::Count(n) => Ok(n > 0),
+            _ => Ok(false),
+        }
+    }
+
+    /// The operator's bans in force at `now`.
+    pub async fn operator_bans(&self, now: SystemTime) -> Result<Vec<OperatorBan>, StoreError> {
+        match self.request(|r| Command::OperatorBans(now, r)).await? {
+            Answer::OperatorBans(v) => Ok(v),
+            _ => Ok(Vec::new()),
+        }
+    }
+
     /// Stores a spam report (XEP-0377 or a rule's `report`); committed when this
     /// returns. Returns the report's id.
     pub async fn add_report(&self, report: Report) -> Result<i64, StoreError> {
@@ -427,6 +459,7 @@ enum Answer {
     Id(i64),
     Bans(Vec<Ban>),
     Reports(Vec<Report>),
+    OperatorBans(Vec<OperatorBan>),
     Reputation(Reputation),
     Reputations(Vec<Reputation>),
     Connections(Vec<ConnectionRecord>),

@@ -40,6 +40,20 @@ impl Ban {
     }
 }
 
+/// A ban the operator set (admin API) on an address or prefix, an account or a
+/// domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperatorBan {
+    /// `address`, `account` or `domain`.
+    pub kind: String,
+    /// The address or prefix (CIDR), bare JID or domain.
+    pub target: String,
+    pub created: SystemTime,
+    /// `None`: until lifted.
+    pub until: Option<SystemTime>,
+    pub reason: Option<String>,
+}
+
 /// A spam or abuse report (XEP-0377, or a rule's `report` effect).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Report {

@@ -77,6 +77,15 @@ pub(crate) const MIGRATIONS: &[&str] = &[
      CREATE INDEX verdicts_at ON verdicts (at_ms);",
     // 3: the XEP-0359 stanza ids a report names, one per line.
     "ALTER TABLE reports ADD COLUMN stanza_ids TEXT;",
+    // 4: the operator's bans (admin API): addresses, accounts, domains.
+    "CREATE TABLE operator_bans (
+        kind TEXT NOT NULL,
+        target TEXT NOT NULL,
+        created_ms INTEGER NOT NULL,
+        until_ms INTEGER,
+        reason TEXT,
+        PRIMARY KEY (kind, target)
+     );",
 ];
 
 fn describe(path: Option<&Path>) -> String {

@@ -319,3 +319,64 @@ fn pruning_keeps_each_kind_for_its_retention() {
         assert!(store.reports(None, 5).await.expect("r").is_empty());
     });
 }
+
+#[test]
+fn operator_bans_are_replaced_lifted_and_kept_until_they_end() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("op.db");
+    let now = SystemTime::now();
+    let ban = |kind: &str, target: &str, until: Option<SystemTime>| OperatorBan {
+        kind: kind.into(),
+        target: target.into(),
+        created: now,
+        until,
+        reason: Some("abuse".into()),
+    };
+    runtime().block_on(async {
+        let store = Store::open(&StoreConfig::file(&path)).expect("store opens");
+        store
+            .put_operator_ban(ban("account", "spammer@example.net", None))
+            .await
+            .expect("saved");
+        store
+            .put_operator_ban(ban("address", "192.0.2.0/24", Some(now + DAY)))
+            .await
+            .expect("saved");
+        // Replacing keeps one row per target.
+        store
+            .put_operator_ban(ban("address", "192.0.2.0/24", Some(now + 2 * DAY)))
+            .await
+            .expect("saved");
+        store
+            .put_operator_ban(ban("domain", "old.example", Some(now - DAY)))
+            .await
+            .expect("saved");
+        assert!(store
+            .remove_operator_ban("domain".into(), "old.example".into())
+            .await
+            .expect("removed"));
+        assert!(!store
+            .remove_operator_ban("domain".into(), "old.example".into())
+            .await
+            .expect("removed"));
+    });
+    let store = Store::open(&StoreConfig::file(&path)).expect("store reopens");
+    let bans = runtime()
+        .block_on(store.operator_bans(now))
+        .expect("bans read");
+    let got: Vec<(&str, &str, Option<SystemTime>)> = bans
+        .iter()
+        .map(|b| (b.kind.as_str(), b.target.as_str(), b.until))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("account", "spammer@example.net", None),
+            (
+                "address",
+                "192.0.2.0/24",
+                Some(writer::time(writer::ms(now + 2 * DAY)))
+            ),
+        ]
+    );
+}

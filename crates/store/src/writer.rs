@@ -13,7 +13,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use crate::records::{
-    Ban, ConnectionRecord, Report, Reputation, StanzaSummary, VerdictRecord, VerdictSource,
+    Ban, ConnectionRecord, OperatorBan, Report, Reputation, StanzaSummary, VerdictRecord,
+    VerdictSource,
 };
 use crate::{Answer, Counters, IpNet, Retention, StoreError};
 
@@ -38,6 +39,9 @@ pub(crate) enum Command {
     RecentVerdicts(usize, Reply),
     Prune(SystemTime, Reply),
     Barrier(Reply),
+    PutOperatorBan(OperatorBan, Reply),
+    RemoveOperatorBan(String, String, Reply),
+    OperatorBans(SystemTime, Reply),
     Stop,
 }
 
@@ -179,6 +183,11 @@ impl Writer {
                         (reply, prune(tx, &retention, now).map(Answer::Count))
                     }
                     Command::Barrier(reply) => (reply, Ok(Answer::Done)),
+                    Command::PutOperatorBan(ban, reply) => (reply, put_operator_ban(tx, &ban)),
+                    Command::RemoveOperatorBan(kind, target, reply) => {
+                        (reply, remove_operator_ban(tx, &kind, &target))
+                    }
+                    Command::OperatorBans(now, reply) => (reply, operator_bans(tx, now)),
                     Command::Stop => {
                         stop = true;
                         continue;
@@ -213,6 +222,46 @@ impl Writer {
         }
         !stop
     }
+}
+
+fn put_operator_ban(tx: &Transaction<'_>, ban: &OperatorBan) -> rusqlite::Result<Answer> {
+    tx.prepare_cached(
+        "INSERT OR REPLACE INTO operator_bans (kind, target, created_ms, until_ms, reason)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![
+        ban.kind,
+        ban.target,
+        ms(ban.created),
+        ban.until.map(ms),
+        ban.reason
+    ])?;
+    Ok(Answer::Done)
+}
+
+fn remove_operator_ban(tx: &Transaction<'_>, kind: &str, target: &str) -> rusqlite::Result<Answer> {
+    let n = tx
+        .prepare_cached("DELETE FROM operator_bans WHERE kind = ?1 AND target = ?2")?
+        .execute(params![kind, target])?;
+    Ok(Answer::Count(n as u64))
+}
+
+fn operator_bans(tx: &Transaction<'_>, now: SystemTime) -> rusqlite::Result<Answer> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT kind, target, created_ms, until_ms, reason FROM operator_bans
+         WHERE until_ms IS NULL OR until_ms > ?1 ORDER BY created_ms",
+    )?;
+    let rows = stmt.query_map(params![ms(now)], |r| {
+        Ok(OperatorBan {
+            kind: r.get(0)?,
+            target: r.get(1)?,
+            created: time(r.get(2)?),
+            until: r.get::<_, Option<i64>>(3)?.map(time),
+            reason: r.get(4)?,
+        })
+    })?;
+    rows.collect::<rusqlite::Result<Vec<_>>>()
+        .map(Answer::OperatorBans)
 }
 
 fn insert_ban(tx: &Transaction<'_>, ban: &Ban) -> rusqlite::Result<()> {
@@ -460,6 +509,10 @@ fn prune(tx: &Transaction<'_>, retention: &Retention, now: SystemTime) -> rusqli
     )?;
     n += tx.execute(
         "DELETE FROM bans WHERE MIN(expires_ms, COALESCE(lifted_ms, expires_ms)) < ?1",
+        params![cutoff(retention.expired_bans)],
+    )?;
+    n += tx.execute(
+        "DELETE FROM operator_bans WHERE until_ms IS NOT NULL AND until_ms < ?1",
         params![cutoff(retention.expired_bans)],
     )?;
     n += tx.execute(
