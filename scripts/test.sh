@@ -26,6 +26,8 @@ declare -A APT_PACKAGES=(
     [redis-server]=/usr/bin/redis-server
     [nftables]=/usr/sbin/nft
     [iproute2]=/usr/sbin/ip
+    # A real SOCKS5 server (RFC 1928) for the s2s egress tests.
+    [microsocks]=/usr/bin/microsocks
 )
 # slixmpp's API changes between releases; tests/interop/slixmpp_echo.py is written for
 # this one (and works with >= 1.8).

@@ -17,6 +17,8 @@ use support::{Prosody, ProsodyOptions, TestCert, Xmppwall, ALICE, BOB, DOMAIN};
 
 /// The remote server's domain.
 const REMOTE: &str = "remote.test";
+/// A domain the local server's egress is routed for but xmppwall refuses.
+const BLOCKED: &str = "blocked.test";
 /// The remote Prosody's dialback secret, so a test can compute a key it accepts.
 const DIALBACK_SECRET: &str = "remote-dialback-secret-7";
 
@@ -43,7 +45,15 @@ impl Federation {
     /// (example.test); the local server's own outgoing connections go straight to
     /// the remote one. `s2s` is the body of xmppwall's `[s2s]` section.
     fn start(peer: Peer, s2s: &str, rules: &str) -> Federation {
+        Federation::start_with(peer, s2s, rules, false)
+    }
+
+    /// With `egress`, the local server's outgoing connections go through xmppwall's
+    /// s2s-egress front too (for remote.test and for blocked.test, which `[s2s]
+    /// routes` may leave unrouted), so both directions pass xmppwall.
+    fn start_with(peer: Peer, s2s: &str, rules: &str, egress: bool) -> Federation {
         let front = free_loopback_addr();
+        let egress_addr = free_loopback_addr();
         let remote = Prosody::start_with(ProsodyOptions {
             domain: Some(REMOTE.into()),
             tls: peer == Peer::Certificate,
@@ -54,8 +64,13 @@ impl Federation {
         // Behind xmppwall the local server speaks plaintext on loopback: it offers no
         // STARTTLS of its own (xmppwall does TLS), and its direct connection to the
         // remote server stays plaintext too.
+        let local_routes = if egress {
+            vec![(REMOTE.into(), egress_addr), (BLOCKED.into(), egress_addr)]
+        } else {
+            vec![(REMOTE.into(), remote.s2s)]
+        };
         let local = Prosody::start_with(ProsodyOptions {
-            s2s_routes: vec![(REMOTE.into(), remote.s2s)],
+            s2s_routes: local_routes,
             extra_global_config: "s2s_allow_encryption = false".into(),
             ..ProsodyOptions::default()
         });
@@ -78,17 +93,24 @@ tls = "starttls"
 address = "{front}"
 upstream = "{s2s_port}"
 
+[[listen]]
+front = "s2s-egress"
+tls = "none"
+address = "{egress_addr}"
+
 [tls]
 default = {{ cert = "{cert}", key = "{key}" }}
 
 [s2s]
 {ca}
 {s2s}
+routes = {{ "{REMOTE}" = "{remote_s2s}" }}
 
 {rules}
 "#,
             c2s = local.c2s,
             s2s_port = local.s2s,
+            remote_s2s = remote.s2s,
             cert = cert.chain_path.display(),
             key = cert.key_path.display(),
         );
@@ -379,4 +401,158 @@ keywords = ["casino"]
         Some("see you at lunch"),
         "{first}"
     );
+}
+
+#[test]
+fn both_directions_pass_xmppwall_with_the_egress_verifying_the_remote_certificate() {
+    let f = Federation::start_with(Peer::Certificate, "", "", true);
+    f.explain_on_failure(|| exchange(&f));
+    let log = f.wall.log();
+    assert!(
+        log.lines().any(|l| l.contains("outgoing stream open")
+            && l.contains("remote=remote.test")
+            && l.contains("tls=true")
+            && l.contains("certificate")),
+        "{log}"
+    );
+    assert!(log.contains("accepted by the remote server"), "{log}");
+}
+
+const NO_CARDS_OUT: &str = r#"
+[[rule]]
+name = "no-card-numbers-leave"
+chain = "to-client"
+action = "drop"
+[rule.match]
+front = ["s2s-egress"]
+data_leak = ["card"]
+"#;
+
+#[test]
+fn outgoing_policy_drops_a_data_leak_and_lets_the_rest_leave() {
+    let f = Federation::start_with(Peer::Certificate, "", NO_CARDS_OUT, true);
+    f.explain_on_failure(|| leak_is_dropped(&f));
+}
+
+fn leak_is_dropped(f: &Federation) {
+    let mut bob = login(&f.local, DOMAIN, BOB);
+    let mut alice = login(&f.remote, REMOTE, ALICE);
+    let alice_jid = format!("alice@{REMOTE}");
+    bob.send_raw(format!(
+        "<message type='chat' to='{alice_jid}' id='leak'><body>my card 4111 1111 1111 1111</body></message>"
+    ));
+    bob.send_raw(format!(
+        "<message type='chat' to='{alice_jid}' id='ok'><body>lunch?</body></message>"
+    ));
+    // Sent in order on one stream: the first message alice gets is the second one.
+    let received = alice.read_element_matching(|e| xml::root_name(e) == "message");
+    assert_eq!(
+        xml::text(&received, "body").as_deref(),
+        Some("lunch?"),
+        "{received}"
+    );
+    assert!(
+        !f.remote.log().contains("id='leak'"),
+        "the leak reached the remote server"
+    );
+    let _ = &mut bob;
+}
+
+#[test]
+fn egress_to_a_denied_domain_is_refused_and_the_sender_told() {
+    let f = Federation::start_with(
+        Peer::Certificate,
+        "",
+        "[federation]\nmode = \"deny\"\ndomains = [\"blocked.test\"]",
+        true,
+    );
+    let mut bob = login(&f.local, DOMAIN, BOB);
+    bob.send_raw(format!(
+        "<message type='chat' to='x@{BLOCKED}' id='b1'><body>hello?</body></message>"
+    ));
+    let bounced = bob.read_element_matching(|e| xml::root_name(e) == "message");
+    assert_eq!(
+        xml::root_attr(&bounced, "type").as_deref(),
+        Some("error"),
+        "{bounced}"
+    );
+    let log = f.wall.log();
+    assert!(
+        log.contains("outgoing stream to a denied domain refused"),
+        "{log}"
+    );
+}
+
+/// microsocks (Debian's package), a real SOCKS5 server, on a free loopback port.
+struct Socks5Proxy {
+    address: SocketAddr,
+    child: std::process::Child,
+}
+
+impl Socks5Proxy {
+    fn start() -> Socks5Proxy {
+        let address = free_loopback_addr();
+        let child = Command::new("microsocks")
+            .args([
+                "-i",
+                &address.ip().to_string(),
+                "-p",
+                &address.port().to_string(),
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("running microsocks (is it installed? scripts/test.sh installs it)");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(address).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "microsocks did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Socks5Proxy { address, child }
+    }
+}
+
+impl Drop for Socks5Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn egress_through_a_socks5_proxy() {
+    let proxy = Socks5Proxy::start();
+    let f = Federation::start_with(
+        Peer::Certificate,
+        &format!("socks5 = \"{}\"", proxy.address),
+        "",
+        true,
+    );
+    f.explain_on_failure(|| exchange(&f));
+}
+
+#[test]
+fn egress_with_an_unreachable_socks5_proxy_fails_and_the_sender_is_told() {
+    let closed = free_loopback_addr();
+    let f = Federation::start_with(
+        Peer::Certificate,
+        &format!("socks5 = \"{closed}\""),
+        "",
+        true,
+    );
+    let mut bob = login(&f.local, DOMAIN, BOB);
+    bob.send_raw(format!(
+        "<message type='chat' to='alice@{REMOTE}' id='s1'><body>via proxy</body></message>"
+    ));
+    let bounced = bob.read_element_matching(|e| xml::root_name(e) == "message");
+    assert_eq!(
+        xml::root_attr(&bounced, "type").as_deref(),
+        Some("error"),
+        "{bounced}"
+    );
+    let log = f.wall.log();
+    assert!(log.contains("cannot reach the SOCKS5 proxy"), "{log}");
 }

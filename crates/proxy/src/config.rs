@@ -605,12 +605,6 @@ impl Checker<'_> {
                     );
                 }
                 let upstream = l.upstream.as_ref().and_then(|u| self.address(u));
-                if l.front == Front::S2sEgress {
-                    self.problem(
-                        l.address.span(),
-                        "the s2s-egress front is not available in this version; use front = \"c2s\", \"s2s\" or \"component\"".into(),
-                    );
-                }
                 if l.front == Front::S2sEgress && tls_mode != ListenerTls::None {
                     self.problem(
                         l.address.span(),

@@ -143,9 +143,9 @@ impl PeerConnection {
         match self.listener.front {
             Front::Component => self.component(tcp).await,
             Front::S2s => self.s2s_inbound(tcp).await,
-            // Refused by the configuration check until implemented; dispatched to
-            // crate::c2s by the server.
-            Front::S2sEgress | Front::C2s => {
+            Front::S2sEgress => self.s2s_egress(tcp).await,
+            // Dispatched to crate::c2s by the server.
+            Front::C2s => {
                 drop(tcp);
                 End::PeerClosed
             }
@@ -229,7 +229,8 @@ impl PeerConnection {
         }
         info!(component = %domain, checks_secret = secret.is_some(), "component stream");
         let session = ComponentSession::new(self.context(), domain, secret);
-        self.relay(io, server, reader, Mutex::new(session)).await
+        self.relay(io, server, reader, None, Mutex::new(session))
+            .await
     }
 
     /// The inbound server-to-server front: STARTTLS answered by xmppwall (or direct
@@ -380,7 +381,249 @@ impl PeerConnection {
             header.to.clone(),
             cert,
         );
-        self.relay(io, server, reader, Mutex::new(session)).await
+        self.relay(io, server, reader, None, Mutex::new(session))
+            .await
+    }
+
+    /// The egress: the protected server's outgoing stream comes in plaintext; xmppwall
+    /// connects to the remote server (static route, else the domain on port 5269;
+    /// through the SOCKS5 proxy when configured), negotiates STARTTLS with it, and
+    /// hands the server the remote's post-TLS header and features; then the relay
+    /// (see [`crate::egress`]).
+    async fn s2s_egress(mut self, tcp: TcpStream) -> End {
+        let budgets = self.config.limits.framer_budgets();
+        let mut server: BoxIo = Box::new(tcp);
+        let mut server_reader = FrameReader::new(budgets.after);
+        let (header, header_len) = match self
+            .read_header(&mut server, &mut server_reader, SERVER_NS, None)
+            .await
+        {
+            Ok(h) => h,
+            Err(end) => return end,
+        };
+        let server_header = server_reader.buf[..header_len].to_vec();
+        server_reader.consume(header_len);
+        let Some(remote) = header.to.clone() else {
+            let error = StreamError::new(StreamCondition::HostUnknown)
+                .with_text("the stream header names no remote domain");
+            return self
+                .refuse_before_header(&mut server, SERVER_NS, None, error)
+                .await;
+        };
+        if self
+            .shared
+            .limiter
+            .load()
+            .antispam
+            .federation_refuses(&remote, None)
+        {
+            info!(remote = %remote, "outgoing stream to a denied domain refused");
+            let error = StreamError::new(StreamCondition::PolicyViolation)
+                .with_text(format!("federation with {remote} is not allowed"));
+            return self
+                .refuse_before_header(&mut server, SERVER_NS, Some(&remote), error)
+                .await;
+        }
+        let opened = match self.open_remote(&remote, &server_header).await {
+            Ok(o) => o,
+            Err(why) => {
+                warn!(remote = %remote, error = %why, "cannot reach the remote server");
+                let error = StreamError::new(StreamCondition::RemoteConnectionFailed)
+                    .with_text(format!("{remote}: {why}"));
+                return self
+                    .refuse_before_header(&mut server, SERVER_NS, Some(&remote), error)
+                    .await;
+            }
+        };
+        let mut first = opened.header.clone();
+        match crate::s2s::rewrite_s2s_features(&opened.features) {
+            Some(rewritten) => first.extend_from_slice(&rewritten),
+            None => first.extend_from_slice(&opened.features),
+        }
+        if let Err(e) = server.write_all(&first).await {
+            return End::ServerIo(e);
+        }
+        info!(remote = %remote, tls = opened.tls, how = opened.auth.name(), "outgoing stream open");
+        let session =
+            crate::egress::EgressSession::new(self.context(), remote, opened.auth, &opened.header);
+        self.relay(
+            opened.io,
+            server,
+            opened.reader,
+            Some(server_reader),
+            Mutex::new(session),
+        )
+        .await
+    }
+
+    /// Connects to `remote` and opens a stream with `header` (the server's own),
+    /// negotiating STARTTLS (RFC 6120 §5.4) when the remote offers it.
+    async fn open_remote(&mut self, remote: &str, header: &[u8]) -> Result<OpenedRemote, String> {
+        let budgets = self.config.limits.framer_budgets();
+        let s2s = self.config.s2s.clone();
+        let tcp = self.connect_remote(remote, &s2s).await?;
+        let mut tcp = tcp;
+        let mut reader = FrameReader::new(budgets.after);
+        let (plain_header, features) = self.remote_stream(&mut tcp, &mut reader, header).await?;
+        let offers_tls = xmppwall_xml::view::children(&features).any(|c| {
+            c.start.local_name() == b"starttls"
+                && crate::session::namespace(&c.start, "") == crate::session::TLS_NS
+        });
+        if !offers_tls {
+            if s2s.egress_require_tls {
+                return Err("the remote server does not offer STARTTLS".into());
+            }
+            // `egress_require_tls = false`: a plaintext stream, dialback only.
+            return Ok(OpenedRemote {
+                io: Box::new(tcp),
+                reader,
+                header: plain_header,
+                features,
+                tls: false,
+                auth: xmppwall_policy::rules::PeerAuth::Dialback,
+            });
+        }
+        tcp.write_all(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+            .await
+            .map_err(|e| e.to_string())?;
+        match reader
+            .next(&mut tcp, 0, self.preauth_deadline, &mut self.shutdown)
+            .await
+        {
+            ReadOutcome::Frame(Token::Element, len) => {
+                let proceed = xmppwall_xml::view::StartTag::parse(&reader.buf[..len])
+                    .is_some_and(|t| t.local_name() == b"proceed");
+                reader.consume(len);
+                if !proceed {
+                    return Err("the remote server refused STARTTLS".into());
+                }
+            }
+            _ => return Err("no answer to STARTTLS".into()),
+        }
+        let name = rustls::pki_types::ServerName::try_from(remote.to_owned())
+            .map_err(|e| format!("{remote} is not a valid server name: {e}"))?;
+        let tls_config = self.shared.s2s_tls.load().egress.clone();
+        let rest = std::mem::take(&mut reader.buf);
+        let connect =
+            tokio_rustls::TlsConnector::from(tls_config).connect(name, Rewind::new(rest, tcp));
+        let tls = match tokio::time::timeout_at(self.preauth_deadline, connect).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                return Err(format!(
+                    "TLS with the remote server failed: {}",
+                    describe_handshake_error(&e)
+                ))
+            }
+            Err(_) => return Err("TLS with the remote server timed out".into()),
+        };
+        let mut io: BoxIo = Box::new(tls);
+        let mut reader = FrameReader::new(budgets.after);
+        let (remote_header, features) = self.remote_stream(&mut io, &mut reader, header).await?;
+        let auth = if s2s.egress_insecure_skip_verify {
+            xmppwall_policy::rules::PeerAuth::Dialback
+        } else {
+            xmppwall_policy::rules::PeerAuth::Certificate
+        };
+        Ok(OpenedRemote {
+            io,
+            reader,
+            header: remote_header,
+            features,
+            tls: true,
+            auth,
+        })
+    }
+
+    /// Sends `header`, reads the remote's header and features; returns their bytes.
+    async fn remote_stream<S: tokio::io::AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut S,
+        reader: &mut FrameReader,
+        header: &[u8],
+    ) -> Result<(Vec<u8>, Vec<u8>), String> {
+        io.write_all(header).await.map_err(|e| e.to_string())?;
+        let mut remote_header = Vec::new();
+        loop {
+            match reader
+                .next(io, 0, self.preauth_deadline, &mut self.shutdown)
+                .await
+            {
+                ReadOutcome::Frame(Token::XmlDeclaration | Token::Whitespace, len) => {
+                    reader.consume(len)
+                }
+                ReadOutcome::Frame(Token::StreamOpen, len) => {
+                    PeerHeader::parse(&reader.buf[..len], SERVER_NS)
+                        .map_err(|e| format!("bad stream header: {}", e.condition.name()))?;
+                    remote_header = reader.buf[..len].to_vec();
+                    reader.consume(len);
+                }
+                ReadOutcome::Frame(Token::Element, len) if !remote_header.is_empty() => {
+                    let element = reader.buf[..len].to_vec();
+                    reader.consume(len);
+                    let is_features = xmppwall_xml::view::StartTag::parse(&element)
+                        .is_some_and(|t| t.local_name() == b"features");
+                    if !is_features {
+                        return Err(format!(
+                            "expected stream features, got {}",
+                            String::from_utf8_lossy(&element[..element.len().min(120)])
+                        ));
+                    }
+                    return Ok((remote_header, element));
+                }
+                ReadOutcome::Frame(..) => {
+                    return Err("unexpected data from the remote server".into())
+                }
+                ReadOutcome::Closed => return Err("the remote server closed the connection".into()),
+                ReadOutcome::TimedOut => {
+                    return Err("the remote server did not answer in time".into())
+                }
+                ReadOutcome::Shutdown => return Err("shutting down".into()),
+                ReadOutcome::Io(e) => return Err(e.to_string()),
+                ReadOutcome::Framing(e) => {
+                    return Err(format!("malformed XML from the remote server: {e}"))
+                }
+            }
+        }
+    }
+
+    /// A TCP connection to `remote`: its static route, else the domain itself on
+    /// port 5269 (RFC 6120 §3.2.2's fallback); through the SOCKS5 proxy when
+    /// configured (RFC 1928; the proxy resolves the name).
+    async fn connect_remote(
+        &self,
+        remote: &str,
+        s2s: &crate::config::S2s,
+    ) -> Result<TcpStream, String> {
+        use crate::socks5::Target;
+        let target = match s2s.route(remote) {
+            Some(address) => Target::Address(address),
+            None => Target::Domain(remote.to_owned(), 5269),
+        };
+        let timeout = self.config.upstream.connect_timeout;
+        let connect = async {
+            match (s2s.socks5, &target) {
+                (Some(proxy), _) => {
+                    let mut tcp = TcpStream::connect(proxy)
+                        .await
+                        .map_err(|e| format!("cannot reach the SOCKS5 proxy {proxy}: {e}"))?;
+                    crate::socks5::connect(&mut tcp, &target)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    Ok(tcp)
+                }
+                (None, Target::Address(address)) => TcpStream::connect(address)
+                    .await
+                    .map_err(|e| format!("{address}: {e}")),
+                (None, Target::Domain(name, port)) => TcpStream::connect((name.as_str(), *port))
+                    .await
+                    .map_err(|e| format!("{name}:{port}: {e}")),
+            }
+        };
+        let tcp = tokio::time::timeout(timeout, connect)
+            .await
+            .map_err(|_| "connecting timed out".to_string())??;
+        let _ = tcp.set_nodelay(true);
+        Ok(tcp)
     }
 
     /// The checks of a remote server's stream header: a hosted `to` (RFC 6120
@@ -588,12 +831,14 @@ impl PeerConnection {
     }
 
     /// Relays both directions until either ends; `reader` holds what the peer sent
-    /// after its header.
+    /// after its header, `server_reader` (when xmppwall read the server's header
+    /// itself) what the server sent after it.
     pub(crate) async fn relay<S: PeerSession>(
         &self,
         peer_io: BoxIo,
         server_io: BoxIo,
         reader: FrameReader,
+        server_reader: Option<FrameReader>,
         session: Mutex<S>,
     ) -> End {
         let (peer_rd, peer_wr) = tokio::io::split(peer_io);
@@ -603,7 +848,7 @@ impl PeerConnection {
             server: AsyncMutex::new(server_wr),
         };
         let inbound = self.peer_to_server(peer_rd, reader, &session, &writers);
-        let outbound = self.server_to_peer(server_rd, &session, &writers);
+        let outbound = self.server_to_peer(server_rd, server_reader, &session, &writers);
         tokio::pin!(inbound, outbound);
         let grace = self.config.timeouts.shutdown_grace;
         let end = tokio::select! {
@@ -733,27 +978,38 @@ impl PeerConnection {
     async fn server_to_peer<S: PeerSession>(
         &self,
         mut rd: ReadHalf<BoxIo>,
+        reader: Option<FrameReader>,
         session: &Mutex<S>,
         w: &Writers,
     ) -> End {
         let budgets = self.config.limits.framer_budgets();
-        let mut framer = Framer::new(xmppwall_xml::Limits {
+        let limits = xmppwall_xml::Limits {
             max_element_bytes: budgets.after.max_element_bytes.max(SERVER_ELEMENT_BYTES),
             ..budgets.after
-        });
-        let mut buf = BytesMut::new();
+        };
+        let (mut framer, mut buf) = match reader {
+            Some(FrameReader { mut framer, buf }) => {
+                framer.set_limits(limits);
+                (framer, buf)
+            }
+            None => (Framer::new(limits), BytesMut::new()),
+        };
+        let mut first = true;
         loop {
-            match read_into(&mut rd, &mut buf).await {
-                Ok(0) => {
-                    let _ = w.peer.lock().await.shutdown().await;
-                    return End::ServerClosed;
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    let error = StreamError::new(StreamCondition::RemoteConnectionFailed);
-                    let bytes = lock(session).peer_error_bytes(&error);
-                    let _ = w.to_peer(&bytes).await;
-                    return End::ServerIo(e);
+            // What xmppwall already read of the server is framed before reading more.
+            if !std::mem::take(&mut first) || buf.is_empty() {
+                match read_into(&mut rd, &mut buf).await {
+                    Ok(0) => {
+                        let _ = w.peer.lock().await.shutdown().await;
+                        return End::ServerClosed;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        let error = StreamError::new(StreamCondition::RemoteConnectionFailed);
+                        let bytes = lock(session).peer_error_bytes(&error);
+                        let _ = w.to_peer(&bytes).await;
+                        return End::ServerIo(e);
+                    }
                 }
             }
             let mut pos = 0;
@@ -837,6 +1093,17 @@ impl PeerConnection {
             End::Refused(condition)
         }
     }
+}
+
+/// A stream opened to a remote server, ready to relay.
+struct OpenedRemote {
+    io: BoxIo,
+    /// What the remote sent after its features.
+    reader: FrameReader,
+    header: Vec<u8>,
+    features: Vec<u8>,
+    tls: bool,
+    auth: xmppwall_policy::rules::PeerAuth,
 }
 
 /// The two write halves, shared by both directions (a reply goes back the way

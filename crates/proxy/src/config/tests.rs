@@ -410,3 +410,40 @@ fn nftables_export_is_read_and_odd_names_refused() {
         "{e}"
     );
 }
+
+#[test]
+fn s2s_section_and_egress_listener_are_read_and_checked() {
+    let text = r#"
+[upstream]
+address = "127.0.0.1:15222"
+
+[[listen]]
+front = "s2s-egress"
+tls = "direct"
+address = "127.0.0.1:15270"
+
+[s2s]
+require_certificate = true
+routes = { "Partner.Example" = "192.0.2.7:5269", "bad.example" = "nowhere" }
+socks5 = "127.0.0.1:1080"
+"#;
+    let err = parse(text).unwrap_err();
+    let lines: Vec<usize> = err.problems.iter().map(|p| p.line).collect();
+    // the egress listener with TLS (twice: and no certificate), the unparsable route
+    assert_eq!(lines, vec![8, 8, 12], "{err}");
+    assert!(err.to_string().contains("set tls = \"none\""), "{err}");
+    let c = parse(
+        &text
+            .replace("tls = \"direct\"", "tls = \"none\"")
+            .replace(", \"bad.example\" = \"nowhere\"", ""),
+    )
+    .unwrap();
+    assert_eq!(c.listeners[0].front, Front::S2sEgress);
+    assert!(c.s2s.require_certificate);
+    assert!(c.s2s.egress_require_tls);
+    assert_eq!(
+        c.s2s.route("partner.example"),
+        Some("192.0.2.7:5269".parse().unwrap())
+    );
+    assert_eq!(c.s2s.socks5, Some("127.0.0.1:1080".parse().unwrap()));
+}
