@@ -510,3 +510,42 @@ fn federation_allow_list_admits_only_listed_domains_and_wildcards() {
     let _ = alice_jid;
     let _ = DOMAIN;
 }
+
+#[test]
+fn contacts_are_shared_by_an_accounts_streams_and_forgotten_with_the_last() {
+    let s = Setup::start("[strangers]\nmessages = \"drop\"\n");
+    let (mut first, _) = s.wall.login(ALICE, "first");
+    first.send_raw(format!(
+        "<iq type='set' id='r0'><query xmlns='jabber:iq:roster'><item jid='dave@{OTHER_DOMAIN}'/></query></iq>"
+    ));
+    first.read_element_matching(by_id("r0"));
+    first.send_raw("<iq type='get' id='r1'><query xmlns='jabber:iq:roster'/></iq>");
+    first.read_element_matching(by_id("r1"));
+    // The second stream never asks for the roster, yet knows the first one's.
+    let (mut second, second_jid) = s.wall.login(ALICE, "second");
+    let (mut carol, _) = s.remote("carol", "c");
+    let (mut dave, _) = s.remote("dave", "d");
+    carol.send_raw(chat(&second_jid, "spam-1"));
+    routed(&mut carol);
+    dave.send_raw(chat(&second_jid, "after-1"));
+    routed(&mut dave);
+    assert_eq!(
+        xml::root_attr(&next_message(&mut second), "id").as_deref(),
+        Some("after-1")
+    );
+    // Both streams end: the contacts go with them, and a new stream that has not
+    // fetched its roster treats no one as a stranger (nothing is guessed).
+    let xmppwall = &s.wall.xmppwall;
+    let closed_before = xmppwall.log().matches("connection closed").count();
+    drop(first);
+    drop(second);
+    support::process::wait_until(support::IO_TIMEOUT, "both streams closed", || {
+        (xmppwall.log().matches("connection closed").count() >= closed_before + 2).then_some(())
+    });
+    let (mut third, third_jid) = s.wall.login(ALICE, "third");
+    carol.send_raw(chat(&third_jid, "spam-2"));
+    assert_eq!(
+        xml::root_attr(&next_message(&mut third), "id").as_deref(),
+        Some("spam-2")
+    );
+}

@@ -143,6 +143,8 @@ pub struct LimiterState {
     /// Registration and incoming-subscription counters (`[registration]`,
     /// `[subscriptions]`).
     pub antispam: AntispamState,
+    /// Each account's observed contacts, shared by its streams.
+    pub contacts: crate::contacts::ContactBook,
     /// Told of every ban the limits or rules make (the durable store, shared state).
     ban_observer: std::sync::OnceLock<BanObserver>,
 }
@@ -181,6 +183,7 @@ impl LimiterState {
             hits: std::array::from_fn(|_| AtomicU64::new(0)),
             next_connection: AtomicU64::new(1),
             antispam: AntispamState::new(config.gate.max_tracked_addresses, 10_000),
+            contacts: crate::contacts::ContactBook::new(config.max_tracked_accounts),
             ban_observer: std::sync::OnceLock::new(),
         })
     }

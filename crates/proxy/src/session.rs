@@ -24,7 +24,6 @@ use xmppwall_policy::bans::{
 use xmppwall_policy::reputation::Standing;
 use xmppwall_policy::rules::{self, Hook, Marks, Policy, StreamFront, Subject};
 use xmppwall_policy::stanza::{bare_jid, Kind, Stanza};
-use xmppwall_policy::table::BoundedTable;
 use xmppwall_policy::{ConnectionLimits, LimitKind, Limiter, Throttle, Verdict};
 use xmppwall_store::{StanzaSummary, Store, VerdictRecord, VerdictSource};
 use xmppwall_xml::view::{self, StartTag};
@@ -41,8 +40,6 @@ pub const SASL2_NS: &str = "urn:xmpp:sasl:2";
 pub const BIND_NS: &str = "urn:ietf:params:xml:ns:xmpp-bind";
 pub const REGISTER_NS: &str = "jabber:iq:register";
 pub const ROSTER_NS: &str = "jabber:iq:roster";
-/// Contacts remembered per session at most (roster items and people written to).
-const CONTACTS_PER_SESSION: usize = 10_000;
 pub const COMPRESS_FEATURE_NS: &str = "http://jabber.org/features/compress";
 pub const COMPRESS_NS: &str = "http://jabber.org/protocol/compress";
 /// XEP-0440: the channel-binding types a server supports.
@@ -125,10 +122,10 @@ pub struct C2sSession {
     ip: IpAddr,
     /// Marks rules set on this session.
     marks: Marks,
-    /// The user's contacts as xmppwall saw them: roster results and pushes from the
-    /// server, and whom the user wrote to. `None` until a roster result was seen, so
-    /// `stranger` conditions never guess.
-    contacts: Option<BoundedTable<String, ()>>,
+    /// The account whose shared contacts (the limiter's `ContactBook`: roster
+    /// results and pushes from the server, whom the user wrote to) this stream
+    /// joined; it leaves them when it ends.
+    contacts_of: Option<String>,
     recorder: Option<Arc<crate::recorder::Recorder>>,
     /// Where verdicts other than pass are recorded (the store's audit trail).
     audit: Option<Store>,
@@ -160,7 +157,11 @@ pub struct C2sSession {
 
 impl Drop for C2sSession {
     fn drop(&mut self) {
-        self.limiter.load().connection_closed(&mut self.conn);
+        let limiter = self.limiter.load();
+        if let Some(account) = &self.contacts_of {
+            limiter.state.contacts.leave(account);
+        }
+        limiter.connection_closed(&mut self.conn);
     }
 }
 
@@ -181,7 +182,7 @@ impl C2sSession {
             policy,
             ip,
             marks: Marks::default(),
-            contacts: None,
+            contacts_of: None,
             recorder: None,
             audit: None,
             bans: None,
@@ -458,7 +459,7 @@ impl C2sSession {
             }
         }
         if name == b"iq"
-            && self.contacts.is_none()
+            && !self.contacts_known()
             && self.limiter.load().antispam.strangers.is_some()
         {
             if let Some(rewritten) = roster_get_without_version(&tag, bytes) {
@@ -698,34 +699,59 @@ impl C2sSession {
         }) else {
             return;
         };
-        let contacts = self
-            .contacts
-            .get_or_insert_with(|| BoundedTable::new("contacts", CONTACTS_PER_SESSION));
+        let Some(account) = self.contacts_account() else {
+            return;
+        };
         let query = &bytes[query.range];
-        for item in view::children(query).filter(|c| c.start.local_name() == b"item") {
-            let Some(jid) = item.start.attribute(b"jid") else {
-                continue;
-            };
-            let jid = bare_jid(&jid);
-            if item.start.attribute(b"subscription").as_deref() == Some("remove") {
-                contacts.remove(&jid);
-            } else {
-                contacts.entry(jid, || ());
-            }
+        let items: Vec<(String, bool)> = view::children(query)
+            .filter(|c| c.start.local_name() == b"item")
+            .filter_map(|item| {
+                let jid = item.start.attribute(b"jid")?;
+                let removed = item.start.attribute(b"subscription").as_deref() == Some("remove");
+                Some((bare_jid(&jid), removed))
+            })
+            .collect();
+        self.limiter
+            .load()
+            .state
+            .contacts
+            .roster(&account, items.iter().map(|(j, r)| (j.as_str(), *r)));
+    }
+
+    /// The account whose contacts this stream uses, joining them on first use.
+    fn contacts_account(&mut self) -> Option<String> {
+        if self.contacts_of.is_none() {
+            let account = self.conn.account.clone()?;
+            self.limiter.load().state.contacts.join(&account);
+            self.contacts_of = Some(account);
+        }
+        self.contacts_of.clone()
+    }
+
+    /// Whether a roster of the account was seen (on any of its streams).
+    fn contacts_known(&mut self) -> bool {
+        match self.contacts_account() {
+            Some(account) => self.limiter.load().state.contacts.known(&account),
+            None => false,
         }
     }
 
     /// Whom the user writes to becomes a contact (once a roster was seen).
     fn note_written(&mut self, stanza: &Stanza<'_>) {
-        let Some(contacts) = self.contacts.as_mut() else {
-            return;
-        };
         if stanza.kind == xmppwall_policy::stanza::Kind::Iq {
             return;
         }
-        if let Some(to) = stanza.to() {
-            contacts.entry(bare_jid(&to), || ());
-        }
+        let Some(to) = stanza.to() else {
+            return;
+        };
+        let Some(account) = self.contacts_account() else {
+            return;
+        };
+        self.limiter
+            .load()
+            .state
+            .contacts
+            .wrote_to(&account, &bare_jid(&to));
     }
 
     /// Whether the other party of `stanza` is outside the observed contacts; `None`
@@ -739,8 +765,12 @@ impl C2sSession {
             _ => None,
         }?;
         let other = bare_jid(&other);
-        let contacts = self.contacts.as_mut()?;
-        if !other.contains('@') || self.conn.account.as_deref() == Some(other.as_str()) {
+        let account = self.contacts_account()?;
+        let limiter = self.limiter.load();
+        if !limiter.state.contacts.known(&account) {
+            return None;
+        }
+        if !other.contains('@') || account == other {
             return Some(false);
         }
         if hook == Hook::ToServer {
@@ -748,7 +778,11 @@ impl C2sSession {
             // stanza passes (see `note_written`).
             return Some(false);
         }
-        Some(contacts.peek(&other).is_none())
+        limiter
+            .state
+            .contacts
+            .contains(&account, &other)
+            .map(|c| !c)
     }
 
     /// Spam reports in block commands (XEP-0191 §3.3 with XEP-0377) are recorded as
@@ -863,7 +897,7 @@ impl C2sSession {
 
     /// Whether the recipient is not among the contacts xmppwall saw (or no roster
     /// was seen: a quarantined account gets no benefit of the doubt).
-    fn recipient_unknown(&self, stanza: &Stanza<'_>) -> bool {
+    fn recipient_unknown(&mut self, stanza: &Stanza<'_>) -> bool {
         let Some(to) = stanza.to() else {
             return false;
         };
@@ -871,7 +905,10 @@ impl C2sSession {
         if !to.contains('@') || self.conn.account.as_deref() == Some(to.as_str()) {
             return false;
         }
-        self.contacts.as_ref().is_none_or(|c| c.peek(&to).is_none())
+        let Some(account) = self.contacts_account() else {
+            return true;
+        };
+        self.limiter.load().state.contacts.contains(&account, &to) != Some(true)
     }
 
     /// A remote sender's reputation for a stanza to the client: banned senders are
