@@ -26,6 +26,8 @@ struct Federation {
     wall: Xmppwall,
     /// xmppwall's s2s front: where the remote server connects for [`DOMAIN`].
     front: SocketAddr,
+    /// The same front with direct TLS (XEP-0368).
+    direct: SocketAddr,
     cert: TestCert,
     local: Prosody,
     remote: Prosody,
@@ -53,6 +55,7 @@ impl Federation {
     /// routes` may leave unrouted), so both directions pass xmppwall.
     fn start_with(peer: Peer, s2s: &str, rules: &str, egress: bool) -> Federation {
         let front = free_loopback_addr();
+        let direct = free_loopback_addr();
         let egress_addr = free_loopback_addr();
         let remote = Prosody::start_with(ProsodyOptions {
             domain: Some(REMOTE.into()),
@@ -94,6 +97,12 @@ address = "{front}"
 upstream = "{s2s_port}"
 
 [[listen]]
+front = "s2s"
+tls = "direct"
+address = "{direct}"
+upstream = "{s2s_port}"
+
+[[listen]]
 front = "s2s-egress"
 tls = "none"
 address = "{egress_addr}"
@@ -118,6 +127,7 @@ routes = {{ "{REMOTE}" = "{remote_s2s}" }}
         Federation {
             wall,
             front,
+            direct,
             cert,
             local,
             remote,
@@ -555,4 +565,42 @@ fn egress_with_an_unreachable_socks5_proxy_fails_and_the_sender_is_told() {
     );
     let log = f.wall.log();
     assert!(log.contains("cannot reach the SOCKS5 proxy"), "{log}");
+}
+
+#[test]
+fn direct_tls_peer_authenticates_by_dialback_and_delivers() {
+    let f = Federation::start(Peer::DialbackOnly, "", "");
+    let mut bob = login(&f.local, DOMAIN, BOB);
+    // XEP-0368: TLS from the first byte, ALPN xmpp-server, SNI the local domain.
+    let mut raw = TestClient::connect(f.direct);
+    let mut tls = rustls::ClientConfig::clone(&tls_client_config(&f.cert.ca_der, TlsVersions::Any));
+    tls.alpn_protocols = vec![b"xmpp-server".to_vec()];
+    raw.upgrade_to_tls(std::sync::Arc::new(tls));
+    raw.send_raw(s2s_header(REMOTE));
+    let header = raw.read_stream_header();
+    let id = xml::root_attr(&header, "id").expect("the server's header has an id");
+    let features = raw.read_element();
+    assert!(
+        features.contains("dialback") && !features.contains("starttls"),
+        "{features}"
+    );
+    raw.send_raw(format!(
+        "<db:result from='{REMOTE}' to='{DOMAIN}'>{}</db:result>",
+        dialback_key(&id)
+    ));
+    let verdict = raw.read_element();
+    assert_eq!(
+        xml::root_attr(&verdict, "type").as_deref(),
+        Some("valid"),
+        "{verdict}"
+    );
+    raw.send_raw(format!(
+        "<message from='carol@{REMOTE}/x' to='bob@{DOMAIN}' type='chat'><body>direct</body></message>"
+    ));
+    let message = bob.read_element_matching(|e| xml::root_name(e) == "message");
+    assert_eq!(
+        xml::text(&message, "body").as_deref(),
+        Some("direct"),
+        "{message}"
+    );
 }
