@@ -6,11 +6,24 @@
 //! something; regular expressions are compiled by the rules into one `RegexSet`.
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use rustc_hash::FxHashSet;
 
 /// A keyword list matched case-insensitively on whole words.
+///
+/// Keywords that are one word (letters, digits, `_`, non-ASCII) are kept in a hash
+/// set and looked up once per word of the text: a whole-word match of such a keyword
+/// is exactly a word of the text. Only keywords with spaces or punctuation ("free
+/// money", "c.i.a.l.i.s") go into an Aho–Corasick automaton. With 10,000 keywords the
+/// automaton for all of them is megabytes of DFA and costs a cache miss a byte; the
+/// set costs a hash a word (BENCHMARKS.md, "Operator policy per stanza").
 #[derive(Debug, Clone)]
 pub struct Keywords {
-    automaton: AhoCorasick,
+    /// One-word keywords, lowercased.
+    words: FxHashSet<Box<[u8]>>,
+    /// The shortest and longest one-word keyword, in bytes: other words are not looked up.
+    word_lengths: (usize, usize),
+    /// Keywords of several words or with punctuation.
+    phrases: Option<AhoCorasick>,
 }
 
 impl Keywords {
@@ -19,30 +32,90 @@ impl Keywords {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        let words: Vec<String> = words
+        let keywords: Vec<String> = words
             .into_iter()
             .map(|w| w.as_ref().trim().to_lowercase())
             .filter(|w| !w.is_empty())
             .collect();
-        // A DFA: the most memory, the fastest search; keyword lists are read-mostly.
-        let automaton = AhoCorasickBuilder::new()
-            .ascii_case_insensitive(true)
-            .match_kind(MatchKind::LeftmostLongest)
-            .kind(Some(aho_corasick::AhoCorasickKind::DFA))
-            .build(&words)
-            .map_err(|e| format!("cannot build the keyword matcher: {e}"))?;
-        Ok(Keywords { automaton })
+        let (single, phrases): (Vec<String>, Vec<String>) = keywords
+            .into_iter()
+            .partition(|w| w.bytes().all(is_word_byte));
+        let word_lengths = single.iter().fold((usize::MAX, 0), |(lo, hi), w| {
+            (lo.min(w.len()), hi.max(w.len()))
+        });
+        let words = single
+            .into_iter()
+            .map(|w| w.into_bytes().into_boxed_slice())
+            .collect();
+        let phrases = if phrases.is_empty() {
+            None
+        } else {
+            // A DFA: the most memory, the fastest search; phrase lists are short.
+            Some(
+                AhoCorasickBuilder::new()
+                    .ascii_case_insensitive(true)
+                    // Overlapping search: a phrase inside a longer match that fails
+                    // the word test ("xa b c" for "a b c") may still stand alone
+                    // ("b c").
+                    .match_kind(MatchKind::Standard)
+                    .kind(Some(aho_corasick::AhoCorasickKind::DFA))
+                    .build(&phrases)
+                    .map_err(|e| format!("cannot build the keyword matcher: {e}"))?,
+            )
+        };
+        Ok(Keywords {
+            words,
+            word_lengths,
+            phrases,
+        })
     }
 
     /// Whether `text` holds one of the words, not as part of a longer word
     /// ("ass" does not match "class").
     pub fn find_in(&self, text: &str) -> bool {
         let bytes = text.as_bytes();
-        self.automaton.find_iter(bytes).any(|m| {
-            let before = m.start().checked_sub(1).map(|i| bytes[i]);
-            let after = bytes.get(m.end()).copied();
-            !before.is_some_and(is_word_byte) && !after.is_some_and(is_word_byte)
+        if !self.words.is_empty() && self.has_word(bytes) {
+            return true;
+        }
+        self.phrases.as_ref().is_some_and(|automaton| {
+            automaton.find_overlapping_iter(bytes).any(|m| {
+                let before = m.start().checked_sub(1).map(|i| bytes[i]);
+                let after = bytes.get(m.end()).copied();
+                !before.is_some_and(is_word_byte) && !after.is_some_and(is_word_byte)
+            })
         })
+    }
+
+    fn has_word(&self, bytes: &[u8]) -> bool {
+        let (shortest, longest) = self.word_lengths;
+        let mut lowered = [0u8; 64];
+        let mut i = 0;
+        while i < bytes.len() {
+            if !is_word_byte(bytes[i]) {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            while i < bytes.len() && is_word_byte(bytes[i]) {
+                i += 1;
+            }
+            let word = &bytes[start..i];
+            if word.len() < shortest || word.len() > longest {
+                continue;
+            }
+            let found = if word.len() <= lowered.len() {
+                let lowered = &mut lowered[..word.len()];
+                lowered.copy_from_slice(word);
+                lowered.make_ascii_lowercase();
+                self.words.contains(&*lowered)
+            } else {
+                self.words.contains(&*word.to_ascii_lowercase())
+            };
+            if found {
+                return true;
+            }
+        }
+        false
     }
 }
 
@@ -223,6 +296,53 @@ fn iban_valid(chars: &[u8]) -> bool {
 mod tests {
     use super::*;
 
+    /// The definition, checked naively: some keyword occurs (ASCII case-insensitively)
+    /// with no word byte right before or after it.
+    fn naive(keywords: &[&str], text: &str) -> bool {
+        let t = text.to_ascii_lowercase().into_bytes();
+        keywords.iter().any(|k| {
+            let k = k.to_lowercase().into_bytes();
+            (0..t.len()).any(|i| {
+                t[i..].starts_with(&k)
+                    && !(i > 0 && is_word_byte(t[i - 1]))
+                    && !t.get(i + k.len()).is_some_and(|&b| is_word_byte(b))
+            })
+        })
+    }
+
+    #[test]
+    fn keywords_agree_with_the_naive_definition() {
+        let keywords = ["ab", "abc", "b c", "c.d", "Ünï", "x_y", "a b c"];
+        let k = Keywords::new(keywords).unwrap();
+        let alphabet = [
+            "a", "b", "c", "d", " ", ".", "_", "x", "y", "Ü", "n", "ï", "B", "!",
+        ];
+        // Every text of up to five symbols from the alphabet.
+        let mut texts = vec![String::new()];
+        for _ in 0..5 {
+            let longer: Vec<String> = texts
+                .iter()
+                .flat_map(|t| alphabet.iter().map(move |a| format!("{t}{a}")))
+                .collect();
+            for t in &longer {
+                assert_eq!(k.find_in(t), naive(&keywords, t), "text {t:?}");
+            }
+            texts = longer;
+        }
+        // Longer texts over the symbols that make phrases overlap.
+        let mut texts = vec![String::new()];
+        for _ in 0..8 {
+            let longer: Vec<String> = texts
+                .iter()
+                .flat_map(|t| ["a", "b", "c", " ", "x"].map(|a| format!("{t}{a}")))
+                .collect();
+            for t in &longer {
+                assert_eq!(k.find_in(t), naive(&keywords, t), "text {t:?}");
+            }
+            texts = longer;
+        }
+    }
+
     #[test]
     fn keywords_match_whole_words_case_insensitively() {
         let k = Keywords::new(["viagra", "free money"]).unwrap();
@@ -230,6 +350,10 @@ mod tests {
         assert!(k.find_in("here is free money!"));
         assert!(!k.find_in("viagras are not words we list"));
         assert!(!k.find_in("nothing to see"));
+        assert!(!k.find_in("free moneys"));
+        assert!(k.find_in("(Viagra)"));
+        assert!(k.find_in("viagra"));
+        assert!(!k.find_in("xviagra"));
     }
 
     #[test]
