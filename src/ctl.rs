@@ -74,10 +74,13 @@ enum CtlCommand {
     Unban { kind: String, value: String },
     /// Reload the configuration, rules, lists and certificates (like SIGHUP).
     Reload,
-    /// Recent refusals (dropped, bounced, closed).
+    /// Recent verdicts other than pass: the durable audit trail (with rule and limit
+    /// names), or with --memory the last refusals as the peers got them.
     Verdicts {
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        #[arg(long)]
+        memory: bool,
     },
     /// Who sent the most over the last N seconds.
     Talkers {
@@ -89,10 +92,21 @@ enum CtlCommand {
         #[arg(long, default_value_t = 10)]
         limit: usize,
     },
-    /// Spam reports (needs the durable store).
-    Reports,
-    /// Reputation (needs the durable store).
-    Reputation,
+    /// Spam reports, newest first.
+    Reports {
+        /// Only about this JID or address.
+        #[arg(long)]
+        subject: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Reputation scores (one subject, or the most recently changed).
+    Reputation {
+        #[arg(long)]
+        subject: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
     /// The Prometheus exposition, as served.
     Metrics,
 }
@@ -304,10 +318,16 @@ pub fn run(ctl: Ctl) -> anyhow::Result<()> {
         CtlCommand::Reload => (client.json("POST", "/v1/reload", &[], None)?, |v| {
             format!("reloaded {}\n", s(&v["reloaded"]))
         }),
-        CtlCommand::Verdicts { limit } => (
-            client.json("GET", "/v1/verdicts", &[("limit", limit.to_string())], None)?,
-            verdicts_table,
-        ),
+        CtlCommand::Verdicts { limit, memory } => {
+            let source = if *memory { "memory" } else { "store" };
+            let v = client.json(
+                "GET",
+                "/v1/verdicts",
+                &[("limit", limit.to_string()), ("source", source.to_owned())],
+                None,
+            )?;
+            (v, verdicts_table)
+        }
         CtlCommand::Talkers { seconds, by, limit } => (
             client.json(
                 "GET",
@@ -321,12 +341,23 @@ pub fn run(ctl: Ctl) -> anyhow::Result<()> {
             )?,
             talkers_table,
         ),
-        CtlCommand::Reports => (client.json("GET", "/v1/reports", &[], None)?, |v| {
-            format!("{v:#}\n")
-        }),
-        CtlCommand::Reputation => (client.json("GET", "/v1/reputation", &[], None)?, |v| {
-            format!("{v:#}\n")
-        }),
+        CtlCommand::Reports { subject, limit } => {
+            let mut q = vec![("limit", limit.to_string())];
+            if let Some(subject) = subject {
+                q.push(("subject", subject.clone()));
+            }
+            (client.json("GET", "/v1/reports", &q, None)?, reports_table)
+        }
+        CtlCommand::Reputation { subject, limit } => {
+            let mut q = vec![("limit", limit.to_string())];
+            if let Some(subject) = subject {
+                q.push(("subject", subject.clone()));
+            }
+            (
+                client.json("GET", "/v1/reputation", &q, None)?,
+                reputation_table,
+            )
+        }
     };
     if ctl.json {
         println!("{value:#}");
@@ -507,29 +538,57 @@ fn verdicts_table(v: &Value) -> String {
     let rows: Vec<Vec<String>> = list(v, "verdicts")
         .iter()
         .map(|x| {
+            if v["source"] == json!("memory") {
+                vec![
+                    s(&x["at"]),
+                    s(&x["address"]),
+                    s(&x["jid"]),
+                    s(&x["direction"]),
+                    s(&x["verdict"]),
+                    s(&x["condition"]),
+                ]
+            } else {
+                vec![
+                    s(&x["at"]),
+                    s(&x["address"]),
+                    s(&x["jid"]),
+                    s(&x["hook"]),
+                    s(&x["verdict"]),
+                    format!("{} {}", s(&x["by"]), s(&x["name"])),
+                ]
+            }
+        })
+        .collect();
+    let last = if v["source"] == json!("memory") {
+        "CONDITION"
+    } else {
+        "BY"
+    };
+    table(&["AT", "ADDRESS", "JID", "WHERE", "VERDICT", last], &rows)
+}
+
+fn reports_table(v: &Value) -> String {
+    let rows: Vec<Vec<String>> = list(v, "reports")
+        .iter()
+        .map(|x| {
             vec![
                 s(&x["at"]),
-                s(&x["session"]),
-                s(&x["address"]),
-                s(&x["jid"]),
-                s(&x["direction"]),
-                s(&x["verdict"]),
-                s(&x["condition"]),
+                s(&x["reporter"]),
+                s(&x["subject"]),
+                s(&x["reason"]),
+                s(&x["text"]),
             ]
         })
         .collect();
-    table(
-        &[
-            "AT",
-            "SESSION",
-            "ADDRESS",
-            "JID",
-            "DIRECTION",
-            "VERDICT",
-            "CONDITION",
-        ],
-        &rows,
-    )
+    table(&["AT", "REPORTER", "SUBJECT", "REASON", "TEXT"], &rows)
+}
+
+fn reputation_table(v: &Value) -> String {
+    let rows: Vec<Vec<String>> = list(v, "reputation")
+        .iter()
+        .map(|x| vec![s(&x["subject"]), s(&x["score"]), s(&x["updated"])])
+        .collect();
+    table(&["SUBJECT", "SCORE", "UPDATED"], &rows)
 }
 
 fn talkers_table(v: &Value) -> String {

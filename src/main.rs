@@ -199,18 +199,19 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
         .build()
         .context("cannot start the runtime")?;
     runtime.block_on(async move {
-        let listeners = server::bind(&config).await?;
-        let admin = match &config.admin {
-            Some(admin) => Some(xmppwall_admin::bind(admin).await?),
-            None => None,
-        };
         let store = xmppwall_store::Store::open(&config.store).context("cannot open the store")?;
         if let Some(path) = store.path() {
             info!(path = %path.display(), "store opened");
         }
         let shared =
             server::Shared::with_store(config, store).context("cannot load TLS certificates")?;
-        if let Some(listener) = admin {
+        // What the store keeps comes back before any socket listens: no client and
+        // no operator sees the state without it.
+        shared.restore().await;
+        let config = shared.config.load_full();
+        let listeners = server::bind(&config).await?;
+        if let Some(admin) = &config.admin {
+            let listener = xmppwall_admin::bind(admin).await?;
             tokio::spawn(xmppwall_admin::serve(shared.clone(), listener));
         }
         let mut hangup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;

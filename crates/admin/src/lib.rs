@@ -564,12 +564,15 @@ async fn remove_ban(State(state): State<AppState>, Query(q): Query<BanQuery>) ->
     };
     let mut removed = state.shared.remove_operator_ban(&target).await;
     if let BanTarget::Address(net) = &target {
-        if net.prefix_len() == net.max_prefix_len() {
-            removed |= state
-                .shared
-                .limiter
-                .load()
-                .unban(*net, std::time::Instant::now());
+        // Here, in the store, and on the other instances (shared state).
+        match state.shared.unban(*net).await {
+            Ok(lifted) => removed |= lifted,
+            Err(e) => {
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("the ban could not be lifted in the store ({e})"),
+                )
+            }
         }
     }
     if !removed {
@@ -621,30 +624,69 @@ async fn reload(State(state): State<AppState>) -> Response {
 }
 
 #[derive(Debug, Deserialize)]
-struct LimitQuery {
+struct VerdictsQuery {
     limit: Option<usize>,
+    /// `store` (default: the durable audit trail, with rule and limit names) or
+    /// `memory` (the last refusals as the peers got them, bans and kicks included).
+    source: Option<String>,
 }
 
-async fn verdicts(State(state): State<AppState>, Query(q): Query<LimitQuery>) -> Json<Value> {
-    let list: Vec<Value> = state
-        .shared
-        .stats
-        .recent
-        .latest(q.limit.unwrap_or(100))
-        .iter()
-        .map(|v| {
-            json!({
-                "at": rfc3339(v.at),
-                "session": v.session,
-                "address": v.peer.to_canonical().to_string(),
-                "jid": v.jid,
-                "direction": v.direction,
-                "verdict": v.verdict,
-                "condition": v.condition,
-            })
-        })
-        .collect();
-    Json(json!({ "verdicts": list, "source": "memory" }))
+async fn verdicts(State(state): State<AppState>, Query(q): Query<VerdictsQuery>) -> Response {
+    let limit = q.limit.unwrap_or(100).min(10_000);
+    match q.source.as_deref().unwrap_or("store") {
+        "store" => match state.shared.store.recent_verdicts(limit).await {
+            Ok(records) => {
+                let list: Vec<Value> = records
+                    .iter()
+                    .map(|v| {
+                        json!({
+                            "at": rfc3339(v.at),
+                            "address": v.address.to_canonical().to_string(),
+                            "jid": v.jid,
+                            "hook": v.hook,
+                            "kind": v.stanza.kind,
+                            "type": v.stanza.stanza_type,
+                            "from": v.stanza.from,
+                            "to": v.stanza.to,
+                            "by": v.source.as_str(),
+                            "name": v.name,
+                            "verdict": v.action,
+                        })
+                    })
+                    .collect();
+                Json(json!({ "verdicts": list, "source": "store" })).into_response()
+            }
+            Err(e) => error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("cannot read the store: {e}"),
+            ),
+        },
+        "memory" => {
+            let list: Vec<Value> = state
+                .shared
+                .stats
+                .recent
+                .latest(limit)
+                .iter()
+                .map(|v| {
+                    json!({
+                        "at": rfc3339(v.at),
+                        "session": v.session,
+                        "address": v.peer.to_canonical().to_string(),
+                        "jid": v.jid,
+                        "direction": v.direction,
+                        "verdict": v.verdict,
+                        "condition": v.condition,
+                    })
+                })
+                .collect();
+            Json(json!({ "verdicts": list, "source": "memory" })).into_response()
+        }
+        other => error(
+            StatusCode::BAD_REQUEST,
+            format!("source: {other:?}; use store or memory"),
+        ),
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -683,18 +725,85 @@ async fn talkers(State(state): State<AppState>, Query(q): Query<TalkersQuery>) -
     .into_response()
 }
 
-async fn reports() -> Response {
-    error(
-        StatusCode::NOT_IMPLEMENTED,
-        "spam reports need the durable store, which this build does not have yet",
-    )
+#[derive(Debug, Deserialize)]
+struct SubjectQuery {
+    /// A JID or an address; absent: every subject.
+    subject: Option<String>,
+    limit: Option<usize>,
 }
 
-async fn reputation() -> Response {
-    error(
-        StatusCode::NOT_IMPLEMENTED,
-        "reputation needs the durable store, which this build does not have yet",
-    )
+async fn reports(State(state): State<AppState>, Query(q): Query<SubjectQuery>) -> Response {
+    let subject = q.subject.filter(|s| !s.trim().is_empty());
+    match state
+        .shared
+        .store
+        .reports(subject, q.limit.unwrap_or(100).min(10_000))
+        .await
+    {
+        Ok(reports) => {
+            let list: Vec<Value> = reports
+                .iter()
+                .map(|r| {
+                    json!({
+                        "id": r.id,
+                        "at": rfc3339(r.at),
+                        "reporter": r.reporter,
+                        "subject": r.subject,
+                        "reason": r.reason,
+                        "text": r.text,
+                        "stanza_ids": r.stanza_ids,
+                    })
+                })
+                .collect();
+            Json(json!({ "reports": list })).into_response()
+        }
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cannot read the store: {e}"),
+        ),
+    }
+}
+
+/// The store's key for a subject: `jid:` for a JID, `domain:` for a domain, as
+/// written when already prefixed.
+fn reputation_subject(subject: &str) -> String {
+    if subject.starts_with("jid:") || subject.starts_with("domain:") {
+        subject.to_owned()
+    } else if subject.contains('@') {
+        format!("jid:{}", bare_jid(subject))
+    } else {
+        format!("domain:{}", subject.to_ascii_lowercase())
+    }
+}
+
+async fn reputation(State(state): State<AppState>, Query(q): Query<SubjectQuery>) -> Response {
+    let store = &state.shared.store;
+    let found = match q.subject.filter(|s| !s.trim().is_empty()) {
+        Some(subject) => store
+            .reputation(reputation_subject(subject.trim()))
+            .await
+            .map(|r| vec![r]),
+        None => store.reputations(q.limit.unwrap_or(100).min(10_000)).await,
+    };
+    match found {
+        Ok(list) => {
+            let list: Vec<Value> = list
+                .iter()
+                .map(|r| {
+                    json!({
+                        "subject": r.subject,
+                        "score": r.score,
+                        "updated": r.updated.map(rfc3339),
+                    })
+                })
+                .collect();
+            Json(json!({ "reputation": list })).into_response()
+        }
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cannot read the store: {e}"),
+        ),
+    }
 }
 
 #[cfg(test)]

@@ -304,6 +304,17 @@ impl Shared {
         }
     }
 
+    /// Puts back what the store keeps across restarts (bans, reputation). `run` calls
+    /// it before anything is served: the listeners and the admin API, so no client
+    /// and no operator sees the state before it.
+    pub async fn restore(self: &Arc<Self>) {
+        if let Some(nft) = self.config.load().nftables.clone() {
+            let _ = self.nftables.set(crate::nftables::Nftables::start(nft));
+        }
+        self.restore_bans().await;
+        crate::durable::restore_reputation(&self.limiter.load(), &self.store).await;
+    }
+
     /// Applies the bans the store holds (at start: bans outlive restarts).
     pub async fn restore_bans(&self) {
         let now = std::time::SystemTime::now();
@@ -452,11 +463,7 @@ pub async fn serve(
             }
         }
     }
-    if let Some(nft) = shared.config.load().nftables.clone() {
-        let _ = shared.nftables.set(crate::nftables::Nftables::start(nft));
-    }
-    shared.restore_bans().await;
-    crate::durable::restore_reputation(&shared.limiter.load(), &shared.store).await;
+    // The store's state was restored before the listeners were bound (`restore`).
     shared.join_cluster();
     let tracker = TaskTracker::new();
     // Real-time block lists: followed from start to shutdown (changes need a restart).
