@@ -1,6 +1,7 @@
 //! Two xmppwall instances sharing state through one real Redis (Debian's
 //! `redis-server`, started here on a free loopback port): a ban made on one refuses
-//! the address on the other, a per-address connection cap holds across both, and
+//! the address on the other, a per-address connection cap and a per-account resource
+//! limit hold across both, and
 //! with Redis stopped each instance goes on enforcing its own limits until Redis is
 //! back and sharing resumes.
 
@@ -13,9 +14,11 @@ use support::client::{stream_from, TestClient};
 use support::process::wait_until;
 use support::redis::Redis;
 use support::wall::{Wall, WallConfig};
-use support::{xml, Prosody, IO_TIMEOUT};
+use support::{xml, Prosody, ALICE, IO_TIMEOUT};
 
 const STREAMS: &str = "urn:ietf:params:xml:ns:xmpp-streams";
+const STANZAS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
+const ERRORS: &str = "urn:xmpp:errors";
 /// How long an instance may take to notice Redis come or go (it checks every second).
 const REDIS_NOTICE: Duration = Duration::from_secs(20);
 
@@ -184,4 +187,67 @@ fn with_redis_gone_each_instance_enforces_alone_and_sharing_resumes_when_it_retu
         stream_from(loopback(55), p.b.plain)
     });
     drop((a2, again));
+}
+
+const TWO_RESOURCES: &str = "[limits.registered]\nresources_per_account = 2\n";
+
+/// Authenticates as alice through `addr` and asks to bind `resource`; returns the
+/// client and the server's (or xmppwall's) answer.
+fn bind_alice(addr: SocketAddr, resource: &str) -> (TestClient, String) {
+    let mut c = TestClient::connect(addr);
+    c.open_stream();
+    c.auth_plain(ALICE);
+    c.send_raw(format!(
+        "<iq type='set' id='bind-{resource}'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>\
+         <resource>{resource}</resource></bind></iq>"
+    ));
+    let answer = c.read_element();
+    (c, answer)
+}
+
+/// What a bind over the account's resource limit gets (XEP-0205 §2.4).
+fn resource_limit_exceeded(resource: &str) -> String {
+    format!(
+        "<iq type='error' id='bind-{resource}'><error type='cancel'>\
+         <resource-constraint xmlns='{STANZAS}'/>\
+         <text xmlns='{STANZAS}' xml:lang='en'>at most 2 resources may be bound to one account</text>\
+         <resource-limit-exceeded xmlns='{ERRORS}'/></error></iq>"
+    )
+}
+
+#[test]
+fn resources_per_account_hold_across_both_instances() {
+    let p = Pair::start(TWO_RESOURCES);
+    let (_on_a, answer) = bind_alice(p.a.plain, "one");
+    assert_eq!(
+        xml::root_attr(&answer, "type").as_deref(),
+        Some("result"),
+        "{answer}"
+    );
+    let (on_b, answer) = bind_alice(p.b.plain, "two");
+    assert_eq!(
+        xml::root_attr(&answer, "type").as_deref(),
+        Some("result"),
+        "{answer}"
+    );
+    // Each instance holds one: only the shared count knows the account is at its limit.
+    let (mut on_a, answer) = bind_alice(p.a.plain, "three");
+    assert_eq!(answer, resource_limit_exceeded("three"));
+    let (_refused_on_b, answer) = bind_alice(p.b.plain, "four");
+    assert_eq!(answer, resource_limit_exceeded("four"));
+    // Ending the stream on B gives its resource back (once B's count reached Redis):
+    // the refused stream on A binds when it asks again.
+    drop(on_b);
+    let bound = wait_until(IO_TIMEOUT, "a free resource for alice on A", || {
+        on_a.send_raw(
+            "<iq type='set' id='bind-three'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>\
+             <resource>three</resource></bind></iq>",
+        );
+        let answer = on_a.read_element();
+        (xml::root_attr(&answer, "type").as_deref() == Some("result")).then_some(answer)
+    });
+    assert_eq!(
+        xml::text(&bound, "jid").as_deref(),
+        Some("alice@example.test/three")
+    );
 }

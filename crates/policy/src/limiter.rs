@@ -794,18 +794,32 @@ impl Limiter {
         if entry.resources >= max {
             drop(table);
             self.state.hit(LimitKind::Resources);
-            return Err(StanzaError {
-                error_type: ErrorType::Cancel,
-                condition: "resource-constraint",
-                app_condition: Some("resource-limit-exceeded"),
-                text: Some(format!(
-                    "at most {max} resources may be bound to one account"
-                )),
-            });
+            return Err(resource_limit_error(max));
         }
         entry.resources += 1;
         conn.holds_resource = true;
         Ok(())
+    }
+
+    /// The account and its `resources_per_account` when this connection holds a
+    /// resource slot (to reserve it in a count shared with other instances).
+    pub fn resource_slot(&self, conn: &ConnectionLimits) -> Option<(String, u32)> {
+        if !conn.holds_resource {
+            return None;
+        }
+        Some((
+            conn.account.clone()?,
+            self.limits(conn).resources_per_account?,
+        ))
+    }
+
+    /// The count shared with other instances refused the slot
+    /// [`Limiter::bind_requested`] reserved: it is given back, the limit's hit is
+    /// counted, and this is the error for the client (XEP-0205 §2.4).
+    pub fn bind_refused_elsewhere(&self, conn: &mut ConnectionLimits, max: u32) -> StanzaError {
+        self.release_resource(conn);
+        self.state.hit(LimitKind::Resources);
+        resource_limit_error(max)
     }
 
     /// The server refused the bind: the reserved slot is given back.
@@ -1333,6 +1347,18 @@ fn check_presence(
         }
     }
     Verdict::Pass
+}
+
+/// XEP-0205 §2.4: `cancel` + `<resource-constraint/>` + `<resource-limit-exceeded/>`.
+fn resource_limit_error(max: u32) -> StanzaError {
+    StanzaError {
+        error_type: ErrorType::Cancel,
+        condition: "resource-constraint",
+        app_condition: Some("resource-limit-exceeded"),
+        text: Some(format!(
+            "at most {max} resources may be bound to one account"
+        )),
+    }
 }
 
 #[cfg(test)]

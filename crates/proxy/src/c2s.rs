@@ -484,6 +484,9 @@ impl Connection {
         }
         session.audit_to(self.shared.store.clone());
         session.use_bans(self.shared.bans.clone());
+        if self.shared.cluster.get().is_some() {
+            session.share_resources();
+        }
         let session = Mutex::new(session);
         let registration =
             self.shared
@@ -504,7 +507,9 @@ impl Connection {
     fn note_refusal(&self, live: &LiveSession, direction: &'static str, action: &ClientAction) {
         let stats = &self.shared.stats;
         let (verdict, condition) = match action {
-            ClientAction::Forward | ClientAction::ForwardRewritten(_) => return,
+            ClientAction::Forward
+            | ClientAction::ForwardRewritten(_)
+            | ClientAction::ReserveResource { .. } => return,
             // Counted as bounced where the reply is sent.
             ClientAction::Reply(_) => ("bounce", None),
             ClientAction::Drop => {
@@ -690,6 +695,37 @@ impl Connection {
                         let _ = wr.write_all(b"</stream:stream>").await;
                         let _ = to_client.send(ToClient::CloseWith(bytes)).await;
                         return End::RefusedOther;
+                    }
+                    ClientAction::ReserveResource { account, max } => {
+                        // Once per session (a bind request), never per stanza: one
+                        // round trip to Redis, bounded by `redis_timeout`.
+                        let refused = match self.shared.cluster.get() {
+                            Some(cluster) => match cluster.reserve_resource(&account, max).await {
+                                Ok(ticket) => {
+                                    lock(session).shared_resource_reserved(ticket);
+                                    None
+                                }
+                                Err(()) => Some(lock(session).shared_resource_refused(bytes, max)),
+                            },
+                            None => None,
+                        };
+                        match refused {
+                            None => {
+                                stanzas += 1;
+                                if let Err(e) = wr.write_all(bytes).await {
+                                    return End::ServerIo(e);
+                                }
+                            }
+                            Some(action) => {
+                                self.note_refusal(live, "to_server", &action);
+                                if let ClientAction::Reply(reply) = action {
+                                    Stats::add(&stats.stanzas_bounced, 1);
+                                    if to_client.send(ToClient::Bytes(reply)).await.is_err() {
+                                        return End::ClientClosed;
+                                    }
+                                }
+                            }
+                        }
                     }
                 }
             }

@@ -68,6 +68,12 @@ pub enum ClientAction {
     /// Send these bytes to the client, then close the connection (for protocols that
     /// define their own failure element, e.g. STARTTLS `<failure/>`, RFC 6120 §5.4.2.2).
     CloseWith(Vec<u8>),
+    /// A bind request the local limit admitted (XEP-0205 §2.4): reserve one of
+    /// `account`'s `max` resources in the count shared with the other instances,
+    /// then hand the outcome to [`C2sSession::shared_resource_reserved`] (and forward
+    /// the original bytes) or [`C2sSession::shared_resource_refused`] (and do what
+    /// it answers). Only with [`C2sSession::share_resources`].
+    ReserveResource { account: String, max: u32 },
 }
 
 /// What to do with an element the server sent.
@@ -137,6 +143,11 @@ pub struct C2sSession {
     sasl_account: Option<String>,
     auth: Auth,
     pending_bind: Option<String>,
+    /// Whether resources per account are counted across instances as well.
+    share_resources: bool,
+    /// This stream's place in its account's resource count shared with the other
+    /// instances (given back when dropped).
+    shared_resource: Option<xmppwall_store::ClusterTicket>,
     /// The id of an in-band registration (XEP-0077) the server has not answered yet.
     pending_registration: Option<String>,
     bound_jid: Option<String>,
@@ -190,6 +201,8 @@ impl C2sSession {
             sasl_account: None,
             auth: Auth::None,
             pending_bind: None,
+            share_resources: false,
+            shared_resource: None,
             pending_registration: None,
             bound_jid: None,
             server_stream_prefix: None,
@@ -273,6 +286,43 @@ impl C2sSession {
     /// record is queued; nothing waits for the database).
     pub fn audit_to(&mut self, store: Store) {
         self.audit = Some(store);
+    }
+
+    /// Counts resources per account across instances too: a bind request the local
+    /// limit admits becomes [`ClientAction::ReserveResource`].
+    pub fn share_resources(&mut self) {
+        self.share_resources = true;
+    }
+
+    /// The shared count admitted the bind request: its place is held until the
+    /// server refuses the bind or the stream ends.
+    pub fn shared_resource_reserved(&mut self, ticket: xmppwall_store::ClusterTicket) {
+        self.shared_resource = Some(ticket);
+    }
+
+    /// The shared count refused the bind request `bytes` (the account holds `max`
+    /// resources across instances): the local slot is given back and the client
+    /// gets the same XEP-0205 §2.4 error as from the local limit.
+    pub fn shared_resource_refused(&mut self, bytes: &[u8], max: u32) -> ClientAction {
+        let error = self
+            .limiter
+            .load()
+            .bind_refused_elsewhere(&mut self.conn, max);
+        self.pending_bind = None;
+        let Some(tag) = StartTag::parse(bytes) else {
+            return ClientAction::Drop;
+        };
+        self.audit(
+            Hook::ToServer,
+            Some(&tag),
+            VerdictSource::Limit,
+            LimitKind::Resources.name(),
+            "bounce",
+        );
+        match error.reply_to(&tag, None) {
+            Some(reply) => ClientAction::Reply(reply),
+            None => ClientAction::Drop,
+        }
     }
 
     /// The account, or the bound full JID once there is one.
@@ -455,6 +505,11 @@ impl C2sSession {
                     };
                 }
                 self.pending_bind = tag.attribute(b"id").map(Cow::into_owned);
+                if self.share_resources && self.shared_resource.is_none() {
+                    if let Some((account, max)) = self.limiter.load().resource_slot(&self.conn) {
+                        return ClientAction::ReserveResource { account, max };
+                    }
+                }
                 return ClientAction::Forward;
             }
         }
@@ -667,6 +722,7 @@ impl C2sSession {
                             }
                             Some("error") => {
                                 self.pending_bind = None;
+                                self.shared_resource = None;
                                 self.limiter.load().bind_refused(&mut self.conn);
                                 return ServerAction::Forward;
                             }

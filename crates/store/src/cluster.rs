@@ -1,5 +1,6 @@
 //! State shared by several xmppwall instances through Redis: bans (propagated with
-//! pub/sub), connections per address group, and connection attempts per address group.
+//! pub/sub), connections per address group, connection attempts per address group,
+//! and resources bound per account.
 //!
 //! # What goes through Redis, and when
 //!
@@ -8,6 +9,10 @@
 //!   the connection in the address group's hash of per-instance counts, and refuses
 //!   when the shared cap or rate is exceeded. A timeout or error admits on the local
 //!   decision alone.
+//! - **At a resource bind request** (once per session), after the local limit
+//!   admitted it: one script call, bounded by `timeout` in the same way, counts the
+//!   resource in the account's hash of per-instance counts and refuses when the
+//!   account holds `resources_per_account` across instances.
 //! - **Never per stanza.** Counts this instance holds are written as absolute values
 //!   (`HSET`) in batches once a second, so a lost or duplicated update heals itself.
 //! - **Bans**: each ban this instance makes is stored as a key with the ban's
@@ -80,16 +85,18 @@ pub enum SharedRefusal {
     Attempts,
 }
 
-/// One connection's place in the shared count; given back on drop.
+/// One connection's place in a shared count (of an address group's connections or
+/// of an account's resources); given back on drop.
 pub struct ClusterTicket {
     inner: Arc<Inner>,
-    network: IpNet,
+    /// The Redis hash of per-instance counts this place is counted in.
+    key: String,
 }
 
 impl std::fmt::Debug for ClusterTicket {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClusterTicket")
-            .field("network", &self.network)
+            .field("key", &self.key)
             .finish()
     }
 }
@@ -97,22 +104,23 @@ impl std::fmt::Debug for ClusterTicket {
 impl Drop for ClusterTicket {
     fn drop(&mut self) {
         let mut counts = self.inner.counts();
-        if let Some(n) = counts.open.get_mut(&self.network) {
+        if let Some(n) = counts.open.get_mut(&self.key) {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                counts.open.remove(&self.network);
+                counts.open.remove(&self.key);
             }
         }
-        counts.dirty.insert(self.network);
+        counts.dirty.insert(std::mem::take(&mut self.key));
     }
 }
 
 #[derive(Default)]
 struct Counts {
-    /// Connections this instance holds per address group.
-    open: HashMap<IpNet, u32>,
-    /// Groups whose count changed since the last batch.
-    dirty: HashSet<IpNet>,
+    /// Places this instance holds per shared count (the count's Redis key:
+    /// connections of an address group, resources of an account).
+    open: HashMap<String, u32>,
+    /// Counts that changed since the last batch.
+    dirty: HashSet<String>,
 }
 
 struct Inner {
@@ -190,6 +198,25 @@ redis.call('PEXPIRE', KEYS[1], 86400000)
 return 0
 ";
 
+/// The script run at a bind request: the account's resources over live instances.
+/// Returns 0 (admitted, counted) or 1 (the account is at its maximum).
+const RESERVE: &str = r"
+local max = tonumber(ARGV[2])
+local total = 0
+local h = redis.call('HGETALL', KEYS[1])
+for i = 1, #h, 2 do
+  if h[i] == ARGV[1] or redis.call('EXISTS', ARGV[3] .. h[i]) == 1 then
+    total = total + tonumber(h[i + 1])
+  else
+    redis.call('HDEL', KEYS[1], h[i])
+  end
+end
+if total >= max then return 1 end
+redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+redis.call('PEXPIRE', KEYS[1], 86400000)
+return 0
+";
+
 impl Cluster {
     /// Starts the background task that keeps the connection to Redis (inside a tokio
     /// runtime). The receiver gets the bans and unbans to apply locally.
@@ -235,7 +262,8 @@ impl Cluster {
         self.inner.outages.load(Ordering::Relaxed)
     }
 
-    /// Redis calls at accept that failed or timed out (the local decision stood).
+    /// Redis calls at accept or at a bind request that failed or timed out (the local
+    /// decision stood).
     pub fn redis_errors(&self) -> u64 {
         self.inner.errors.load(Ordering::Relaxed)
     }
@@ -288,14 +316,58 @@ impl Cluster {
                 }
             }
         }
-        let mut counts = inner.counts();
-        *counts.open.entry(network).or_insert(0) += 1;
-        counts.dirty.insert(network);
+        Ok(self.hold(format!("{}:conns:{network}", inner.config.prefix)))
+    }
+
+    /// XEP-0205 §2.4 across instances: reserves one of `account`'s resource places
+    /// (at most `max` bound across every instance) at a bind request the local limit
+    /// admitted. At most one round trip, bounded by the configured timeout; without
+    /// Redis, the place is counted locally and the local decision stands. `Err(())`:
+    /// the account holds `max` resources across the instances.
+    pub async fn reserve_resource(&self, account: &str, max: u32) -> Result<ClusterTicket, ()> {
+        let inner = &self.inner;
+        let key = format!("{}:resources:{account}", inner.config.prefix);
+        let connection = inner
+            .connection
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(mut connection) = connection {
+            let script = redis::Script::new(RESERVE);
+            let mut call = script.prepare_invoke();
+            call.key(&key)
+                .arg(&inner.instance)
+                .arg(max)
+                .arg(format!("{}:instance:", inner.config.prefix));
+            let answer: Result<Result<i64, _>, _> =
+                tokio::time::timeout(inner.config.timeout, call.invoke_async(&mut connection))
+                    .await;
+            match answer {
+                Ok(Ok(1)) => return Err(()),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    inner.errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(error = %e, "Redis refused the shared resource call; local decision stands");
+                }
+                Err(_) => {
+                    inner.errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!("Redis did not answer in time; local decision stands");
+                }
+            }
+        }
+        Ok(self.hold(key))
+    }
+
+    /// Counts one place in the shared count `key` as held by this instance.
+    fn hold(&self, key: String) -> ClusterTicket {
+        let mut counts = self.inner.counts();
+        *counts.open.entry(key.clone()).or_insert(0) += 1;
+        counts.dirty.insert(key.clone());
         drop(counts);
-        Ok(ClusterTicket {
+        ClusterTicket {
             inner: self.inner.clone(),
-            network,
-        })
+            key,
+        }
     }
 
     /// Shares a ban this instance made: stored with its expiry and published to the
@@ -415,17 +487,20 @@ impl Inner {
         all: bool,
     ) -> redis::RedisResult<()> {
         let prefix = &self.config.prefix;
-        let changes: Vec<(IpNet, u32)> = {
+        let changes: Vec<(String, u32)> = {
             let mut counts = self.counts();
-            let dirty: Vec<IpNet> = if all {
+            let dirty: Vec<String> = if all {
                 counts.dirty.clear();
-                counts.open.keys().copied().collect()
+                counts.open.keys().cloned().collect()
             } else {
                 counts.dirty.drain().collect()
             };
             dirty
                 .into_iter()
-                .map(|n| (n, counts.open.get(&n).copied().unwrap_or(0)))
+                .map(|n| {
+                    let held = counts.open.get(&n).copied().unwrap_or(0);
+                    (n, held)
+                })
                 .collect()
         };
         let mut pipe = redis::pipe();
@@ -435,17 +510,16 @@ impl Inner {
             .arg("PX")
             .arg(HEARTBEAT_TTL.as_millis() as u64)
             .ignore();
-        for (network, n) in &changes {
-            let key = format!("{prefix}:conns:{network}");
+        for (key, n) in &changes {
             if *n == 0 {
-                pipe.cmd("HDEL").arg(&key).arg(&self.instance).ignore();
+                pipe.cmd("HDEL").arg(key).arg(&self.instance).ignore();
             } else {
                 pipe.cmd("HSET")
-                    .arg(&key)
+                    .arg(key)
                     .arg(&self.instance)
                     .arg(*n)
                     .ignore();
-                pipe.cmd("PEXPIRE").arg(&key).arg(86_400_000u64).ignore();
+                pipe.cmd("PEXPIRE").arg(key).arg(86_400_000u64).ignore();
             }
         }
         let result: redis::RedisResult<()> = pipe.query_async(c).await;
