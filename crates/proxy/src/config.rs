@@ -205,6 +205,8 @@ pub struct S2s {
     pub egress_require_tls: bool,
     /// Accept any remote certificate on the egress. For test set-ups only.
     pub egress_insecure_skip_verify: bool,
+    /// The nameserver the egress asks for SRV and address records.
+    pub resolver: crate::dns::ResolverSetting,
 }
 
 impl S2s {
@@ -1176,6 +1178,30 @@ impl Checker<'_> {
             socks5: raw.socks5.as_ref().and_then(|a| self.address(a)),
             egress_require_tls: raw.egress_require_tls.unwrap_or(true),
             egress_insecure_skip_verify: raw.egress_insecure_skip_verify,
+            resolver: raw
+                .resolver
+                .as_ref()
+                .map(|r| self.resolver(r))
+                .unwrap_or_default(),
+        }
+    }
+
+    fn resolver(&mut self, value: &Spanned<String>) -> crate::dns::ResolverSetting {
+        let text = value.get_ref().trim();
+        if text == "system" {
+            return crate::dns::ResolverSetting::System;
+        }
+        match text.parse::<SocketAddr>() {
+            Ok(a) => crate::dns::ResolverSetting::Nameserver(a),
+            Err(_) => {
+                self.problem(
+                    value.span(),
+                    format!(
+                        "invalid resolver {text:?}; write \"system\" (/etc/resolv.conf) or a nameserver's IP:PORT, e.g. \"127.0.0.1:53\""
+                    ),
+                );
+                crate::dns::ResolverSetting::System
+            }
         }
     }
 
@@ -1254,6 +1280,7 @@ struct RawS2s {
     egress_require_tls: Option<bool>,
     #[serde(default)]
     egress_insecure_skip_verify: bool,
+    resolver: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]

@@ -7,6 +7,7 @@
 pub mod c2s;
 pub mod component;
 pub mod config;
+pub mod dns;
 pub mod durable;
 pub mod egress;
 pub mod enforce;

@@ -386,8 +386,9 @@ impl PeerConnection {
     }
 
     /// The egress: the protected server's outgoing stream comes in plaintext; xmppwall
-    /// connects to the remote server (static route, else the domain on port 5269;
-    /// through the SOCKS5 proxy when configured), negotiates STARTTLS with it, and
+    /// connects to the remote server (static route, else its SRV records, else the
+    /// domain on port 5269; through the SOCKS5 proxy when configured), negotiates
+    /// TLS with it (direct or STARTTLS), and
     /// hands the server the remote's post-TLS header and features; then the relay
     /// (see [`crate::egress`]).
     async fn s2s_egress(mut self, tcp: TcpStream) -> End {
@@ -443,7 +444,7 @@ impl PeerConnection {
         if let Err(e) = server.write_all(&first).await {
             return End::ServerIo(e);
         }
-        info!(remote = %remote, tls = opened.tls, how = opened.auth.name(), "outgoing stream open");
+        info!(remote = %remote, via = %opened.via, tls = opened.tls, how = opened.auth.name(), "outgoing stream open");
         let session =
             crate::egress::EgressSession::new(self.context(), remote, opened.auth, &opened.header);
         self.relay(
@@ -456,13 +457,100 @@ impl PeerConnection {
         .await
     }
 
-    /// Connects to `remote` and opens a stream with `header` (the server's own),
-    /// negotiating STARTTLS (RFC 6120 §5.4) when the remote offers it.
+    /// Connects to `remote` and opens a stream with `header` (the server's own):
+    /// each place the routing gives, in turn, until one opens (RFC 6120 §3.2.1:
+    /// on failure, the next record).
     async fn open_remote(&mut self, remote: &str, header: &[u8]) -> Result<OpenedRemote, String> {
-        let budgets = self.config.limits.framer_budgets();
         let s2s = self.config.s2s.clone();
-        let tcp = self.connect_remote(remote, &s2s).await?;
-        let mut tcp = tcp;
+        let hops = self.route_remote(remote, &s2s).await?;
+        let mut failures = Vec::new();
+        for hop in &hops {
+            match self.open_hop(remote, header, hop, &s2s).await {
+                Ok(mut opened) => {
+                    opened.via = hop.to_string();
+                    return Ok(opened);
+                }
+                Err(why) => {
+                    info!(remote = %remote, target = %hop, error = %why, "remote target failed");
+                    failures.push(if hops.len() > 1 {
+                        format!("{hop}: {why}")
+                    } else {
+                        why
+                    });
+                }
+            }
+        }
+        Err(failures.join("; "))
+    }
+
+    /// Where to connect for `remote`, in order: its static route (`[s2s] routes`);
+    /// else its SRV records (RFC 6120 §3.2.1, XEP-0368, see [`crate::dns`]); else,
+    /// when it has none, the domain itself on port 5269 (RFC 6120 §3.2.2). SRV
+    /// records whose only target is `.` mean no service (RFC 2782): an error.
+    async fn route_remote(
+        &self,
+        remote: &str,
+        s2s: &crate::config::S2s,
+    ) -> Result<Vec<RemoteHop>, String> {
+        use crate::dns::Service;
+        use crate::socks5::Target;
+        if let Some(address) = s2s.route(remote) {
+            return Ok(vec![RemoteHop {
+                target: Target::Address(address),
+                direct_tls: false,
+            }]);
+        }
+        let resolver = self.shared.resolver.get(s2s.resolver)?;
+        let service = tokio::time::timeout_at(self.preauth_deadline, resolver.service(remote))
+            .await
+            .map_err(|_| format!("the DNS lookup for {remote} timed out"))??;
+        match service {
+            Service::Records(hops) => Ok(hops
+                .into_iter()
+                .map(|h| RemoteHop {
+                    target: Target::Domain(h.host, h.port),
+                    direct_tls: h.direct_tls,
+                })
+                .collect()),
+            Service::Unavailable => Err(format!(
+                "{remote} has no server-to-server service (its SRV target is \".\")"
+            )),
+            Service::Fallback => Ok(vec![RemoteHop {
+                target: Target::Domain(remote.to_owned(), 5269),
+                direct_tls: false,
+            }]),
+        }
+    }
+
+    /// Opens a stream with `remote` at `hop`: TLS from the first byte for a
+    /// direct-TLS record (XEP-0368), else STARTTLS (RFC 6120 §5.4) when the remote
+    /// offers it; either way the certificate is checked for `remote`.
+    async fn open_hop(
+        &mut self,
+        remote: &str,
+        header: &[u8],
+        hop: &RemoteHop,
+        s2s: &crate::config::S2s,
+    ) -> Result<OpenedRemote, String> {
+        let budgets = self.config.limits.framer_budgets();
+        let mut tcp = self.connect_remote(&hop.target, s2s).await?;
+        if hop.direct_tls {
+            let mut io = self
+                .remote_tls(remote, Rewind::new(Default::default(), tcp))
+                .await?;
+            let mut reader = FrameReader::new(budgets.after);
+            let (remote_header, features) =
+                self.remote_stream(&mut io, &mut reader, header).await?;
+            return Ok(OpenedRemote {
+                io,
+                reader,
+                header: remote_header,
+                features,
+                tls: true,
+                auth: tls_auth(s2s),
+                via: String::new(),
+            });
+        }
         let mut reader = FrameReader::new(budgets.after);
         let (plain_header, features) = self.remote_stream(&mut tcp, &mut reader, header).await?;
         let offers_tls = xmppwall_xml::view::children(&features).any(|c| {
@@ -481,6 +569,7 @@ impl PeerConnection {
                 features,
                 tls: false,
                 auth: xmppwall_policy::rules::PeerAuth::Dialback,
+                via: String::new(),
             });
         }
         tcp.write_all(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
@@ -500,38 +589,36 @@ impl PeerConnection {
             }
             _ => return Err("no answer to STARTTLS".into()),
         }
-        let name = rustls::pki_types::ServerName::try_from(remote.to_owned())
-            .map_err(|e| format!("{remote} is not a valid server name: {e}"))?;
-        let tls_config = self.shared.s2s_tls.load().egress.clone();
         let rest = std::mem::take(&mut reader.buf);
-        let connect =
-            tokio_rustls::TlsConnector::from(tls_config).connect(name, Rewind::new(rest, tcp));
-        let tls = match tokio::time::timeout_at(self.preauth_deadline, connect).await {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => {
-                return Err(format!(
-                    "TLS with the remote server failed: {}",
-                    describe_handshake_error(&e)
-                ))
-            }
-            Err(_) => return Err("TLS with the remote server timed out".into()),
-        };
-        let mut io: BoxIo = Box::new(tls);
+        let mut io = self.remote_tls(remote, Rewind::new(rest, tcp)).await?;
         let mut reader = FrameReader::new(budgets.after);
         let (remote_header, features) = self.remote_stream(&mut io, &mut reader, header).await?;
-        let auth = if s2s.egress_insecure_skip_verify {
-            xmppwall_policy::rules::PeerAuth::Dialback
-        } else {
-            xmppwall_policy::rules::PeerAuth::Certificate
-        };
         Ok(OpenedRemote {
             io,
             reader,
             header: remote_header,
             features,
             tls: true,
-            auth,
+            auth: tls_auth(s2s),
+            via: String::new(),
         })
+    }
+
+    /// TLS as the client towards `remote`: SNI and the certificate check for the
+    /// remote domain, ALPN `xmpp-server` (XEP-0368).
+    async fn remote_tls(&self, remote: &str, io: Rewind<TcpStream>) -> Result<BoxIo, String> {
+        let name = rustls::pki_types::ServerName::try_from(remote.to_owned())
+            .map_err(|e| format!("{remote} is not a valid server name: {e}"))?;
+        let tls_config = self.shared.s2s_tls.load().egress.clone();
+        let connect = tokio_rustls::TlsConnector::from(tls_config).connect(name, io);
+        match tokio::time::timeout_at(self.preauth_deadline, connect).await {
+            Ok(Ok(tls)) => Ok(Box::new(tls)),
+            Ok(Err(e)) => Err(format!(
+                "TLS with the remote server failed: {}",
+                describe_handshake_error(&e)
+            )),
+            Err(_) => Err("TLS with the remote server timed out".into()),
+        }
     }
 
     /// Sends `header`, reads the remote's header and features; returns their bytes.
@@ -586,42 +673,60 @@ impl PeerConnection {
         }
     }
 
-    /// A TCP connection to `remote`: its static route, else the domain itself on
-    /// port 5269 (RFC 6120 §3.2.2's fallback); through the SOCKS5 proxy when
-    /// configured (RFC 1928; the proxy resolves the name).
+    /// A TCP connection to `target`, within the connect timeout per address;
+    /// through the SOCKS5 proxy when configured (RFC 1928; the proxy resolves the
+    /// target's name), else the target's addresses from the egress's resolver,
+    /// each in turn.
     async fn connect_remote(
         &self,
-        remote: &str,
+        target: &crate::socks5::Target,
         s2s: &crate::config::S2s,
     ) -> Result<TcpStream, String> {
         use crate::socks5::Target;
-        let target = match s2s.route(remote) {
-            Some(address) => Target::Address(address),
-            None => Target::Domain(remote.to_owned(), 5269),
-        };
         let timeout = self.config.upstream.connect_timeout;
-        let connect = async {
-            match (s2s.socks5, &target) {
-                (Some(proxy), _) => {
+        let tcp = match (s2s.socks5, target) {
+            (Some(proxy), _) => {
+                let connect = async {
                     let mut tcp = TcpStream::connect(proxy)
                         .await
                         .map_err(|e| format!("cannot reach the SOCKS5 proxy {proxy}: {e}"))?;
-                    crate::socks5::connect(&mut tcp, &target)
+                    crate::socks5::connect(&mut tcp, target)
                         .await
                         .map_err(|e| e.to_string())?;
-                    Ok(tcp)
+                    Ok::<_, String>(tcp)
+                };
+                tokio::time::timeout(timeout, connect)
+                    .await
+                    .map_err(|_| "connecting timed out".to_string())??
+            }
+            (None, Target::Address(address)) => {
+                tokio::time::timeout(timeout, TcpStream::connect(address))
+                    .await
+                    .map_err(|_| format!("{address}: connecting timed out"))?
+                    .map_err(|e| format!("{address}: {e}"))?
+            }
+            (None, Target::Domain(name, port)) => {
+                let resolver = self.shared.resolver.get(s2s.resolver)?;
+                let addresses =
+                    tokio::time::timeout_at(self.preauth_deadline, resolver.addresses(name))
+                        .await
+                        .map_err(|_| format!("the DNS lookup for {name} timed out"))??;
+                let mut failures = Vec::new();
+                let mut connected = None;
+                for ip in addresses {
+                    let address = SocketAddr::new(ip, *port);
+                    match tokio::time::timeout(timeout, TcpStream::connect(address)).await {
+                        Ok(Ok(tcp)) => {
+                            connected = Some(tcp);
+                            break;
+                        }
+                        Ok(Err(e)) => failures.push(format!("{address}: {e}")),
+                        Err(_) => failures.push(format!("{address}: connecting timed out")),
+                    }
                 }
-                (None, Target::Address(address)) => TcpStream::connect(address)
-                    .await
-                    .map_err(|e| format!("{address}: {e}")),
-                (None, Target::Domain(name, port)) => TcpStream::connect((name.as_str(), *port))
-                    .await
-                    .map_err(|e| format!("{name}:{port}: {e}")),
+                connected.ok_or_else(|| failures.join(", "))?
             }
         };
-        let tcp = tokio::time::timeout(timeout, connect)
-            .await
-            .map_err(|_| "connecting timed out".to_string())??;
         let _ = tcp.set_nodelay(true);
         Ok(tcp)
     }
@@ -1096,6 +1201,35 @@ impl PeerConnection {
 }
 
 /// A stream opened to a remote server, ready to relay.
+/// One place the egress tries for a remote domain.
+struct RemoteHop {
+    target: crate::socks5::Target,
+    /// TLS from the first byte (an `_xmpps-server` record, XEP-0368).
+    direct_tls: bool,
+}
+
+impl std::fmt::Display for RemoteHop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.target {
+            crate::socks5::Target::Address(a) => write!(f, "{a}")?,
+            crate::socks5::Target::Domain(name, port) => write!(f, "{name}:{port}")?,
+        }
+        if self.direct_tls {
+            f.write_str(" (direct TLS)")?;
+        }
+        Ok(())
+    }
+}
+
+/// How a remote server over TLS is proven: its certificate, unless checks are off.
+fn tls_auth(s2s: &crate::config::S2s) -> xmppwall_policy::rules::PeerAuth {
+    if s2s.egress_insecure_skip_verify {
+        xmppwall_policy::rules::PeerAuth::Dialback
+    } else {
+        xmppwall_policy::rules::PeerAuth::Certificate
+    }
+}
+
 struct OpenedRemote {
     io: BoxIo,
     /// What the remote sent after its features.
@@ -1104,6 +1238,8 @@ struct OpenedRemote {
     features: Vec<u8>,
     tls: bool,
     auth: xmppwall_policy::rules::PeerAuth,
+    /// Where it was reached (for the log).
+    via: String,
 }
 
 /// The two write halves, shared by both directions (a reply goes back the way

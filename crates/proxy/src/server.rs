@@ -46,6 +46,8 @@ pub struct Shared {
     pub upstream_tls: ArcSwap<UpstreamTlsConfig>,
     /// How remote servers' certificates are checked (`[s2s]`), swapped on reload.
     pub s2s_tls: ArcSwap<tls::S2sTls>,
+    /// The egress's DNS resolver (`[s2s] resolver`), with its cache.
+    pub resolver: crate::dns::ResolverSlot,
     pub stats: Stats,
     /// The live client streams (for the admin API: list, kick).
     pub sessions: crate::sessions::Registry,
@@ -113,6 +115,7 @@ impl Shared {
             certs,
             upstream_tls: ArcSwap::from_pointee(upstream_tls),
             s2s_tls: ArcSwap::from_pointee(s2s_tls),
+            resolver: crate::dns::ResolverSlot::default(),
             stats: Stats::default(),
             sessions: crate::sessions::Registry::default(),
             bans: Arc::new(Bans::default()),

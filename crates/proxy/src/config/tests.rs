@@ -447,3 +447,21 @@ socks5 = "127.0.0.1:1080"
     );
     assert_eq!(c.s2s.socks5, Some("127.0.0.1:1080".parse().unwrap()));
 }
+
+#[test]
+fn s2s_resolver_is_system_by_default_or_a_nameserver() {
+    let base = "[upstream]\naddress = \"127.0.0.1:15222\"\n\n[[listen]]\nfront = \"c2s\"\ntls = \"none\"\naddress = \"127.0.0.1:5222\"\n\n[s2s]\n";
+    let c = parse(base).unwrap();
+    assert_eq!(c.s2s.resolver, crate::dns::ResolverSetting::System);
+    let c = parse(&format!("{base}resolver = \"system\"\n")).unwrap();
+    assert_eq!(c.s2s.resolver, crate::dns::ResolverSetting::System);
+    let c = parse(&format!("{base}resolver = \"127.0.0.1:5353\"\n")).unwrap();
+    assert_eq!(
+        c.s2s.resolver,
+        crate::dns::ResolverSetting::Nameserver("127.0.0.1:5353".parse().unwrap())
+    );
+    let err = parse(&format!("{base}resolver = \"dns.example\"\n")).unwrap_err();
+    let where_: Vec<(usize, usize)> = err.problems.iter().map(|p| (p.line, p.column)).collect();
+    assert_eq!(where_, vec![(10, 12)], "{err}");
+    assert!(err.to_string().contains("invalid resolver"), "{err}");
+}
