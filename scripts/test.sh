@@ -28,6 +28,10 @@ declare -A APT_PACKAGES=(
     [iproute2]=/usr/sbin/ip
     # A real SOCKS5 server (RFC 1928) for the s2s egress tests.
     [microsocks]=/usr/bin/microsocks
+    # A real DNS server (SRV and address records) for the s2s egress's resolution
+    # tests. dnsmasq-base is the program alone: unlike the `dnsmasq` package it
+    # installs no system service, so nothing starts listening on port 53.
+    [dnsmasq-base]=/usr/sbin/dnsmasq
 )
 # slixmpp's API changes between releases; tests/interop/slixmpp_echo.py is written for
 # this one (and works with >= 1.8).

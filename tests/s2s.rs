@@ -1,9 +1,10 @@
-//! The inbound server-to-server front: two real Prosody servers federating through
-//! xmppwall on loopback (the remote one's outgoing connections routed to xmppwall by
-//! the test route module, never by DNS), a dialback-only peer and a
-//! certificate-authenticated one, a denied domain, and a raw remote server that
-//! spoofs its `from` after authenticating with a real dialback key, each asserted
-//! on the wire.
+//! The server-to-server fronts: two real Prosody servers federating through
+//! xmppwall on loopback (the Prosody servers' outgoing connections routed by the
+//! test route module, never by DNS), a dialback-only peer and a
+//! certificate-authenticated one, a denied domain, a raw remote server that
+//! spoofs its `from` after authenticating with a real dialback key, and the egress
+//! finding the remote server by static route, by SRV records from a real DNS server
+//! (dnsmasq), or through a SOCKS5 proxy, each asserted on the wire.
 
 mod support;
 
@@ -54,6 +55,19 @@ impl Federation {
     /// s2s-egress front too (for remote.test and for blocked.test, which `[s2s]
     /// routes` may leave unrouted), so both directions pass xmppwall.
     fn start_with(peer: Peer, s2s: &str, rules: &str, egress: bool) -> Federation {
+        Federation::start_routed(peer, |_| s2s.to_owned(), rules, egress, true)
+    }
+
+    /// With `static_route` false, xmppwall has no `[s2s] routes` entry for the
+    /// remote server: the egress finds it by DNS (`s2s`, given the remote server
+    /// once it runs, names the resolver).
+    fn start_routed(
+        peer: Peer,
+        s2s: impl FnOnce(&Prosody) -> String,
+        rules: &str,
+        egress: bool,
+        static_route: bool,
+    ) -> Federation {
         let front = free_loopback_addr();
         let direct = free_loopback_addr();
         let egress_addr = free_loopback_addr();
@@ -81,6 +95,12 @@ impl Federation {
         let ca = match &remote.cert {
             Some(c) => format!("ca = {:?}", c.ca_path.display().to_string()),
             None => String::new(),
+        };
+        let s2s = s2s(&remote);
+        let routes = if static_route {
+            format!("routes = {{ \"{REMOTE}\" = \"{}\" }}", remote.s2s)
+        } else {
+            String::new()
         };
         let config = format!(
             r#"
@@ -113,13 +133,12 @@ default = {{ cert = "{cert}", key = "{key}" }}
 [s2s]
 {ca}
 {s2s}
-routes = {{ "{REMOTE}" = "{remote_s2s}" }}
+{routes}
 
 {rules}
 "#,
             c2s = local.c2s,
             s2s_port = local.s2s,
-            remote_s2s = remote.s2s,
             cert = cert.chain_path.display(),
             key = cert.key_path.display(),
         );
@@ -602,5 +621,193 @@ fn direct_tls_peer_authenticates_by_dialback_and_delivers() {
         xml::text(&message, "body").as_deref(),
         Some("direct"),
         "{message}"
+    );
+}
+
+/// dnsmasq (Debian's dnsmasq-base), a real DNS server on a free loopback port,
+/// answering from the records on its command line and NXDOMAIN for the rest of
+/// `.test`; nothing is forwarded anywhere.
+struct Dns {
+    address: SocketAddr,
+    child: std::process::Child,
+}
+
+/// The host name the test SRV records point at (127.0.0.1).
+const REMOTE_HOST: &str = "xmpp.remote.test";
+
+impl Dns {
+    /// `records`: dnsmasq `--srv-host` values (name,target,port,priority,weight).
+    fn start(records: &[String]) -> Dns {
+        let address = free_loopback_addr();
+        let mut args = vec![
+            "--no-daemon".to_owned(),
+            "--conf-file=/dev/null".to_owned(),
+            format!("--port={}", address.port()),
+            format!("--listen-address={}", address.ip()),
+            "--bind-interfaces".to_owned(),
+            "--no-resolv".to_owned(),
+            "--no-hosts".to_owned(),
+            "--user=root".to_owned(),
+            "--pid-file".to_owned(),
+            "--local=/test/".to_owned(),
+            format!("--host-record={REMOTE_HOST},127.0.0.1"),
+        ];
+        args.extend(records.iter().map(|r| format!("--srv-host={r}")));
+        let child = Command::new("dnsmasq")
+            .args(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("running dnsmasq (is it installed? scripts/test.sh installs it)");
+        // dnsmasq answers over TCP on the same port once it is ready.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(address).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "dnsmasq did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Dns { address, child }
+    }
+
+    /// The `[s2s]` line pointing xmppwall's egress at this server.
+    fn resolver(&self) -> String {
+        format!("resolver = \"{}\"", self.address)
+    }
+}
+
+impl Drop for Dns {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The line of xmppwall's log saying the outgoing stream to the remote opened.
+fn egress_open_line(f: &Federation) -> String {
+    let log = f.wall.log();
+    log.lines()
+        .find(|l| l.contains("outgoing stream open") && l.contains("remote=remote.test"))
+        .unwrap_or_else(|| panic!("no outgoing stream opened: {log}"))
+        .to_owned()
+}
+
+/// The federation with the egress and no static route, and a DNS server with the
+/// `--srv-host` records `records` gives for the running remote server.
+fn federation_by_dns(
+    peer: Peer,
+    records: impl FnOnce(&Prosody) -> Vec<String>,
+) -> (Federation, Dns) {
+    let mut dns = None;
+    let f = Federation::start_routed(
+        peer,
+        |remote| {
+            let d = Dns::start(&records(remote));
+            let line = d.resolver();
+            dns = Some(d);
+            line
+        },
+        "",
+        true,
+        false,
+    );
+    (f, dns.expect("the DNS server started"))
+}
+
+#[test]
+fn egress_finds_the_remote_server_by_its_xmpp_server_srv_record() {
+    // The remote server's s2s port is known only to DNS: no static route.
+    let (f, _dns) = federation_by_dns(Peer::Certificate, |remote| {
+        vec![format!(
+            "_xmpp-server._tcp.{REMOTE},{REMOTE_HOST},{},10,0",
+            remote.s2s.port()
+        )]
+    });
+    f.explain_on_failure(|| exchange(&f));
+    let line = egress_open_line(&f);
+    assert!(
+        line.contains("tls=true") && line.contains("certificate"),
+        "{line}"
+    );
+    assert!(
+        line.contains(&format!("{REMOTE_HOST}:{}", f.remote.s2s.port()))
+            && !line.contains("direct TLS"),
+        "{line}"
+    );
+}
+
+#[test]
+fn egress_uses_direct_tls_for_an_xmpps_server_srv_record() {
+    // XEP-0368: the only record is `_xmpps-server`, pointing at the remote
+    // server's direct TLS port, where a plaintext stream header would fail.
+    let (f, _dns) = federation_by_dns(Peer::Certificate, |remote| {
+        let direct = remote.s2s_direct_tls.expect("direct TLS s2s with tls");
+        vec![format!(
+            "_xmpps-server._tcp.{REMOTE},{REMOTE_HOST},{},10,0",
+            direct.port()
+        )]
+    });
+    f.explain_on_failure(|| exchange(&f));
+    let line = egress_open_line(&f);
+    let direct = f.remote.s2s_direct_tls.unwrap_or(f.remote.s2s);
+    assert!(
+        line.contains(&format!("{REMOTE_HOST}:{} (direct TLS)", direct.port()))
+            && line.contains("tls=true")
+            && line.contains("certificate"),
+        "{line}"
+    );
+}
+
+#[test]
+fn egress_tries_srv_records_in_priority_order() {
+    // The better priority (lower value) points at a closed port; the next one works.
+    let closed = free_loopback_addr();
+    let (f, _dns) = federation_by_dns(Peer::Certificate, |remote| {
+        vec![
+            format!(
+                "_xmpp-server._tcp.{REMOTE},{REMOTE_HOST},{},20,0",
+                remote.s2s.port()
+            ),
+            format!(
+                "_xmpp-server._tcp.{REMOTE},{REMOTE_HOST},{},5,0",
+                closed.port()
+            ),
+        ]
+    });
+    f.explain_on_failure(|| exchange(&f));
+    let line = egress_open_line(&f);
+    assert!(
+        line.contains(&format!("{REMOTE_HOST}:{}", f.remote.s2s.port())),
+        "{line}"
+    );
+    let log = f.wall.log();
+    assert!(
+        log.contains(&format!("{REMOTE_HOST}:{}", closed.port())),
+        "the closed target was not tried first: {log}"
+    );
+}
+
+#[test]
+fn srv_target_dot_means_no_service_and_the_sender_is_told() {
+    // RFC 2782: a target of "." says the service is decidedly not available;
+    // blocked.test is routed to the egress by the local server.
+    let (f, _dns) = federation_by_dns(Peer::Certificate, |_| {
+        vec![format!("_xmpp-server._tcp.{BLOCKED}")]
+    });
+    let mut bob = login(&f.local, DOMAIN, BOB);
+    bob.send_raw(format!(
+        "<message type='chat' to='x@{BLOCKED}' id='d1'><body>anyone?</body></message>"
+    ));
+    let bounced = bob.read_element_matching(|e| xml::root_name(e) == "message");
+    assert_eq!(
+        xml::root_attr(&bounced, "type").as_deref(),
+        Some("error"),
+        "{bounced}"
+    );
+    let log = f.wall.log();
+    assert!(
+        log.contains("blocked.test has no server-to-server service"),
+        "{log}"
     );
 }

@@ -71,6 +71,8 @@ pub struct Prosody {
     /// Direct TLS c2s, with `tls`.
     pub c2s_direct_tls: Option<SocketAddr>,
     pub s2s: SocketAddr,
+    /// Direct TLS s2s (XEP-0368), with `tls`.
+    pub s2s_direct_tls: Option<SocketAddr>,
     /// XEP-0114 component port; listening only when components are configured.
     pub component: SocketAddr,
     /// BOSH at `/http-bind`, WebSocket at `/xmpp-websocket`, with `http`.
@@ -114,6 +116,7 @@ impl Prosody {
         let c2s = free_loopback_addr();
         let c2s_direct_tls = options.tls.then(free_loopback_addr);
         let s2s = free_loopback_addr();
+        let s2s_direct_tls = options.tls.then(free_loopback_addr);
         let component = free_loopback_addr();
         let http = options.http.then(free_loopback_addr);
         let log_path = dir.path().join("prosody.log");
@@ -127,6 +130,7 @@ impl Prosody {
             c2s,
             c2s_direct_tls,
             s2s,
+            s2s_direct_tls,
             component,
             http,
             cert: cert.as_ref(),
@@ -158,6 +162,7 @@ impl Prosody {
             c2s,
             c2s_direct_tls,
             s2s,
+            s2s_direct_tls,
             component,
             http,
             cert,
@@ -206,6 +211,7 @@ struct ConfigInput<'a> {
     c2s: SocketAddr,
     c2s_direct_tls: Option<SocketAddr>,
     s2s: SocketAddr,
+    s2s_direct_tls: Option<SocketAddr>,
     component: SocketAddr,
     http: Option<SocketAddr>,
     cert: Option<&'a TestCert>,
@@ -263,7 +269,10 @@ fn render_config(input: &ConfigInput<'_>) -> String {
     ));
     line("legacy_ssl_ports = { }".into());
     line(format!("s2s_ports = {}", ports(Some(input.s2s))));
-    line("s2s_direct_tls_ports = { }".into());
+    line(format!(
+        "s2s_direct_tls_ports = {}",
+        ports(input.s2s_direct_tls)
+    ));
     line(format!(
         "component_ports = {}",
         ports(Some(input.component))
