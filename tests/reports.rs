@@ -193,30 +193,10 @@ keywords = ["casino"]
 /// One query's rows, each as its columns joined by `|`, read from the store file by
 /// another connection.
 fn rows(db: &std::path::Path, sql: &str) -> Vec<String> {
-    let conn =
-        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .unwrap_or_else(|e| panic!("opening {}: {e}", db.display()));
-    let mut stmt = conn.prepare(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
-    let columns = stmt.column_count();
-    let out = stmt
-        .query_map([], |r| {
-            (0..columns)
-                .map(|i| {
-                    let v: rusqlite::types::Value = r.get(i)?;
-                    Ok(match v {
-                        rusqlite::types::Value::Null => String::new(),
-                        rusqlite::types::Value::Integer(n) => n.to_string(),
-                        rusqlite::types::Value::Real(f) => f.to_string(),
-                        rusqlite::types::Value::Text(t) => t,
-                        rusqlite::types::Value::Blob(b) => String::from_utf8_lossy(&b).into_owned(),
-                    })
-                })
-                .collect::<rusqlite::Result<Vec<String>>>()
-                .map(|v| v.join("|"))
-        })
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    out.collect::<rusqlite::Result<Vec<_>>>()
-        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    support::sqlite::rows(db, sql)
+        .into_iter()
+        .map(|r| r.join("|"))
+        .collect()
 }
 
 #[test]

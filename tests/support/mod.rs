@@ -22,6 +22,7 @@ pub mod prosody;
 pub mod proxy_protocol;
 pub mod redis;
 pub mod slixmpp;
+pub mod sqlite;
 pub mod wall;
 pub mod xml;
 pub mod xmppwall;

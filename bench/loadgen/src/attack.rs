@@ -494,6 +494,29 @@ async fn drain_until_closed(tcp: &mut TcpStream, limit: Duration) -> bool {
     }
 }
 
+/// Connects from `source`, sends a stream header and reads the features; counts the
+/// connection, or the refusal (after a pause, so a refusing front is not spun on).
+async fn open_stream(
+    a: &Attack,
+    source: Ipv4Addr,
+    target: SocketAddr,
+) -> Option<Framed<TcpStream>> {
+    let Ok(tcp) = connect_from(source, target).await else {
+        a.cut.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        return None;
+    };
+    a.connections.fetch_add(1, Ordering::Relaxed);
+    let mut f = Framed::new(tcp);
+    if f.send(&xmpp::client_header()).await.is_err()
+        || xmpp::read_features(&mut f, "").await.is_err()
+    {
+        a.cut.fetch_add(1, Ordering::Relaxed);
+        return None;
+    }
+    Some(f)
+}
+
 async fn run_attack(attack: Arc<Attack>, args: Arc<AttackArgs>, end: Instant) {
     let target = args.target;
     let password = args.password.clone();
@@ -695,19 +718,9 @@ async fn run_attack(attack: Arc<Attack>, args: Arc<AttackArgs>, end: Instant) {
             loop_tasks(8, end, move |t, i| {
                 let (a, next) = (a.clone(), next.clone());
                 async move {
-                    let Ok(tcp) = connect_from(attacker(t * 4096 + i), target).await else {
-                        a.cut.fetch_add(1, Ordering::Relaxed);
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    let Some(mut f) = open_stream(&a, attacker(t * 4096 + i), target).await else {
                         return;
                     };
-                    a.connections.fetch_add(1, Ordering::Relaxed);
-                    let mut f = Framed::new(tcp);
-                    if f.send(&xmpp::client_header()).await.is_err()
-                        || xmpp::read_features(&mut f, "").await.is_err()
-                    {
-                        a.cut.fetch_add(1, Ordering::Relaxed);
-                        return;
-                    }
                     let n = next.fetch_add(1, Ordering::Relaxed);
                     let iq = format!(
                         "<iq type='set' id='reg{n}'><query xmlns='jabber:iq:register'>\
@@ -736,19 +749,10 @@ async fn run_attack(attack: Arc<Attack>, args: Arc<AttackArgs>, end: Instant) {
             loop_tasks(8, end, move |t, i| {
                 let a = a.clone();
                 async move {
-                    let Ok(tcp) = connect_from(attacker((t * 31 + i) % 16), target).await else {
-                        a.cut.fetch_add(1, Ordering::Relaxed);
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    let Some(mut f) = open_stream(&a, attacker((t * 31 + i) % 16), target).await
+                    else {
                         return;
                     };
-                    a.connections.fetch_add(1, Ordering::Relaxed);
-                    let mut f = Framed::new(tcp);
-                    if f.send(&xmpp::client_header()).await.is_err()
-                        || xmpp::read_features(&mut f, "").await.is_err()
-                    {
-                        a.cut.fetch_add(1, Ordering::Relaxed);
-                        return;
-                    }
                     // RFC 6120 §6.4.5: a failed exchange may be retried on the stream.
                     for guess in 0..5 {
                         let auth = xmpp::auth_plain(
