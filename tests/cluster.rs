@@ -1,7 +1,8 @@
 //! Two xmppwall instances sharing state through one real Redis (Debian's
 //! `redis-server`, started here on a free loopback port): a ban made on one refuses
 //! the address on the other, a per-address connection cap and a per-account resource
-//! limit hold across both, and
+//! limit hold across both, a report made through one is listed and counted by the
+//! other, and
 //! with Redis stopped each instance goes on enforcing its own limits until Redis is
 //! back and sharing resumes.
 
@@ -11,10 +12,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use support::client::{stream_from, TestClient};
+use support::http::request;
+use support::ports::free_loopback_addr;
 use support::process::wait_until;
 use support::redis::Redis;
 use support::wall::{Wall, WallConfig};
-use support::{xml, Prosody, ALICE, IO_TIMEOUT};
+use support::{xml, Prosody, ALICE, BOB, IO_TIMEOUT, OTHER_DOMAIN};
 
 const STREAMS: &str = "urn:ietf:params:xml:ns:xmpp-streams";
 const STANZAS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
@@ -31,27 +34,34 @@ struct Pair {
     a: Wall,
     b: Wall,
     redis: Redis,
-    _prosody: Prosody,
+    prosody: Prosody,
 }
 
 impl Pair {
     fn start(tables: &str) -> Pair {
+        Pair::start_with(tables, "")
+    }
+
+    /// `b_only` goes into B's configuration only, after `tables`.
+    fn start_with(tables: &str, b_only: &str) -> Pair {
         let redis = Redis::start();
         let prosody = Prosody::start();
-        let config = || WallConfig {
+        let config = |extra: &str| {
+            WallConfig {
             tables: format!(
-                "[store]\npath = \":memory:\"\nshared = \"redis\"\nredis = {:?}\n\n{tables}",
+                "[store]\npath = \":memory:\"\nshared = \"redis\"\nredis = {:?}\n\n{tables}\n{extra}",
                 redis.url()
             ),
             ..WallConfig::default()
+        }
         };
-        let a = Wall::start(prosody.c2s, config());
-        let b = Wall::start(prosody.c2s, config());
+        let a = Wall::start(prosody.c2s, config(""));
+        let b = Wall::start(prosody.c2s, config(b_only));
         let pair = Pair {
             a,
             b,
             redis,
-            _prosody: prosody,
+            prosody,
         };
         pair.wait_for_log(REACHABLE, 1);
         pair
@@ -250,4 +260,101 @@ fn resources_per_account_hold_across_both_instances() {
         xml::text(&bound, "jid").as_deref(),
         Some("alice@example.test/three")
     );
+}
+
+const TOKEN: &str = "cluster-admin-token-0123456789abcdef";
+/// One report is enough to ban its subject.
+const BAN_ON_ONE_REPORT: &str = "[reputation]\nreport_weight = 10\nthrottle_at = \"off\"\n\
+                                 quarantine_at = \"off\"\nban_at = 5\n";
+
+/// `user@other.test`, logged in directly at Prosody (not through xmppwall).
+fn remote(prosody: &Prosody, user: &str) -> TestClient {
+    let password = format!("{user}-remote-secret");
+    prosody.register(user, OTHER_DOMAIN, &password);
+    let mut c = TestClient::connect(prosody.c2s);
+    c.domain = OTHER_DOMAIN.to_string();
+    c.open_stream();
+    c.try_auth_plain(user, &password)
+        .unwrap_or_else(|e| panic!("{user} cannot log in: {e}"));
+    c.bind(Some("r"));
+    c.send_raw("<presence/>");
+    c
+}
+
+/// A chat message to `to`, then a ping to the server: once the ping's answer is
+/// back, the server has routed the message.
+fn send_routed(c: &mut TestClient, to: &str, id: &str) {
+    c.send_raw(format!(
+        "<message to='{to}' id='{id}' type='chat'><body>{id}</body></message>\
+         <iq type='get' id='ping-{id}' to='{OTHER_DOMAIN}'><ping xmlns='urn:xmpp:ping'/></iq>"
+    ));
+    let ping = format!("ping-{id}");
+    c.read_element_matching(|e| xml::root_attr(e, "id").as_deref() == Some(ping.as_str()));
+}
+
+fn next_message_id(c: &mut TestClient) -> String {
+    let m = c.read_element_matching(|e| xml::root_name(e) == "message");
+    xml::root_attr(&m, "id").unwrap_or_default()
+}
+
+#[test]
+fn a_report_made_through_one_instance_is_listed_and_counted_by_the_other() {
+    let admin = free_loopback_addr();
+    let p = Pair::start_with(
+        BAN_ON_ONE_REPORT,
+        &format!("[admin]\nlisten = \"{admin}\"\ntoken = \"{TOKEN}\"\n"),
+    );
+    let get = |path: &str| {
+        let answer = request(admin, "GET", path, Some(TOKEN), None);
+        assert_eq!(answer.status, 200, "GET {path}: {}", answer.body);
+        answer.json()
+    };
+    let (mut alice, _) = p.a.login(ALICE, "a");
+    let (mut bob, bob_jid) = p.b.login(BOB, "b");
+    let mut carol = remote(&p.prosody, "carol");
+    let mut dave = remote(&p.prosody, "dave");
+    let carol_bare = format!("carol@{OTHER_DOMAIN}");
+
+    // Before any report, Carol reaches Bob through B.
+    send_routed(&mut carol, &bob_jid, "carol-1");
+    assert_eq!(next_message_id(&mut bob), "carol-1");
+
+    // Alice reports Carol through A (XEP-0377 inside a XEP-0191 block).
+    alice.send_raw(format!(
+        "<iq type='set' id='r1'><block xmlns='urn:xmpp:blocking'><item jid='{carol_bare}'>\
+         <report xmlns='urn:xmpp:reporting:1' reason='urn:xmpp:reporting:spam'>\
+         <stanza-id xmlns='urn:xmpp:sid:0' by='{carol_bare}' id='s1'/>\
+         <text xml:lang='en'>unsolicited offers</text></report></item></block></iq>"
+    ));
+    let answer = alice.read_element_matching(|e| xml::root_attr(e, "id").as_deref() == Some("r1"));
+    assert_eq!(
+        xml::root_attr(&answer, "type").as_deref(),
+        Some("result"),
+        "{answer}"
+    );
+
+    // B's review lists it (B stored it from the shared stream)...
+    let reports = wait_until(IO_TIMEOUT, "the report listed by B", || {
+        let v = get(&format!("/v1/reports?subject={carol_bare}"));
+        v["reports"]
+            .as_array()
+            .is_some_and(|l| !l.is_empty())
+            .then_some(v)
+    });
+    let listed = &reports["reports"][0];
+    assert_eq!(listed["reporter"], ALICE.jid(), "{reports}");
+    assert_eq!(listed["reason"], "spam", "{reports}");
+    assert_eq!(listed["text"], "unsolicited offers", "{reports}");
+    // ... and B's score for Carol crossed the ban threshold.
+    wait_until(IO_TIMEOUT, "Carol's shared score on B", || {
+        let v = get(&format!("/v1/reputation?subject={carol_bare}"));
+        v["reputation"][0]["score"]
+            .as_f64()
+            .is_some_and(|s| s >= 5.0)
+            .then_some(())
+    });
+    // So B, where nobody reported her, drops what Carol sends; Dave still gets through.
+    send_routed(&mut carol, &bob_jid, "carol-2");
+    send_routed(&mut dave, &bob_jid, "dave-1");
+    assert_eq!(next_message_id(&mut bob), "dave-1");
 }

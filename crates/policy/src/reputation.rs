@@ -84,6 +84,10 @@ pub trait ReputationSink: Send + Sync + std::fmt::Debug {
     /// `stored_delta` takes the score as of its previous change to it (decay is
     /// applied when read: a stored score is the one at its change time).
     fn adjusted(&self, subject: &str, stored_delta: f64, score: f64);
+
+    /// `subject`'s score was raised by `delta` here (not by another instance): for
+    /// sharing the change with other instances. Nothing by default.
+    fn bumped(&self, _subject: &str, _delta: f64) {}
 }
 
 #[derive(Debug)]
@@ -164,7 +168,7 @@ impl ReputationState {
                 let previous = e.score;
                 e.score = e.decayed(now, config.half_life) + delta;
                 e.at = now;
-                changes.push((key, e.score - previous, e.score));
+                changes.push((key, e.score - previous, e.score, delta));
             };
             if bare.contains('@') {
                 bump(jid_key(&bare), delta);
@@ -177,11 +181,46 @@ impl ReputationState {
             }
         }
         if let Some(sink) = lock(&self.sink).clone() {
-            for (key, delta, score) in &changes {
-                sink.adjusted(key, *delta, *score);
+            for (key, stored_delta, score, delta) in &changes {
+                sink.adjusted(key, *stored_delta, *score);
+                sink.bumped(key, *delta);
             }
         }
         changes.first().map_or(0.0, |c| c.2)
+    }
+
+    /// Another instance raised `subject`'s score (`jid:...` or `domain:...`, as the
+    /// sink names it) by `delta`, `age` ago: the change is applied here, decayed
+    /// by its age, and handed to the sink's [`ReputationSink::adjusted`] only (it is
+    /// not shared again).
+    pub fn apply_shared(
+        &self,
+        config: &ReputationConfig,
+        subject: &str,
+        delta: f64,
+        age: Duration,
+        now: Instant,
+    ) {
+        if !(subject.starts_with("jid:") || subject.starts_with("domain:")) || !delta.is_finite() {
+            return;
+        }
+        let delta =
+            delta * 0.5f64.powf(age.as_secs_f64() / config.half_life.as_secs_f64().max(1.0));
+        let (stored_delta, score) = {
+            let mut t = lock(&self.entries);
+            let e = t.entry(subject.to_owned(), || Entry {
+                score: 0.0,
+                at: now,
+                throttle: TokenBucket::new(),
+            });
+            let previous = e.score;
+            e.score = e.decayed(now, config.half_life) + delta;
+            e.at = now;
+            (e.score - previous, e.score)
+        };
+        if let Some(sink) = lock(&self.sink).clone() {
+            sink.adjusted(subject, stored_delta, score);
+        }
     }
 
     /// Puts back a score kept elsewhere (`subject` as the sink names it), as of `at`.
@@ -277,6 +316,51 @@ impl ReputationState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, Default)]
+    struct Recorded {
+        adjusted: Mutex<Vec<String>>,
+        bumped: Mutex<Vec<(String, f64)>>,
+    }
+
+    impl ReputationSink for Recorded {
+        fn adjusted(&self, subject: &str, _stored_delta: f64, _score: f64) {
+            lock(&self.adjusted).push(subject.to_owned());
+        }
+        fn bumped(&self, subject: &str, delta: f64) {
+            lock(&self.bumped).push((subject.to_owned(), delta));
+        }
+    }
+
+    #[test]
+    fn raises_made_here_are_shared_and_those_from_elsewhere_are_applied_decayed_and_not_again() {
+        let config = ReputationConfig::default();
+        let state = ReputationState::default();
+        let sink = Arc::new(Recorded::default());
+        state.set_sink(sink.clone());
+        let now = Instant::now();
+        state.add(&config, "spammer@spam.example", 8.0, now);
+        assert_eq!(
+            *lock(&sink.bumped),
+            vec![
+                ("jid:spammer@spam.example".to_owned(), 8.0),
+                ("domain:spam.example".to_owned(), 8.0 * config.domain_share)
+            ]
+        );
+        // Another instance's raise of 4, one half-life old: 2 is added.
+        state.apply_shared(
+            &config,
+            "jid:spammer@spam.example",
+            4.0,
+            config.half_life,
+            now,
+        );
+        assert_eq!(state.score(&config, "spammer@spam.example", now), 10.0);
+        assert_eq!(lock(&sink.bumped).len(), 2, "not shared again");
+        assert_eq!(lock(&sink.adjusted).len(), 3, "but stored");
+        state.apply_shared(&config, "nonsense", 4.0, Duration::ZERO, now);
+        assert_eq!(lock(&sink.adjusted).len(), 3);
+    }
 
     #[test]
     fn reports_from_distinct_users_raise_the_score_and_it_decays() {

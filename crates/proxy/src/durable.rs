@@ -5,24 +5,26 @@
 //! (each write is a task of its own; the store commits it before the task ends).
 //! At start, [`restore_reputation`] puts the stored scores back in memory.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime};
 
 use tracing::{info, warn};
 use xmppwall_policy::reports::{ReportRecord, ReportSink};
 use xmppwall_policy::reputation::ReputationSink;
 use xmppwall_policy::Limiter;
-use xmppwall_store::{Report, Store};
+use xmppwall_store::{Cluster, Report, Store};
 
 /// Scores restored at start at most (the most recently changed first).
 const RESTORED_SCORES: usize = 100_000;
 
+/// Reports go to the store, and to the other instances once shared state is on.
 #[derive(Debug)]
-pub struct StoreReports(pub Store);
+pub struct StoreReports(pub Store, pub Arc<OnceLock<Cluster>>);
 
 impl ReportSink for StoreReports {
     fn report(&self, report: ReportRecord) {
         let store = self.0.clone();
+        let shared = self.1.clone();
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             warn!("no runtime to store a report; it is kept in memory only");
             return;
@@ -37,6 +39,9 @@ impl ReportSink for StoreReports {
                 text: report.text,
                 stanza_ids: report.stanza_ids,
             };
+            if let Some(cluster) = shared.get() {
+                cluster.share_report(&record);
+            }
             if let Err(e) = store.add_report(record).await {
                 warn!(error = %e, "cannot store a spam report");
             }
@@ -44,8 +49,10 @@ impl ReportSink for StoreReports {
     }
 }
 
+/// Score changes go to the store, and (the raises made here) to the other
+/// instances once shared state is on.
 #[derive(Debug)]
-pub struct StoreReputation(pub Store);
+pub struct StoreReputation(pub Store, pub Arc<OnceLock<Cluster>>);
 
 impl ReputationSink for StoreReputation {
     fn adjusted(&self, subject: &str, stored_delta: f64, _score: f64) {
@@ -63,15 +70,22 @@ impl ReputationSink for StoreReputation {
             }
         });
     }
+
+    fn bumped(&self, subject: &str, delta: f64) {
+        if let Some(cluster) = self.1.get() {
+            cluster.share_reputation(subject, delta);
+        }
+    }
 }
 
-/// Sends the limiter's reports and reputation changes to `store` from now on.
-pub fn attach(limiter: &Limiter, store: &Store) {
+/// Sends the limiter's reports and reputation changes to `store` from now on (and
+/// to the other instances through `cluster` once it is set).
+pub fn attach(limiter: &Limiter, store: &Store, cluster: &Arc<OnceLock<Cluster>>) {
     let antispam = &limiter.state.antispam;
-    antispam.set_report_sink(Arc::new(StoreReports(store.clone())));
+    antispam.set_report_sink(Arc::new(StoreReports(store.clone(), cluster.clone())));
     antispam
         .reputation
-        .set_sink(Arc::new(StoreReputation(store.clone())));
+        .set_sink(Arc::new(StoreReputation(store.clone(), cluster.clone())));
 }
 
 /// Puts the stored scores back in memory (at start: reputation outlives restarts).

@@ -84,9 +84,9 @@ impl Shared {
         let s2s_tls = tls::s2s_tls(&config.s2s)?;
         let limiter =
             Limiter::new(config.policy_limits.clone()).with_antispam(config.antispam.clone());
-        crate::durable::attach(&limiter, &store);
         let sink = store.clone();
         let cluster = Arc::new(std::sync::OnceLock::<Cluster>::new());
+        crate::durable::attach(&limiter, &store, &cluster);
         let shared_sink = cluster.clone();
         let nftables = Arc::new(std::sync::OnceLock::<crate::nftables::Nftables>::new());
         let kernel_sink = nftables.clone();
@@ -221,6 +221,7 @@ impl Shared {
         let _ = self.cluster.set(cluster);
         let limiter = self.limiter.clone();
         let nftables = self.nftables.clone();
+        let store = self.store.clone();
         tokio::spawn(async move {
             while let Some(event) = events.recv().await {
                 let limiter = limiter.load();
@@ -241,6 +242,30 @@ impl Shared {
                         limiter.unban(network, std::time::Instant::now());
                         if let Some(nft) = nftables.get() {
                             nft.unban(network);
+                        }
+                    }
+                    ClusterEvent::Report(report) => {
+                        debug!(subject = report.subject, "report from another instance");
+                        let store = store.clone();
+                        tokio::spawn(async move {
+                            if let Err(e) = store.add_report(report).await {
+                                warn!(error = %e, "cannot store a report from another instance");
+                            }
+                        });
+                    }
+                    ClusterEvent::Reputation { subject, delta, at } => {
+                        if let Some(config) = &limiter.antispam.reputation {
+                            let age = std::time::SystemTime::now()
+                                .duration_since(at)
+                                .unwrap_or_default();
+                            debug!(subject, delta, "reputation change from another instance");
+                            limiter.state.antispam.reputation.apply_shared(
+                                config,
+                                &subject,
+                                delta,
+                                age,
+                                std::time::Instant::now(),
+                            );
                         }
                     }
                 }

@@ -1,6 +1,6 @@
 //! State shared by several xmppwall instances through Redis: bans (propagated with
 //! pub/sub), connections per address group, connection attempts per address group,
-//! and resources bound per account.
+//! resources bound per account, spam reports and reputation changes.
 //!
 //! # What goes through Redis, and when
 //!
@@ -19,6 +19,11 @@
 //!   remaining time as expiry and published on a channel; every instance subscribed
 //!   applies it locally at once. At (re)connection an instance reads every stored
 //!   ban, and publishes the bans it made while Redis was away.
+//! - **Reports and reputation changes** made here are queued and appended, once a
+//!   second, to a shared stream; every instance reads what the others appended once
+//!   a second and hands it to the proxy ([`ClusterEvent::Report`],
+//!   [`ClusterEvent::Reputation`]), which stores the reports and adds the score
+//!   changes to its own scores. Thresholds are checked against local scores only.
 //! - **Instances** refresh a heartbeat key every second; counts of an instance whose
 //!   heartbeat expired are ignored and removed, so a crashed instance's connections
 //!   stop counting within a few seconds.
@@ -28,8 +33,9 @@
 //! Every instance goes on enforcing its own limits with local state. The change is
 //! logged once (and once again when Redis is back), [`Cluster::redis_up`] turns
 //! false and [`Cluster::redis_outages`] counts it. On reconnection the instance
-//! re-subscribes, reads the stored bans, publishes its pending bans and rewrites its
-//! connection counts.
+//! re-subscribes, reads the stored bans, publishes its pending bans, rewrites its
+//! counts, appends its queued reports and reputation changes and reads the stream
+//! from where it stopped.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -41,6 +47,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::writer::{ms, time};
+use crate::Report;
 
 /// Bans waiting to be published while Redis is away, at most.
 const PENDING_BANS: usize = 10_000;
@@ -50,6 +57,12 @@ const TICK: Duration = Duration::from_secs(1);
 const HEARTBEAT_TTL: Duration = Duration::from_secs(5);
 /// Events waiting for the proxy to apply, at most (a full queue drops and logs).
 const EVENT_QUEUE: usize = 4096;
+/// Reports and reputation changes waiting for the next batch, at most.
+const PENDING_SHARED: usize = 10_000;
+/// Entries the shared stream of reports and reputation changes keeps (about).
+const STREAM_LENGTH: usize = 100_000;
+/// Entries read from that stream per tick, at most.
+const STREAM_READ: usize = 1000;
 
 /// How to reach Redis.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,7 +76,7 @@ pub struct RedisConfig {
 }
 
 /// What another instance (or the stored state) asks this instance to apply.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum ClusterEvent {
     Ban {
         network: IpNet,
@@ -73,6 +86,14 @@ pub enum ClusterEvent {
     },
     Unban {
         network: IpNet,
+    },
+    /// A spam or abuse report made through another instance.
+    Report(Report),
+    /// Another instance raised `subject`'s reputation score by `delta` at `at`.
+    Reputation {
+        subject: String,
+        delta: f64,
+        at: SystemTime,
     },
 }
 
@@ -134,6 +155,10 @@ struct Inner {
     counts: Mutex<Counts>,
     /// Messages to publish once Redis answers again.
     pending: Mutex<Vec<Outgoing>>,
+    /// Reports and reputation changes for the next batch to the shared stream.
+    shared_out: Mutex<Vec<Vec<(&'static str, String)>>>,
+    /// The last entry of the shared stream read (`None` until the first connection).
+    stream_position: Mutex<Option<String>>,
     events: mpsc::Sender<ClusterEvent>,
 }
 
@@ -241,6 +266,8 @@ impl Cluster {
             errors: AtomicU64::new(0),
             counts: Mutex::new(Counts::default()),
             pending: Mutex::new(Vec::new()),
+            shared_out: Mutex::new(Vec::new()),
+            stream_position: Mutex::new(None),
             events,
         });
         tokio::spawn(supervise(inner.clone()));
@@ -385,6 +412,31 @@ impl Cluster {
     pub fn unban(&self, network: IpNet) {
         self.inner.publish(Outgoing::Unban(network));
     }
+
+    /// Shares a report made here: appended to the shared stream in the next batch
+    /// (within a second; kept while Redis is away).
+    pub fn share_report(&self, report: &Report) {
+        self.inner.queue_shared(vec![
+            ("kind", "report".to_owned()),
+            ("at", ms(report.at).to_string()),
+            ("reporter", report.reporter.clone()),
+            ("subject", report.subject.clone()),
+            ("reason", report.reason.clone()),
+            ("text", report.text.clone().unwrap_or_default()),
+            ("has_text", u8::from(report.text.is_some()).to_string()),
+            ("ids", report.stanza_ids.join("\n")),
+        ]);
+    }
+
+    /// Shares a raise of `subject`'s reputation score made here, in the next batch.
+    pub fn share_reputation(&self, subject: &str, delta: f64) {
+        self.inner.queue_shared(vec![
+            ("kind", "reputation".to_owned()),
+            ("at", ms(SystemTime::now()).to_string()),
+            ("subject", subject.to_owned()),
+            ("delta", delta.to_string()),
+        ]);
+    }
 }
 
 impl Inner {
@@ -394,6 +446,123 @@ impl Inner {
 
     fn channel(&self) -> String {
         format!("{}:bans", self.config.prefix)
+    }
+
+    fn stream(&self) -> String {
+        format!("{}:events", self.config.prefix)
+    }
+
+    fn queue_shared(&self, mut fields: Vec<(&'static str, String)>) {
+        fields.insert(0, ("from", self.instance.clone()));
+        let mut out = self.shared_out.lock().unwrap_or_else(|p| p.into_inner());
+        if out.len() >= PENDING_SHARED {
+            warn!("too many reports and reputation changes waiting for Redis; the oldest is shared no more");
+            out.remove(0);
+        }
+        out.push(fields);
+    }
+
+    /// Appends the queued reports and reputation changes to the shared stream, in
+    /// one pipeline; they stay queued if Redis fails.
+    async fn flush_shared(
+        &self,
+        c: &mut redis::aio::MultiplexedConnection,
+    ) -> redis::RedisResult<()> {
+        let batch = std::mem::take(&mut *self.shared_out.lock().unwrap_or_else(|p| p.into_inner()));
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let stream = self.stream();
+        let mut pipe = redis::pipe();
+        for fields in &batch {
+            let cmd = pipe
+                .cmd("XADD")
+                .arg(&stream)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(STREAM_LENGTH)
+                .arg("*");
+            for (name, value) in fields {
+                cmd.arg(*name).arg(value);
+            }
+            cmd.ignore();
+        }
+        let result: redis::RedisResult<()> = pipe.query_async(c).await;
+        if result.is_err() {
+            let mut out = self.shared_out.lock().unwrap_or_else(|p| p.into_inner());
+            let newer = std::mem::replace(&mut *out, batch);
+            out.extend(newer);
+            out.truncate(PENDING_SHARED);
+        }
+        result
+    }
+
+    /// Reads what other instances appended to the shared stream since the last read
+    /// and hands it to the proxy. The first connection starts at the stream's end
+    /// (what came before is in the instances' own stores); a reconnection goes on
+    /// where the last read stopped, so nothing appended during an outage is missed
+    /// (as long as the stream still holds it).
+    async fn read_shared(
+        &self,
+        c: &mut redis::aio::MultiplexedConnection,
+    ) -> redis::RedisResult<()> {
+        let stream = self.stream();
+        let position = self
+            .stream_position
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mut position = match position {
+            Some(p) => p,
+            None => {
+                let last: Vec<(String, Vec<String>)> = redis::cmd("XREVRANGE")
+                    .arg(&stream)
+                    .arg("+")
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(1)
+                    .query_async(c)
+                    .await?;
+                let p = last
+                    .into_iter()
+                    .next()
+                    .map_or_else(|| "0-0".to_owned(), |(id, _)| id);
+                *self
+                    .stream_position
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(p.clone());
+                return Ok(());
+            }
+        };
+        type Entries = Vec<(String, Vec<(String, Vec<String>)>)>;
+        let read: Option<Entries> = redis::cmd("XREAD")
+            .arg("COUNT")
+            .arg(STREAM_READ)
+            .arg("STREAMS")
+            .arg(&stream)
+            .arg(&position)
+            .query_async(c)
+            .await?;
+        for (_, entries) in read.unwrap_or_default() {
+            for (id, flat) in entries {
+                position = id;
+                let fields: HashMap<&str, &str> = flat
+                    .chunks_exact(2)
+                    .map(|kv| (kv[0].as_str(), kv[1].as_str()))
+                    .collect();
+                if fields.get("from") == Some(&self.instance.as_str()) {
+                    continue;
+                }
+                if let Some(event) = parse_shared(&fields) {
+                    self.deliver(event);
+                }
+            }
+        }
+        *self
+            .stream_position
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(position);
+        Ok(())
     }
 
     /// Queues `message`; the supervisor sends it at its next tick (or at once).
@@ -614,6 +783,33 @@ impl Inner {
     }
 }
 
+/// A report or reputation change from the shared stream.
+fn parse_shared(fields: &HashMap<&str, &str>) -> Option<ClusterEvent> {
+    let at = time(fields.get("at")?.parse().ok()?);
+    match *fields.get("kind")? {
+        "report" => Some(ClusterEvent::Report(Report {
+            id: 0,
+            at,
+            reporter: (*fields.get("reporter")?).to_owned(),
+            subject: (*fields.get("subject")?).to_owned(),
+            reason: fields.get("reason").copied().unwrap_or("").to_owned(),
+            text: (fields.get("has_text") == Some(&"1"))
+                .then(|| fields.get("text").copied().unwrap_or("").to_owned()),
+            stanza_ids: fields
+                .get("ids")
+                .filter(|ids| !ids.is_empty())
+                .map(|ids| ids.split('\n').map(str::to_owned).collect())
+                .unwrap_or_default(),
+        })),
+        "reputation" => Some(ClusterEvent::Reputation {
+            subject: (*fields.get("subject")?).to_owned(),
+            delta: fields.get("delta")?.parse().ok()?,
+            at,
+        }),
+        _ => None,
+    }
+}
+
 /// `until_ms \t source \t reason` of a stored or published ban.
 fn parse_ban(network: &str, value: &str) -> Option<ClusterEvent> {
     let network: IpNet = network.parse().ok()?;
@@ -663,6 +859,8 @@ async fn supervise(inner: Arc<Inner>) {
             inner.sync(&mut c, true).await?;
             let n = inner.load_bans(&mut c).await?;
             inner.flush_pending(&mut c).await?;
+            inner.flush_shared(&mut c).await?;
+            inner.read_shared(&mut c).await?;
             Ok::<_, redis::RedisError>(n)
         };
         let loaded = match catch_up.await {
@@ -695,7 +893,9 @@ async fn supervise(inner: Arc<Inner>) {
                     }
                     let step = async {
                         inner.sync(&mut c, false).await?;
-                        inner.flush_pending(&mut c).await
+                        inner.flush_pending(&mut c).await?;
+                        inner.flush_shared(&mut c).await?;
+                        inner.read_shared(&mut c).await
                     };
                     match tokio::time::timeout(TICK * 2, step).await {
                         Ok(Ok(())) => {}
