@@ -245,6 +245,10 @@ fuzz_target!(|data: &[u8]| {
                         return;
                     }
                     ClientAction::CloseWith(_) => return,
+                    // Only with resources shared through Redis, which is off here.
+                    ClientAction::ReserveResource { .. } => {
+                        unreachable!("shared resources are off in this target")
+                    }
                     ClientAction::Forward
                     | ClientAction::ForwardRewritten(_)
                     | ClientAction::Drop => {}
@@ -276,6 +280,13 @@ fuzz_target!(|data: &[u8]| {
                     ServerAction::ReplaceThenClose(_, error) => {
                         assert_stream_error(&s.stream_error_bytes(&error, Some("localhost")));
                         return;
+                    }
+                    ServerAction::Answer(bytes) => {
+                        assert_one_element(&bytes, "an answer in the user's name");
+                        assert!(
+                            !bytes.windows(5).any(|w| w == b"<body"),
+                            "an answer echoes a body"
+                        );
                     }
                     ServerAction::Forward | ServerAction::Drop => {}
                 }
