@@ -12,19 +12,26 @@ cd "$(dirname "$0")/../fuzz"
 seconds="${1:-${FUZZ_SECONDS:-60}}"
 say() { printf 'fuzz.sh: %s\n' "$*" >&2; }
 
-# The sanitizer flags cargo-fuzz passes need a nightly compiler.
+# The sanitizer flags cargo-fuzz passes need a nightly compiler. Where none can be
+# fetched, the stable compiler accepts them with RUSTC_BOOTSTRAP=1 (set for these
+# fuzz builds only).
+toolchain=nightly
 if ! rustup run nightly rustc --version >/dev/null 2>&1; then
     say "installing the nightly toolchain (minimal profile)"
-    rustup toolchain install nightly --profile minimal
+    if ! rustup toolchain install nightly --profile minimal; then
+        say "no nightly toolchain to be had; building with stable and RUSTC_BOOTSTRAP=1"
+        toolchain=stable
+        export RUSTC_BOOTSTRAP=1
+    fi
 fi
 if ! cargo fuzz --version >/dev/null 2>&1; then
     say "installing cargo-fuzz"
     cargo install cargo-fuzz --locked
 fi
 
-targets=$(cargo +nightly fuzz list)
+targets=$(cargo +"$toolchain" fuzz list)
 say "building: $(echo $targets)"
-cargo +nightly fuzz build
+cargo +"$toolchain" fuzz build
 
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
@@ -33,7 +40,7 @@ for target in $targets; do
     say "$target: ${seconds}s"
     # -timeout: one input taking over 10 s is a hang, reported as a failure.
     status=0
-    cargo +nightly fuzz run "$target" "$scratch/$target" "corpus/$target" -- \
+    cargo +"$toolchain" fuzz run "$target" "$scratch/$target" "corpus/$target" -- \
         -max_total_time="$seconds" -timeout=10 >"$scratch/$target.log" 2>&1 || status=$?
     grep -E '^Done [0-9]+ runs' "$scratch/$target.log" >&2 || true
     if [ "$status" -ne 0 ]; then
