@@ -75,7 +75,21 @@ fn main() -> ExitCode {
         Command::Check { config } => match Config::load(&config) {
             // Certificates and keys are loaded too, as `run` would, so a key that does
             // not match its certificate is found before a restart, not after.
-            Ok(loaded) => match server::Shared::new(loaded) {
+            Ok(mut loaded) => match server::Shared::new({
+                // `check` writes nothing: a CA that `run` would make is only announced.
+                if let Some(u) = &loaded.s2s.upstream_certificates {
+                    if u.generate && !u.ca_cert.exists() && !u.ca_key.exists() {
+                        println!(
+                            "{}: the upstream CA will be made on first start: {} and {}",
+                            config.display(),
+                            u.ca_cert.display(),
+                            u.ca_key.display()
+                        );
+                        loaded.s2s.upstream_certificates = None;
+                    }
+                }
+                loaded
+            }) {
                 Ok(_) => {
                     println!("{}: OK", config.display());
                     ExitCode::SUCCESS

@@ -207,7 +207,36 @@ pub struct S2s {
     pub egress_insecure_skip_verify: bool,
     /// The nameserver the egress asks for SRV and address records.
     pub resolver: crate::dns::ResolverSetting,
+    /// Certificate authentication passed to the server (`upstream_certificates`):
+    /// `None` keeps the plaintext upstream and dialback only.
+    pub upstream_certificates: Option<UpstreamCertificates>,
 }
+
+/// How a peer proven by its certificate reaches the server (docs/federation.md):
+/// STARTTLS to the server, presenting a certificate for the peer's domain minted
+/// by xmppwall's own upstream CA, which the server trusts for s2s.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamCertificates {
+    /// PEM of the upstream CA's certificate: the file the server trusts.
+    pub ca_cert: PathBuf,
+    /// PEM (PKCS#8) of its key; only xmppwall reads it.
+    pub ca_key: PathBuf,
+    /// Create both files when neither exists (the default paths, in the state
+    /// directory); with paths given in the configuration they must exist.
+    pub generate: bool,
+    /// The name checked in the server's own certificate (and sent as SNI);
+    /// `None`: the domain the peer's stream is addressed to.
+    pub server_name: Option<String>,
+    /// PEM roots for the server's certificate; `None`: the bundled web PKI roots.
+    pub server_ca: Option<PathBuf>,
+    /// Accept any certificate from the server (only for a server on loopback).
+    pub insecure_skip_verify: bool,
+}
+
+/// The upstream CA's files when `[s2s] upstream_ca_cert`/`upstream_ca_key` are not
+/// set, in the state directory (beside the store).
+pub const DEFAULT_UPSTREAM_CA_CERT: &str = "upstream-ca.crt";
+pub const DEFAULT_UPSTREAM_CA_KEY: &str = "upstream-ca.key";
 
 impl S2s {
     /// The static route for `domain`, if any.
@@ -702,7 +731,21 @@ impl Checker<'_> {
                 }
             })
             .collect();
-        let s2s = self.s2s(raw.s2s.as_ref());
+        // The state directory: the store's, else the configuration file's.
+        let config_dir = self
+            .file
+            .parent()
+            .map(Path::to_owned)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let state_dir = match raw.store.as_ref().and_then(|s| s.path.as_ref()) {
+            Some(p) if p.get_ref() != ":memory:" && !p.get_ref().trim().is_empty() => self
+                .path(p.get_ref())
+                .parent()
+                .map(Path::to_owned)
+                .unwrap_or(config_dir),
+            _ => config_dir,
+        };
+        let s2s = self.s2s(raw.s2s.as_ref(), &state_dir);
         let raw_store = raw.store.unwrap_or_default();
         let redis = self.redis(&raw_store);
         let nftables = raw_store.nftables.as_ref().map(|n| self.nftables(n));
@@ -1160,7 +1203,7 @@ impl Checker<'_> {
         })
     }
 
-    fn s2s(&mut self, raw: Option<&RawS2s>) -> S2s {
+    fn s2s(&mut self, raw: Option<&RawS2s>, state_dir: &Path) -> S2s {
         let Some(raw) = raw else {
             return S2s::default();
         };
@@ -1183,7 +1226,101 @@ impl Checker<'_> {
                 .as_ref()
                 .map(|r| self.resolver(r))
                 .unwrap_or_default(),
+            upstream_certificates: self.upstream_certificates(raw, state_dir),
         }
+    }
+
+    /// `[s2s] upstream_certificates` and the keys that go with it.
+    fn upstream_certificates(
+        &mut self,
+        raw: &RawS2s,
+        state_dir: &Path,
+    ) -> Option<UpstreamCertificates> {
+        let related = [
+            &raw.upstream_ca_cert,
+            &raw.upstream_ca_key,
+            &raw.upstream_server_name,
+            &raw.upstream_server_ca,
+        ];
+        if !raw
+            .upstream_certificates
+            .as_ref()
+            .is_some_and(|b| *b.get_ref())
+        {
+            if let Some(key) = related.iter().find_map(|k| k.as_ref()) {
+                self.problem(
+                    key.span(),
+                    "this takes effect only with `upstream_certificates = true`".into(),
+                );
+            }
+            return None;
+        }
+        let (ca_cert, ca_key, generate) = match (&raw.upstream_ca_cert, &raw.upstream_ca_key) {
+            (Some(cert), Some(key)) => (
+                self.readable_file(cert, "upstream CA certificate"),
+                self.readable_file(key, "upstream CA key"),
+                false,
+            ),
+            (None, None) => {
+                let cert = state_dir.join(DEFAULT_UPSTREAM_CA_CERT);
+                let key = state_dir.join(DEFAULT_UPSTREAM_CA_KEY);
+                if cert.exists() != key.exists() {
+                    let span = raw
+                        .upstream_certificates
+                        .as_ref()
+                        .map(|b| b.span())
+                        .unwrap_or_default();
+                    self.problem(
+                        span,
+                        format!(
+                            "of the upstream CA's files {} and {}, only one exists; restore the other or remove both to have a new CA made",
+                            cert.display(),
+                            key.display()
+                        ),
+                    );
+                }
+                (cert, key, true)
+            }
+            (Some(one), None) | (None, Some(one)) => {
+                self.problem(
+                    one.span(),
+                    "give both upstream_ca_cert and upstream_ca_key, or neither (a CA is then made in the state directory)".into(),
+                );
+                (PathBuf::new(), PathBuf::new(), false)
+            }
+        };
+        let server_name = raw.upstream_server_name.as_ref().map(|n| {
+            let name = n.get_ref().trim().to_ascii_lowercase();
+            if rustls::pki_types::ServerName::try_from(name.clone()).is_err() {
+                self.problem(n.span(), format!("{name:?} is not a valid server name"));
+            }
+            name
+        });
+        let server_ca = raw
+            .upstream_server_ca
+            .as_ref()
+            .map(|ca| self.readable_file(ca, "CA file for the server's certificate"));
+        if let (Some(skip), Some(ca)) =
+            (&raw.upstream_insecure_skip_verify, &raw.upstream_server_ca)
+        {
+            if *skip.get_ref() {
+                self.problem(
+                    ca.span(),
+                    "upstream_server_ca has no effect with upstream_insecure_skip_verify = true; remove one".into(),
+                );
+            }
+        }
+        Some(UpstreamCertificates {
+            ca_cert,
+            ca_key,
+            generate,
+            server_name,
+            server_ca,
+            insecure_skip_verify: raw
+                .upstream_insecure_skip_verify
+                .as_ref()
+                .is_some_and(|b| *b.get_ref()),
+        })
     }
 
     fn resolver(&mut self, value: &Spanned<String>) -> crate::dns::ResolverSetting {
@@ -1281,6 +1418,12 @@ struct RawS2s {
     #[serde(default)]
     egress_insecure_skip_verify: bool,
     resolver: Option<Spanned<String>>,
+    upstream_certificates: Option<Spanned<bool>>,
+    upstream_ca_cert: Option<Spanned<String>>,
+    upstream_ca_key: Option<Spanned<String>>,
+    upstream_server_name: Option<Spanned<String>>,
+    upstream_server_ca: Option<Spanned<String>>,
+    upstream_insecure_skip_verify: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize, Default)]

@@ -27,3 +27,4 @@ pub mod stats;
 pub mod stream;
 pub use xmppwall_policy::errors as stream_error;
 pub mod tls;
+pub mod upstream_ca;

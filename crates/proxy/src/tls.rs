@@ -226,7 +226,13 @@ pub fn upstream_config(
 
 /// Accepts any server certificate; only reachable with `insecure_skip_verify = true`.
 #[derive(Debug)]
-struct AcceptAnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+pub(crate) struct AcceptAnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl AcceptAnyCertificate {
+    pub(crate) fn new() -> Self {
+        AcceptAnyCertificate(Arc::new(default_provider()))
+    }
+}
 
 impl rustls::client::danger::ServerCertVerifier for AcceptAnyCertificate {
     fn verify_server_cert(
@@ -341,6 +347,8 @@ impl rustls::server::danger::ClientCertVerifier for RequestPeerCertificate {
 pub struct S2sTls {
     pub verifier: Arc<dyn rustls::client::danger::ServerCertVerifier>,
     pub egress: Arc<ClientConfig>,
+    /// The upstream CA, with `[s2s] upstream_certificates` (docs/federation.md).
+    pub upstream: Option<Arc<crate::upstream_ca::UpstreamCa>>,
 }
 
 /// Builds [`S2sTls`] from the `[s2s]` section.
@@ -381,9 +389,14 @@ pub fn s2s_tls(s2s: &crate::config::S2s) -> Result<S2sTls, TlsError> {
         .with_custom_certificate_verifier(egress_verifier)
         .with_no_client_auth();
     egress.alpn_protocols = vec![ALPN_XMPP_SERVER.to_vec()];
+    let upstream = match &s2s.upstream_certificates {
+        Some(settings) => Some(Arc::new(crate::upstream_ca::UpstreamCa::load(settings)?)),
+        None => None,
+    };
     Ok(S2sTls {
         verifier,
         egress: Arc::new(egress),
+        upstream,
     })
 }
 

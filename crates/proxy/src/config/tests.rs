@@ -465,3 +465,60 @@ fn s2s_resolver_is_system_by_default_or_a_nameserver() {
     assert_eq!(where_, vec![(10, 12)], "{err}");
     assert!(err.to_string().contains("invalid resolver"), "{err}");
 }
+
+#[test]
+fn upstream_certificates_default_to_a_ca_in_the_state_directory() {
+    let base = "[upstream]\naddress = \"127.0.0.1:15222\"\n\n[[listen]]\nfront = \"c2s\"\ntls = \"none\"\naddress = \"127.0.0.1:5222\"\n\n";
+    let c = parse(&format!("{base}[s2s]\n")).unwrap();
+    assert_eq!(c.s2s.upstream_certificates, None);
+    let c = parse(&format!(
+        "{base}[s2s]\nupstream_certificates = true\nupstream_insecure_skip_verify = true\n"
+    ))
+    .unwrap();
+    let u = c.s2s.upstream_certificates.unwrap();
+    assert_eq!(u.ca_cert, Path::new("/nonexistent/upstream-ca.crt"));
+    assert_eq!(u.ca_key, Path::new("/nonexistent/upstream-ca.key"));
+    assert!(u.generate);
+    assert!(u.insecure_skip_verify);
+    assert_eq!(u.server_name, None);
+    // Beside the store, where the store is.
+    let c = parse(&format!(
+        "{base}[store]\npath = \"/var/lib/xmppwall/state.db\"\n\n[s2s]\nupstream_certificates = true\nupstream_server_name = \"XMPP.example.org\"\n"
+    ))
+    .unwrap();
+    let u = c.s2s.upstream_certificates.unwrap();
+    assert_eq!(u.ca_cert, Path::new("/var/lib/xmppwall/upstream-ca.crt"));
+    assert_eq!(u.server_name.as_deref(), Some("xmpp.example.org"));
+}
+
+#[test]
+fn upstream_certificate_problems_are_reported_with_their_position() {
+    let base = "[upstream]\naddress = \"127.0.0.1:15222\"\n\n[[listen]]\nfront = \"c2s\"\ntls = \"none\"\naddress = \"127.0.0.1:5222\"\n\n[s2s]\n";
+    let where_ = |text: &str| {
+        let err = parse(&format!("{base}{text}")).unwrap_err();
+        let at: Vec<(usize, usize)> = err.problems.iter().map(|p| (p.line, p.column)).collect();
+        (at, err.to_string())
+    };
+    // A CA file without the rest of the option.
+    let (at, text) = where_("upstream_ca_cert = \"/etc/xmppwall/ca.crt\"\n");
+    assert_eq!(at, vec![(10, 20)], "{text}");
+    assert!(text.contains("upstream_certificates = true"), "{text}");
+    // Half a CA.
+    let (at, text) =
+        where_("upstream_certificates = true\nupstream_ca_key = \"/etc/xmppwall/ca.key\"\n");
+    assert_eq!(at, vec![(11, 19)], "{text}");
+    assert!(text.contains("give both"), "{text}");
+    // Files that are not there.
+    let (at, text) = where_(
+        "upstream_certificates = true\nupstream_ca_cert = \"/nonexistent/ca.crt\"\nupstream_ca_key = \"/nonexistent/ca.key\"\nupstream_server_ca = \"/nonexistent/roots.pem\"\n",
+    );
+    assert_eq!(at, vec![(11, 20), (12, 19), (13, 22)], "{text}");
+    assert!(text.contains("upstream CA certificate"), "{text}");
+    // A bad server name; roots and no verification at once.
+    let (at, text) = where_(
+        "upstream_certificates = true\nupstream_server_name = \"not a name\"\nupstream_insecure_skip_verify = true\nupstream_server_ca = \"/nonexistent/roots.pem\"\n",
+    );
+    assert_eq!(at, vec![(11, 24), (13, 22), (13, 22)], "{text}");
+    assert!(text.contains("not a valid server name"), "{text}");
+    assert!(text.contains("has no effect"), "{text}");
+}
