@@ -811,3 +811,267 @@ fn srv_target_dot_means_no_service_and_the_sender_is_told() {
         "{log}"
     );
 }
+
+/// Remote Prosody (a certificate for remote.test from a CA xmppwall trusts) →
+/// xmppwall → local Prosody with dialback disabled and `s2s_secure_auth`: the only
+/// way in is SASL EXTERNAL (XEP-0178 §3), with the certificate xmppwall presents
+/// for remote.test, minted by its upstream CA, which the local Prosody trusts
+/// (`cafile`). Returns the federation and the upstream CA's files.
+fn start_external() -> (Federation, TestCert) {
+    let front = free_loopback_addr();
+    let direct = free_loopback_addr();
+    let remote = Prosody::start_with(ProsodyOptions {
+        domain: Some(REMOTE.into()),
+        tls: true,
+        s2s_routes: vec![(DOMAIN.into(), front)],
+        ..ProsodyOptions::default()
+    });
+    // Its key and certificate are given to xmppwall, so the local server can be
+    // told to trust it before xmppwall runs (a CA xmppwall makes itself on first
+    // start is covered by the proxy crate's tests).
+    let upstream_ca = TestCert::generate(&["upstream-ca.invalid"]);
+    let local = Prosody::start_with(ProsodyOptions {
+        tls: true,
+        ssl_cafile: Some(upstream_ca.ca_path.clone()),
+        s2s_routes: vec![(REMOTE.into(), remote.s2s)],
+        extra_global_config: "s2s_secure_auth = true\nmodules_disabled = { \"dialback\" }".into(),
+        ..ProsodyOptions::default()
+    });
+    let local_cert = local
+        .cert
+        .as_ref()
+        .expect("the local server has a certificate");
+    let remote_ca = &remote
+        .cert
+        .as_ref()
+        .expect("the remote server has a certificate")
+        .ca_path;
+    let cert = TestCert::generate(&[DOMAIN]);
+    let config = format!(
+        r#"
+domains = ["{DOMAIN}"]
+
+[upstream]
+address = "{c2s}"
+connect_timeout = "2s"
+
+[[listen]]
+front = "s2s"
+tls = "starttls"
+address = "{front}"
+upstream = "{s2s_port}"
+
+[[listen]]
+front = "s2s"
+tls = "direct"
+address = "{direct}"
+upstream = "{s2s_port}"
+
+[tls]
+default = {{ cert = "{cert}", key = "{key}" }}
+
+[s2s]
+ca = "{remote_ca}"
+upstream_certificates = true
+upstream_ca_cert = "{ca_cert}"
+upstream_ca_key = "{ca_key}"
+upstream_server_ca = "{server_ca}"
+"#,
+        c2s = local.c2s,
+        s2s_port = local.s2s,
+        cert = cert.chain_path.display(),
+        key = cert.key_path.display(),
+        remote_ca = remote_ca.display(),
+        ca_cert = upstream_ca.ca_path.display(),
+        ca_key = upstream_ca.ca_key_path.display(),
+        server_ca = local_cert.ca_path.display(),
+    );
+    let wall = Xmppwall::start(&config);
+    (
+        Federation {
+            wall,
+            front,
+            direct,
+            cert,
+            local,
+            remote,
+        },
+        upstream_ca,
+    )
+}
+
+#[test]
+fn certificate_peer_authenticates_by_sasl_external_at_a_server_without_dialback() {
+    let (f, _ca) = start_external();
+    f.explain_on_failure(|| {
+        let mut bob = login(&f.local, DOMAIN, BOB);
+        let mut alice = login(&f.remote, REMOTE, ALICE);
+        let bob_jid = format!("bob@{DOMAIN}");
+        alice.send_raw(format!("<presence to='{bob_jid}'/>"));
+        alice.send_raw(format!(
+            "<message type='chat' to='{bob_jid}' id='x1'><body>by certificate</body></message>"
+        ));
+        let presence = bob.read_element_matching(|e| {
+            xml::root_name(e) == "presence" && e.contains(&format!("alice@{REMOTE}"))
+        });
+        assert!(
+            presence.contains("from='alice@remote.test/desk'"),
+            "{presence}"
+        );
+        let message = bob.read_element_matching(|e| xml::root_name(e) == "message");
+        assert_eq!(
+            xml::text(&message, "body").as_deref(),
+            Some("by certificate"),
+            "{message}"
+        );
+        // The receiving server's own word (mod_saslauth): it authenticated the
+        // incoming stream by SASL EXTERNAL, for remote.test.
+        let log = f.local.log();
+        assert!(
+            log.contains("Accepting SASL EXTERNAL identity from remote.test"),
+            "{log}"
+        );
+        let wall = f.wall.log();
+        assert!(
+            wall.lines()
+                .any(|l| l.contains("remote server authenticated")
+                    && l.contains("remote=remote.test")
+                    && l.contains("EXTERNAL")),
+            "{wall}"
+        );
+    });
+}
+
+#[test]
+fn certificate_for_another_domain_gets_no_sasl_external_and_cannot_deliver() {
+    let (f, _ca) = start_external();
+    let remote_cert = f.remote.cert.as_ref().expect("the remote server's CA");
+    // A valid certificate from the CA xmppwall trusts, but for another domain than
+    // the stream's `from`.
+    let (chain, key) = remote_cert.issue(&["other.test"]);
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(f.cert.ca_der.clone()).expect("the CA parses");
+    let tls = std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .expect("a client certificate"),
+    );
+    f.explain_on_failure(|| {
+        let mut c = TestClient::connect(f.front);
+        c.send_raw(s2s_header(REMOTE));
+        c.read_stream_header();
+        let features = c.read_element();
+        assert!(features.contains("<starttls"), "{features}");
+        c.send_raw("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
+        let proceed = c.read_element();
+        assert_eq!(xml::root_name(&proceed), "proceed", "{proceed}");
+        c.upgrade_to_tls(tls.clone());
+        c.send_raw(s2s_header(REMOTE));
+        c.read_stream_header();
+        // The server sees a plaintext stream: it offers no SASL EXTERNAL, and with
+        // dialback disabled, nothing else either.
+        let features = c.read_element();
+        assert_eq!(xml::root_name(&features), "stream:features", "{features}");
+        assert!(!features.contains("mechanisms"), "{features}");
+        assert!(!features.contains("EXTERNAL"), "{features}");
+        assert!(!features.contains("dialback"), "{features}");
+        // Asking anyway: xmppwall answers, the server never sees it (RFC 6120 §6.5.6).
+        c.send_raw(format!(
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>{}</auth>",
+            support::client::base64(REMOTE.as_bytes())
+        ));
+        let failure = c.read_element();
+        assert_eq!(
+            failure,
+            "<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><invalid-mechanism/></failure>"
+        );
+        c.send_raw(format!(
+            "<message from='carol@{REMOTE}' to='bob@{DOMAIN}'><body>not proven</body></message>"
+        ));
+        let rest = c.read_until_closed();
+        assert!(
+            rest.contains("<not-authorized xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"),
+            "{rest}"
+        );
+        let log = f.local.log();
+        assert!(!log.contains("SASL EXTERNAL identity"), "{log}");
+        assert!(
+            !log.contains("not proven"),
+            "the message reached the server"
+        );
+    });
+}
+
+/// A configuration with only a c2s listener and `[s2s] s2s`.
+fn upstream_ca_config(s2s: &str) -> String {
+    format!(
+        "[upstream]\naddress = \"127.0.0.1:1\"\n\n[[listen]]\nfront = \"c2s\"\ntls = \"none\"\naddress = \"{}\"\n\n[s2s]\n{s2s}",
+        free_loopback_addr()
+    )
+}
+
+#[test]
+fn upstream_ca_is_made_on_first_start_in_the_state_directory() {
+    let state = tempfile::tempdir().expect("a temporary directory");
+    let store = format!(
+        "[store]\npath = \"{}\"\n\n",
+        state.path().join("xmppwall.db").display()
+    );
+    let config = format!(
+        "{store}{}",
+        upstream_ca_config("upstream_certificates = true\nupstream_insecure_skip_verify = true\n")
+    );
+    let (cert, key) = (
+        state.path().join("upstream-ca.crt"),
+        state.path().join("upstream-ca.key"),
+    );
+    // `check` announces the CA and writes nothing.
+    let out = support::xmppwall::check(&config);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("will be made on first start"), "{stdout}");
+    assert!(!cert.exists() && !key.exists(), "check wrote the CA");
+    // `run` makes it; the key is for xmppwall's eyes only.
+    let wall = Xmppwall::start(&config);
+    let pem = std::fs::read_to_string(&cert).expect("the CA certificate was written");
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&key)
+            .expect("the CA key was written")
+            .permissions(),
+    );
+    assert_eq!(
+        mode & 0o077,
+        0,
+        "the CA key is readable by others: {mode:o}"
+    );
+    drop(wall);
+    // A second start keeps it.
+    let _wall = Xmppwall::start(&config);
+    assert_eq!(std::fs::read_to_string(&cert).expect("still there"), pem);
+}
+
+#[test]
+fn check_reports_a_missing_upstream_ca_file_with_its_position() {
+    let out = support::xmppwall::check(&upstream_ca_config(
+        "upstream_certificates = true\nupstream_ca_cert = \"/nonexistent/ca.crt\"\nupstream_ca_key = \"/nonexistent/ca.key\"\n",
+    ));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "xmppwall.toml:11:20: cannot read the upstream CA certificate /nonexistent/ca.crt"
+        ),
+        "{stderr}"
+    );
+    assert!(stderr.contains("xmppwall.toml:12:19:"), "{stderr}");
+}

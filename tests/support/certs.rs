@@ -28,8 +28,11 @@ pub struct TestCert {
     pub key_path: PathBuf,
     /// PEM of the CA certificate: what a client must trust.
     pub ca_path: PathBuf,
+    /// PEM (PKCS#8) of the CA's private key.
+    pub ca_key_path: PathBuf,
     pub cert_der: CertificateDer<'static>,
     pub ca_der: CertificateDer<'static>,
+    issuer: Issuer<'static, KeyPair>,
 }
 
 impl TestCert {
@@ -56,30 +59,17 @@ impl TestCert {
         let ca_cert = ca_params
             .self_signed(&ca_key)
             .expect("self-signing the test CA");
+        let ca_key_pem = ca_key.serialize_pem();
         let issuer = Issuer::new(ca_params, ca_key);
-
         let names: Vec<String> = domains.iter().map(|d| d.to_string()).collect();
-        let key = KeyPair::generate().expect("generating the server key");
-        let mut params = CertificateParams::new(names.clone()).expect("server cert parameters");
-        let mut name = DistinguishedName::new();
-        name.push(DnType::CommonName, domains[0]);
-        params.distinguished_name = name;
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.extended_key_usages = vec![
-            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
-            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        let cert = params
-            .signed_by(&key, &issuer)
-            .expect("signing the server certificate with the test CA");
+        let (cert, key) = sign_leaf(&issuer, domains);
 
         let cert_path = dir.path().join("cert.pem");
         let chain_path = dir.path().join("chain.pem");
         let key_path = dir.path().join("key.pem");
         let ca_path = dir.path().join("ca.pem");
+        let ca_key_path = dir.path().join("ca-key.pem");
+        write(&ca_key_path, &ca_key_pem);
         write(&cert_path, &cert.pem());
         write(&chain_path, &format!("{}{}", cert.pem(), ca_cert.pem()));
         write(&key_path, &key.serialize_pem());
@@ -91,16 +81,56 @@ impl TestCert {
             chain_path,
             key_path,
             ca_path,
+            ca_key_path,
             cert_der: cert.der().clone(),
             ca_der: ca_cert.der().clone(),
             dir,
+            issuer,
         }
+    }
+
+    /// Another certificate from the same CA, for `domains`: the chain (leaf, then
+    /// CA) and the leaf's private key, in DER.
+    pub fn issue(
+        &self,
+        domains: &[&str],
+    ) -> (
+        Vec<CertificateDer<'static>>,
+        rustls::pki_types::PrivateKeyDer<'static>,
+    ) {
+        let (cert, key) = sign_leaf(&self.issuer, domains);
+        let key =
+            rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).expect("a PKCS#8 key");
+        (vec![cert.der().clone(), self.ca_der.clone()], key)
     }
 
     /// The directory holding the PEM files.
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
+}
+
+/// A certificate for `domains` (subject alternative names; the first also the common
+/// name) signed by `issuer`, for TLS server and client use.
+fn sign_leaf(issuer: &Issuer<'static, KeyPair>, domains: &[&str]) -> (rcgen::Certificate, KeyPair) {
+    let names: Vec<String> = domains.iter().map(|d| d.to_string()).collect();
+    let key = KeyPair::generate().expect("generating the server key");
+    let mut params = CertificateParams::new(names).expect("server cert parameters");
+    let mut name = DistinguishedName::new();
+    name.push(DnType::CommonName, domains[0]);
+    params.distinguished_name = name;
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let cert = params
+        .signed_by(&key, issuer)
+        .expect("signing the server certificate with the test CA");
+    (cert, key)
 }
 
 fn write(path: &Path, contents: &str) {

@@ -59,6 +59,9 @@ pub struct ProsodyOptions {
     /// Outgoing server-to-server connections for these domains go to these addresses
     /// instead of DNS (tests/support/prosody_modules/mod_test_s2s_routes.lua).
     pub s2s_routes: Vec<(String, SocketAddr)>,
+    /// With `tls`: a PEM file of further roots (LuaSec `cafile`), e.g. the CA whose
+    /// certificates a server-to-server peer presents.
+    pub ssl_cafile: Option<PathBuf>,
 }
 
 /// The publish-subscribe service's JID with `pubsub`.
@@ -302,8 +305,12 @@ fn render_config(input: &ConfigInput<'_>) -> String {
         } else {
             "tlsv1_2+"
         };
+        let cafile = match &options.ssl_cafile {
+            Some(path) => format!("; cafile = {path:?}"),
+            None => String::new(),
+        };
         line(format!(
-            "ssl = {{ certificate = {:?}; key = {:?}; protocol = {protocol:?} }}",
+            "ssl = {{ certificate = {:?}; key = {:?}; protocol = {protocol:?}{cafile} }}",
             cert.chain_path, cert.key_path
         ));
     }

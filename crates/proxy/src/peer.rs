@@ -62,6 +62,16 @@ pub trait PeerSession: Send {
     /// The bytes that end the peer's stream with `error`: preceded by a stream
     /// header while the peer waits for one (RFC 6120 §4.9.1.2).
     fn peer_error_bytes(&self, error: &StreamError) -> Vec<u8>;
+    /// Whether the peer's stream restarts (after SASL success, RFC 6120 §6.4.6):
+    /// asked before framing what the peer sent since; the relay then starts a new
+    /// stream in the peer's framer.
+    fn take_peer_restart(&mut self) -> bool {
+        false
+    }
+    /// Whether the server's stream restarts after the frame just handled.
+    fn take_server_restart(&mut self) -> bool {
+        false
+    }
 }
 
 /// What a peer stream's policy checks need, whatever the front.

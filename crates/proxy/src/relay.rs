@@ -355,6 +355,48 @@ impl PeerConnection {
             verifier: self.shared.s2s_tls.load().verifier.clone(),
         });
         debug!(from = ?header.from, to = ?header.to, certificate = cert.is_some(), "remote server stream header");
+        // A peer whose certificate proves the stream's `from` reaches the server
+        // over TLS with a certificate for that domain from the upstream CA, so
+        // that the server can offer and check SASL EXTERNAL (XEP-0178 §3).
+        let upstream_ca = self.shared.s2s_tls.load().upstream.clone();
+        let certified = match (&upstream_ca, &header.from, &header.to, &cert) {
+            (Some(ca), Some(from), Some(to), Some(cert)) if cert.valid_for(from) => {
+                Some((ca.clone(), from.to_ascii_lowercase(), to.clone()))
+            }
+            _ => None,
+        };
+        if let Some((ca, from, to)) = certified {
+            let header_bytes = reader.buf[..header_len].to_vec();
+            reader.consume(header_len);
+            let (server, server_reader, tls) = match self
+                .open_server_with_certificate(&ca, &from, &to, &header_bytes)
+                .await
+            {
+                Ok(x) => x,
+                Err(why) => {
+                    warn!(remote = %from, error = %why, "cannot open the server stream with the peer's certificate");
+                    let error = StreamError::new(StreamCondition::RemoteConnectionFailed)
+                        .with_text("the server is not reachable");
+                    let _ = self
+                        .refuse_before_header(&mut io, SERVER_NS, Some(&to), error)
+                        .await;
+                    return End::Refused(StreamCondition::RemoteConnectionFailed);
+                }
+            };
+            let mut session = crate::s2s::S2sInboundSession::new(
+                self.context(),
+                self.config.s2s.clone(),
+                self.config.domains.clone(),
+                header.to.clone(),
+                cert,
+            );
+            if tls {
+                session = session.with_upstream_certificate(&from);
+            }
+            return self
+                .relay(io, server, reader, Some(server_reader), Mutex::new(session))
+                .await;
+        }
         let mut server = match self.connect_server().await {
             Ok(s) => s,
             Err(end) => {
@@ -437,7 +479,7 @@ impl PeerConnection {
             }
         };
         let mut first = opened.header.clone();
-        match crate::s2s::rewrite_s2s_features(&opened.features) {
+        match crate::s2s::rewrite_s2s_features(&opened.features, false) {
             Some(rewritten) => first.extend_from_slice(&rewritten),
             None => first.extend_from_slice(&opened.features),
         }
@@ -602,6 +644,86 @@ impl PeerConnection {
             auth: tls_auth(s2s),
             via: String::new(),
         })
+    }
+
+    /// The server stream for a peer whose certificate proves `remote`: the peer's
+    /// header (`header`), STARTTLS (RFC 6120 §5.4) when the server offers it, TLS
+    /// presenting a certificate for `remote` minted by the upstream CA (the server
+    /// checked by `[s2s] upstream_server_*`), the header again. Returns the stream,
+    /// a reader holding the server's post-TLS header and features (for the relay to
+    /// frame first), and whether TLS is in place; without STARTTLS on offer the
+    /// stream stays plaintext (dialback only), as for any other peer.
+    async fn open_server_with_certificate(
+        &mut self,
+        ca: &crate::upstream_ca::UpstreamCa,
+        remote: &str,
+        local: &str,
+        header: &[u8],
+    ) -> Result<(BoxIo, FrameReader, bool), String> {
+        let budgets = self.config.limits.framer_budgets();
+        let mut server = self
+            .connect_server()
+            .await
+            .map_err(|_| "cannot connect to the server".to_string())?;
+        let mut first =
+            proxy_header::header(self.config.upstream.proxy_protocol, self.peer, self.local);
+        first.extend_from_slice(header);
+        let mut reader = FrameReader::new(budgets.after);
+        let (plain_header, features) = self.remote_stream(&mut server, &mut reader, &first).await?;
+        let offers_tls = xmppwall_xml::view::children(&features).any(|c| {
+            c.start.local_name() == b"starttls"
+                && crate::session::namespace(&c.start, "") == crate::session::TLS_NS
+        });
+        if !offers_tls {
+            warn!(remote = %remote, "the server offers no STARTTLS to xmppwall: the peer's certificate cannot reach it (configure TLS for server-to-server streams on the server)");
+            let mut replay = FrameReader::new(budgets.after);
+            replay.buf.extend_from_slice(&plain_header);
+            replay.buf.extend_from_slice(&features);
+            replay.buf.extend_from_slice(&reader.buf);
+            return Ok((server, replay, false));
+        }
+        server
+            .write_all(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+            .await
+            .map_err(|e| e.to_string())?;
+        match reader
+            .next(&mut server, 0, self.preauth_deadline, &mut self.shutdown)
+            .await
+        {
+            ReadOutcome::Frame(Token::Element, len) => {
+                let proceed = xmppwall_xml::view::StartTag::parse(&reader.buf[..len])
+                    .is_some_and(|t| t.local_name() == b"proceed");
+                reader.consume(len);
+                if !proceed {
+                    return Err("the server refused STARTTLS".into());
+                }
+            }
+            _ => return Err("no answer to STARTTLS from the server".into()),
+        }
+        // Bytes after <proceed/> belong to the TLS handshake (RFC 6120 §5.4.3.3).
+        let rest = std::mem::take(&mut reader.buf);
+        let config = ca.client_config(remote).map_err(|e| e.to_string())?;
+        let name = ca.server_name(local)?;
+        let connect =
+            tokio_rustls::TlsConnector::from(config).connect(name, Rewind::new(rest, server));
+        let mut tls: BoxIo = match tokio::time::timeout_at(self.preauth_deadline, connect).await {
+            Ok(Ok(tls)) => Box::new(tls),
+            Ok(Err(e)) => {
+                return Err(format!(
+                    "TLS with the server failed: {} (check [s2s] upstream_server_name and upstream_server_ca)",
+                    describe_handshake_error(&e)
+                ))
+            }
+            Err(_) => return Err("TLS with the server timed out".into()),
+        };
+        let mut reader = FrameReader::new(budgets.after);
+        let (tls_header, features) = self.remote_stream(&mut tls, &mut reader, header).await?;
+        let mut replay = FrameReader::new(budgets.after);
+        replay.buf.extend_from_slice(&tls_header);
+        replay.buf.extend_from_slice(&features);
+        replay.buf.extend_from_slice(&reader.buf);
+        debug!(remote = %remote, "server stream over TLS with a certificate for the peer");
+        Ok((tls, replay, true))
     }
 
     /// TLS as the client towards `remote`: SNI and the certificate check for the
@@ -987,6 +1109,12 @@ impl PeerConnection {
         let mut shutdown = self.shutdown.clone();
         let mut after_limits = false;
         loop {
+            // After SASL success the peer's next bytes open a new stream (RFC 6120
+            // §6.4.6); it may send them only once it has the server's <success/>,
+            // which the session saw before it was relayed.
+            if lock(session).take_peer_restart() {
+                framer.reset();
+            }
             let mut pos = 0;
             let mut run_start = 0;
             loop {
@@ -1130,11 +1258,19 @@ impl PeerConnection {
                         return self.close_both(session, w, error).await;
                     }
                 };
-                let action = lock(session).on_server_frame(
-                    frame.token,
-                    &buf[pos..pos + frame.len],
-                    Instant::now().into_std(),
-                );
+                let (action, restart) = {
+                    let mut session = lock(session);
+                    let action = session.on_server_frame(
+                        frame.token,
+                        &buf[pos..pos + frame.len],
+                        Instant::now().into_std(),
+                    );
+                    (action, session.take_server_restart())
+                };
+                if restart {
+                    // What follows is the server's new stream (RFC 6120 §6.4.6).
+                    framer.reset();
+                }
                 if frame.token == Token::Element {
                     Stats::add(&self.shared.stats.stanzas_to_client, 1);
                 }

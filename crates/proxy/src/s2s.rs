@@ -10,13 +10,19 @@
 //!   usual and answers `<db:result type='valid'/>` (or `invalid`). xmppwall records
 //!   the answer per domain pair (remote, local); several pairs on one stream
 //!   (multiplexing, XEP-0220 §8) are tracked each on its own.
-//! - **Certificates** are checked by xmppwall (RFC 6120 §13.7.2, RFC 6125): the
-//!   server behind xmppwall never sees the peer's certificate, so a pair the server
-//!   accepted counts as `certificate` when the chain is valid for the remote domain,
-//!   and `dialback` otherwise. With `[s2s] require_certificate`, a dialback request
-//!   for a domain the certificate does not prove is refused before the server sees
-//!   it. SASL EXTERNAL is not offered (the server could not check it): peers fall
-//!   back to dialback, which xmppwall and the server then both see.
+//! - **Certificates** are checked by xmppwall (RFC 6120 §13.7.2, RFC 6125): a pair
+//!   the server accepted by dialback counts as `certificate` when the chain is
+//!   valid for the remote domain, and `dialback` otherwise. With `[s2s]
+//!   require_certificate`, a dialback request for a domain the certificate does not
+//!   prove is refused before the server sees it.
+//! - **SASL EXTERNAL** (XEP-0178 §3) passes through when the relay opened the
+//!   server stream with a certificate for the stream's `from` domain minted by the
+//!   upstream CA ([`crate::upstream_ca`]; only for a peer whose own certificate
+//!   proves that domain): the server's `<mechanisms/>` reach the peer, the peer's
+//!   `<auth mechanism='EXTERNAL'/>` reaches the server, and the server's
+//!   `<success/>` authenticates the pair (stream `from`, stream `to`); both
+//!   streams then restart (RFC 6120 §6.4.6). Without such an upstream, SASL is not
+//!   offered and an `<auth/>` is answered `<invalid-mechanism/>` by xmppwall.
 //!
 //! Stanzas: none before a pair is authenticated (`<not-authorized/>`, RFC 6120
 //! §4.9.3.12); each one's `from` domain must be authenticated on this stream towards
@@ -66,6 +72,24 @@ pub struct S2sInboundSession {
     authenticated: Vec<AuthenticatedPair>,
     server_prefix: Option<String>,
     awaits_header: bool,
+    /// The stream header's `from`, when the server stream carries a certificate
+    /// minted for it: SASL EXTERNAL passes through for it.
+    external_for: Option<String>,
+    external: External,
+    /// The peer's next stream header is a restart after SASL (RFC 6120 §6.4.6).
+    peer_restarts: bool,
+    /// For the relay: the framer of each side starts a new stream.
+    reset_peer_framer: bool,
+    reset_server_framer: bool,
+}
+
+/// Where SASL EXTERNAL stands on the stream (XEP-0178 §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum External {
+    NotStarted,
+    /// `<auth/>` forwarded; the server's `<success/>` or `<failure/>` is awaited.
+    Pending,
+    Done,
 }
 
 impl S2sInboundSession {
@@ -87,7 +111,20 @@ impl S2sInboundSession {
             authenticated: Vec::new(),
             server_prefix: None,
             awaits_header: true,
+            external_for: None,
+            external: External::NotStarted,
+            peer_restarts: false,
+            reset_peer_framer: false,
+            reset_server_framer: false,
         }
+    }
+
+    /// The server stream presents a certificate for `remote` (the stream header's
+    /// `from`, proven by the peer's own certificate): the server's SASL EXTERNAL
+    /// offer is relayed and the exchange passes through.
+    pub fn with_upstream_certificate(mut self, remote: &str) -> Self {
+        self.external_for = Some(remote.to_ascii_lowercase());
+        self
     }
 
     /// The pairs authenticated so far.
@@ -129,13 +166,7 @@ impl S2sInboundSession {
                         .with_text("TLS is already in place"),
                 )
             }
-            (b"auth", SASL_NS) => {
-                // Not offered (the server could not check the certificate).
-                return PeerAction::Close(
-                    StreamError::new(StreamCondition::PolicyViolation)
-                        .with_text("SASL is not offered on this stream; use dialback"),
-                );
-            }
+            (b"auth", SASL_NS) => return self.sasl_auth(&tag, bytes),
             _ => {}
         }
         if !is_stanza(local, &ns, SERVER_NS) {
@@ -172,6 +203,50 @@ impl S2sInboundSession {
         };
         self.ctx
             .check_stanza(Hook::ToServer, &tag, bytes, (&pair.remote, pair.how), now)
+    }
+
+    /// `<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>` from
+    /// the peer (XEP-0178 §3): forwarded only where the server stream carries a
+    /// certificate for the peer's domain, once, before anything else authenticated
+    /// the stream; the authorization identity, if any, must be that domain. Else
+    /// xmppwall answers `<failure/>` itself (RFC 6120 §6.4.5): `<invalid-mechanism/>`
+    /// for what was not offered (§6.5.6), `<invalid-authzid/>` (§6.5.5).
+    fn sasl_auth(&mut self, tag: &StartTag<'_>, bytes: &[u8]) -> PeerAction {
+        let failure = |condition: &str| {
+            PeerAction::Reply(
+                format!("<failure xmlns='{SASL_NS}'><{condition}/></failure>").into_bytes(),
+            )
+        };
+        let Some(remote) = self.external_for.clone() else {
+            return failure("invalid-mechanism");
+        };
+        if self.external != External::NotStarted || !self.authenticated.is_empty() {
+            return failure("invalid-mechanism");
+        }
+        if tag.attribute(b"mechanism").as_deref() != Some("EXTERNAL") {
+            return failure("invalid-mechanism");
+        }
+        // The initial response is the base64 authorization identity: empty or "="
+        // for none, else the domain itself (XEP-0178 §3, RFC 6120 §6.4.2).
+        let text = view::text(bytes);
+        let text = text.trim();
+        if !text.is_empty() && text != "=" {
+            use base64::Engine;
+            let authzid = base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok());
+            match authzid {
+                None => return failure("incorrect-encoding"),
+                Some(a) if !a.eq_ignore_ascii_case(&remote) => {
+                    tracing::info!(remote = %remote, authzid = %a, "SASL EXTERNAL for another domain refused");
+                    return failure("invalid-authzid");
+                }
+                Some(_) => {}
+            }
+        }
+        self.external = External::Pending;
+        PeerAction::Forward
     }
 
     /// `<db:result from='remote' to='local'>key</db:result>` (XEP-0220 §2.1.1): the
@@ -236,13 +311,22 @@ impl S2sInboundSession {
         let (local, ns) = element_name(&tag, SERVER_NS, self.server_prefix.as_deref());
         match (local, ns.as_ref()) {
             (b"features", STREAMS_NS) => {
-                return match rewrite_s2s_features(bytes) {
+                return match rewrite_s2s_features(bytes, self.external_for.is_some()) {
                     Some(rewritten) => PeerAction::Rewrite(rewritten),
                     None => PeerAction::Forward,
                 }
             }
             (b"result", DIALBACK_NS) => {
                 self.dialback_answer(&tag);
+                return PeerAction::Forward;
+            }
+            (b"success", SASL_NS) if self.external == External::Pending => {
+                self.external_succeeded();
+                return PeerAction::Forward;
+            }
+            (b"failure", SASL_NS) if self.external == External::Pending => {
+                tracing::info!(remote = ?self.external_for, "the server refused SASL EXTERNAL");
+                self.external = External::NotStarted;
                 return PeerAction::Forward;
             }
             _ => {}
@@ -263,6 +347,60 @@ impl S2sInboundSession {
             .map_or(PeerAuth::Dialback, |p| p.how);
         self.ctx
             .check_stanza(Hook::ToClient, &tag, bytes, (&to, how), now)
+    }
+
+    /// The server accepted SASL EXTERNAL: the stream's `from` is authenticated
+    /// towards its `to`, and both sides start new streams (RFC 6120 §6.4.6).
+    fn external_succeeded(&mut self) {
+        self.external = External::Done;
+        self.peer_restarts = true;
+        self.reset_peer_framer = true;
+        self.reset_server_framer = true;
+        let (Some(remote), Some(local)) = (self.external_for.clone(), self.local_domain.clone())
+        else {
+            return;
+        };
+        let local = local.to_ascii_lowercase();
+        tracing::info!(remote = %remote, local = %local, how = PeerAuth::Certificate.name(), mechanism = "EXTERNAL", "remote server authenticated");
+        self.pending.retain(|(r, l)| !(*r == remote && *l == local));
+        if !self
+            .authenticated
+            .iter()
+            .any(|p| p.remote == remote && p.local == local)
+        {
+            self.authenticated.push(AuthenticatedPair {
+                remote,
+                local,
+                how: PeerAuth::Certificate,
+            });
+        }
+    }
+
+    /// The peer's stream header after SASL success must name the same domains
+    /// (RFC 6120 §4.7.1, §4.7.2).
+    fn restarted_header(&mut self, bytes: &[u8]) -> PeerAction {
+        let same =
+            |attr: Option<std::borrow::Cow<'_, str>>, known: &Option<String>| match (attr, known) {
+                (Some(a), Some(k)) => a.eq_ignore_ascii_case(k),
+                (None, None) => true,
+                _ => false,
+            };
+        let Some(tag) = StartTag::parse(bytes) else {
+            return PeerAction::Close(StreamError::new(StreamCondition::NotWellFormed));
+        };
+        if !same(tag.attribute(b"from"), &self.external_for) {
+            return PeerAction::Close(
+                StreamError::new(StreamCondition::InvalidFrom)
+                    .with_text("the restarted stream names another 'from'"),
+            );
+        }
+        if !same(tag.attribute(b"to"), &self.local_domain) {
+            return PeerAction::Close(
+                StreamError::new(StreamCondition::HostUnknown)
+                    .with_text("the restarted stream names another 'to'"),
+            );
+        }
+        PeerAction::Forward
     }
 
     /// The server's verdict on a dialback request: `<db:result from='local'
@@ -301,7 +439,11 @@ impl PeerSession for S2sInboundSession {
     fn on_peer_frame(&mut self, token: Token, bytes: &[u8], now: Instant) -> PeerAction {
         match token {
             Token::Element => self.on_peer_element(bytes, now),
-            // No SASL and no STARTTLS on the relayed stream: nothing restarts it.
+            // After SASL success the peer opens a new stream (RFC 6120 §6.4.6).
+            Token::StreamOpen if std::mem::take(&mut self.peer_restarts) => {
+                self.restarted_header(bytes)
+            }
+            // Otherwise nothing restarts the relayed stream (STARTTLS was xmppwall's).
             Token::StreamOpen => PeerAction::Close(
                 StreamError::new(StreamCondition::PolicyViolation)
                     .with_text("the stream cannot be restarted here"),
@@ -326,6 +468,14 @@ impl PeerSession for S2sInboundSession {
         !self.authenticated.is_empty()
     }
 
+    fn take_peer_restart(&mut self) -> bool {
+        std::mem::take(&mut self.reset_peer_framer)
+    }
+
+    fn take_server_restart(&mut self) -> bool {
+        std::mem::take(&mut self.reset_server_framer)
+    }
+
     fn peer_error_bytes(&self, error: &StreamError) -> Vec<u8> {
         error_bytes(
             error,
@@ -339,11 +489,12 @@ impl PeerSession for S2sInboundSession {
 
 /// Removes from a server's features what cannot pass xmppwall on a server-to-server
 /// stream: STARTTLS (done by xmppwall), compression (it would hide the stream),
-/// SASL (the server cannot see the peer's certificate, RFC 6120 §13.7.2; xmppwall
-/// checks it itself), and bidirectional streams (XEP-0288: xmppwall relays one
-/// direction per stream; the server's own traffic leaves through the egress).
+/// SASL unless `keep_sasl` (without a certificate minted for the peer on the
+/// server stream, the server cannot see the peer's certificate, RFC 6120 §13.7.2;
+/// xmppwall checks it itself), and bidirectional streams (XEP-0288: xmppwall relays
+/// one direction per stream; the server's own traffic leaves through the egress).
 /// `None` when unchanged.
-pub fn rewrite_s2s_features(features: &[u8]) -> Option<Vec<u8>> {
+pub fn rewrite_s2s_features(features: &[u8], keep_sasl: bool) -> Option<Vec<u8>> {
     let tag = StartTag::parse(features)?;
     if tag.self_closing {
         return None;
@@ -355,10 +506,10 @@ pub fn rewrite_s2s_features(features: &[u8]) -> Option<Vec<u8>> {
         let drop = matches!(
             (child.start.local_name(), ns.as_ref()),
             (b"starttls", TLS_NS)
-                | (b"mechanisms", SASL_NS)
                 | (b"compression", crate::session::COMPRESS_FEATURE_NS)
                 | (b"bidi", BIDI_FEATURE_NS)
-        );
+        ) || (!keep_sasl
+            && (child.start.local_name(), ns.as_ref()) == (b"mechanisms", SASL_NS));
         if drop {
             out.extend_from_slice(&features[copied..child.range.start]);
             copied = child.range.end;

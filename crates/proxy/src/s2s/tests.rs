@@ -253,12 +253,185 @@ match = { front = ["s2s"], peer_auth = ["dialback"], peer_domain = "remote.test"
 #[test]
 fn features_lose_starttls_sasl_and_bidi_and_keep_dialback() {
     let features = b"<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>EXTERNAL</mechanism></mechanisms><bidi xmlns='urn:xmpp:features:bidi'/><dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback></stream:features>";
-    let out = String::from_utf8(rewrite_s2s_features(features).unwrap()).unwrap();
+    let out = String::from_utf8(rewrite_s2s_features(features, false).unwrap()).unwrap();
     assert_eq!(out, "<stream:features><dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback></stream:features>");
     assert_eq!(
         rewrite_s2s_features(
-            b"<stream:features><dialback xmlns='urn:xmpp:features:dialback'/></stream:features>"
+            b"<stream:features><dialback xmlns='urn:xmpp:features:dialback'/></stream:features>",
+            false
         ),
         None
+    );
+    // With a certificate minted for the peer on the server stream, SASL stays.
+    let out = String::from_utf8(rewrite_s2s_features(features, true).unwrap()).unwrap();
+    assert_eq!(out, "<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>EXTERNAL</mechanism></mechanisms><dialback xmlns='urn:xmpp:features:dialback'><errors/></dialback></stream:features>");
+}
+
+const EXTERNAL_FEATURES: &[u8] = b"<stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><mechanism>EXTERNAL</mechanism></mechanisms></stream:features>";
+const PEER_RESTART: &[u8] = b"<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' from='remote.test' to='example.test' version='1.0'>";
+
+fn external_session() -> S2sInboundSession {
+    let mut s = session(S2s::default(), "").with_upstream_certificate("Remote.test");
+    let now = Instant::now();
+    match s.on_server_frame(Token::Element, EXTERNAL_FEATURES, now) {
+        PeerAction::Forward => {}
+        other => panic!("the EXTERNAL offer does not reach the peer: {other:?}"),
+    }
+    s
+}
+
+fn auth(authzid: &str) -> String {
+    format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>{authzid}</auth>")
+}
+
+#[test]
+fn sasl_external_passes_through_and_authenticates_the_stream_domains() {
+    let now = Instant::now();
+    // "cmVtb3RlLnRlc3Q=" is base64 of "remote.test".
+    for authzid in ["cmVtb3RlLnRlc3Q=", "=", ""] {
+        let mut s = external_session();
+        assert_eq!(
+            s.on_peer_frame(Token::Element, auth(authzid).as_bytes(), now),
+            PeerAction::Forward,
+            "{authzid}"
+        );
+        assert!(!s.is_authenticated());
+        assert_eq!(
+            s.on_server_frame(
+                Token::Element,
+                b"<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>",
+                now
+            ),
+            PeerAction::Forward
+        );
+        assert!(s.take_server_restart());
+        assert!(!s.take_server_restart(), "the server framer reset twice");
+        assert!(s.take_peer_restart());
+        assert_eq!(
+            s.authenticated(),
+            &[AuthenticatedPair {
+                remote: "remote.test".into(),
+                local: "example.test".into(),
+                how: PeerAuth::Certificate,
+            }]
+        );
+        assert_eq!(
+            s.on_peer_frame(Token::StreamOpen, PEER_RESTART, now),
+            PeerAction::Forward
+        );
+        assert_eq!(
+            s.on_peer_frame(
+                Token::Element,
+                b"<message from='a@remote.test' to='b@example.test'/>",
+                now
+            ),
+            PeerAction::Forward
+        );
+        // A second restart is not expected.
+        closes_with(
+            s.on_peer_frame(Token::StreamOpen, PEER_RESTART, now),
+            StreamCondition::PolicyViolation,
+        );
+    }
+}
+
+#[test]
+fn sasl_external_for_another_domain_is_refused_by_xmppwall() {
+    let now = Instant::now();
+    let mut s = external_session();
+    // base64 of "victim.test"
+    assert_eq!(
+        s.on_peer_frame(Token::Element, auth("dmljdGltLnRlc3Q=").as_bytes(), now),
+        PeerAction::Reply(
+            b"<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><invalid-authzid/></failure>"
+                .to_vec()
+        )
+    );
+    assert_eq!(
+        s.on_peer_frame(Token::Element, auth("%%%").as_bytes(), now),
+        PeerAction::Reply(
+            b"<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><incorrect-encoding/></failure>"
+                .to_vec()
+        )
+    );
+    assert_eq!(
+        s.on_peer_frame(
+            Token::Element,
+            b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGEAYg==</auth>",
+            now
+        ),
+        PeerAction::Reply(
+            b"<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><invalid-mechanism/></failure>"
+                .to_vec()
+        )
+    );
+    assert!(!s.is_authenticated());
+}
+
+#[test]
+fn sasl_failure_from_the_server_authenticates_nothing() {
+    let now = Instant::now();
+    let mut s = external_session();
+    assert_eq!(
+        s.on_peer_frame(Token::Element, auth("=").as_bytes(), now),
+        PeerAction::Forward
+    );
+    assert_eq!(
+        s.on_server_frame(
+            Token::Element,
+            b"<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><not-authorized/></failure>",
+            now
+        ),
+        PeerAction::Forward
+    );
+    assert!(!s.is_authenticated());
+    assert!(!s.take_peer_restart());
+    closes_with(
+        s.on_peer_frame(Token::StreamOpen, PEER_RESTART, now),
+        StreamCondition::PolicyViolation,
+    );
+    // A <success/> nobody asked for authenticates nothing either.
+    s.on_server_frame(
+        Token::Element,
+        b"<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>",
+        now,
+    );
+    assert!(!s.is_authenticated());
+}
+
+#[test]
+fn without_a_minted_certificate_sasl_is_neither_offered_nor_relayed() {
+    let now = Instant::now();
+    let mut s = session(S2s::default(), "");
+    match s.on_server_frame(Token::Element, EXTERNAL_FEATURES, now) {
+        PeerAction::Rewrite(bytes) => assert_eq!(bytes, b"<stream:features></stream:features>"),
+        other => panic!("the SASL offer reached the peer: {other:?}"),
+    }
+    assert_eq!(
+        s.on_peer_frame(Token::Element, auth("=").as_bytes(), now),
+        PeerAction::Reply(
+            b"<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><invalid-mechanism/></failure>"
+                .to_vec()
+        )
+    );
+}
+
+#[test]
+fn restarted_header_must_name_the_same_domains() {
+    let now = Instant::now();
+    let mut s = external_session();
+    s.on_peer_frame(Token::Element, auth("=").as_bytes(), now);
+    s.on_server_frame(
+        Token::Element,
+        b"<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>",
+        now,
+    );
+    closes_with(
+        s.on_peer_frame(
+            Token::StreamOpen,
+            b"<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' from='victim.test' to='example.test' version='1.0'>",
+            now,
+        ),
+        StreamCondition::InvalidFrom,
     );
 }
