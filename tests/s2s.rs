@@ -816,8 +816,9 @@ fn srv_target_dot_means_no_service_and_the_sender_is_told() {
 /// xmppwall → local Prosody with dialback disabled and `s2s_secure_auth`: the only
 /// way in is SASL EXTERNAL (XEP-0178 §3), with the certificate xmppwall presents
 /// for remote.test, minted by its upstream CA, which the local Prosody trusts
-/// (`cafile`). Returns the federation and the upstream CA's files.
-fn start_external() -> (Federation, TestCert) {
+/// (`s2s_ssl` `cafile`; not with `trust_upstream_ca` false). Returns the
+/// federation and the upstream CA's files.
+fn start_external(trust_upstream_ca: bool) -> (Federation, TestCert) {
     let front = free_loopback_addr();
     let direct = free_loopback_addr();
     let remote = Prosody::start_with(ProsodyOptions {
@@ -832,7 +833,7 @@ fn start_external() -> (Federation, TestCert) {
     let upstream_ca = TestCert::generate(&["upstream-ca.invalid"]);
     let local = Prosody::start_with(ProsodyOptions {
         tls: true,
-        ssl_cafile: Some(upstream_ca.ca_path.clone()),
+        ssl_cafile: trust_upstream_ca.then(|| upstream_ca.ca_path.clone()),
         s2s_routes: vec![(REMOTE.into(), remote.s2s)],
         extra_global_config: "s2s_secure_auth = true\nmodules_disabled = { \"dialback\" }".into(),
         ..ProsodyOptions::default()
@@ -902,7 +903,7 @@ upstream_server_ca = "{server_ca}"
 
 #[test]
 fn certificate_peer_authenticates_by_sasl_external_at_a_server_without_dialback() {
-    let (f, _ca) = start_external();
+    let (f, _ca) = start_external(true);
     f.explain_on_failure(|| {
         let mut bob = login(&f.local, DOMAIN, BOB);
         let mut alice = login(&f.remote, REMOTE, ALICE);
@@ -942,13 +943,12 @@ fn certificate_peer_authenticates_by_sasl_external_at_a_server_without_dialback(
     });
 }
 
-#[test]
-fn certificate_for_another_domain_gets_no_sasl_external_and_cannot_deliver() {
-    let (f, _ca) = start_external();
+/// A raw remote server claiming [`REMOTE`] on the s2s front, past STARTTLS with a
+/// client certificate for `domains` from the remote server's CA (which xmppwall
+/// trusts), its post-TLS header sent.
+fn raw_peer_with_certificate(f: &Federation, domains: &[&str]) -> TestClient {
     let remote_cert = f.remote.cert.as_ref().expect("the remote server's CA");
-    // A valid certificate from the CA xmppwall trusts, but for another domain than
-    // the stream's `from`.
-    let (chain, key) = remote_cert.issue(&["other.test"]);
+    let (chain, key) = remote_cert.issue(domains);
     let mut roots = rustls::RootCertStore::empty();
     roots.add(f.cert.ca_der.clone()).expect("the CA parses");
     let tls = std::sync::Arc::new(
@@ -961,17 +961,48 @@ fn certificate_for_another_domain_gets_no_sasl_external_and_cannot_deliver() {
         .with_client_auth_cert(chain, key)
         .expect("a client certificate"),
     );
+    let mut c = TestClient::connect(f.front);
+    c.send_raw(s2s_header(REMOTE));
+    c.read_stream_header();
+    let features = c.read_element();
+    assert!(features.contains("<starttls"), "{features}");
+    c.send_raw("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
+    let proceed = c.read_element();
+    assert_eq!(xml::root_name(&proceed), "proceed", "{proceed}");
+    c.upgrade_to_tls(tls);
+    c.send_raw(s2s_header(REMOTE));
+    c
+}
+
+#[test]
+fn server_that_does_not_trust_the_upstream_ca_means_remote_connection_failed() {
+    let (f, _ca) = start_external(false);
     f.explain_on_failure(|| {
-        let mut c = TestClient::connect(f.front);
-        c.send_raw(s2s_header(REMOTE));
+        let mut c = raw_peer_with_certificate(&f, &[REMOTE]);
+        // xmppwall's own header, then the error (RFC 6120 §4.9.3.18).
         c.read_stream_header();
-        let features = c.read_element();
-        assert!(features.contains("<starttls"), "{features}");
-        c.send_raw("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>");
-        let proceed = c.read_element();
-        assert_eq!(xml::root_name(&proceed), "proceed", "{proceed}");
-        c.upgrade_to_tls(tls.clone());
-        c.send_raw(s2s_header(REMOTE));
+        let rest = c.read_until_closed();
+        assert!(
+            rest.contains(
+                "<remote-connection-failed xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"
+            ),
+            "{rest}"
+        );
+        let log = f.wall.log();
+        assert!(
+            log.contains("cannot open the server stream with the peer's certificate"),
+            "{log}"
+        );
+    });
+}
+
+#[test]
+fn certificate_for_another_domain_gets_no_sasl_external_and_cannot_deliver() {
+    let (f, _ca) = start_external(true);
+    f.explain_on_failure(|| {
+        // A valid certificate from the CA xmppwall trusts, but for another domain
+        // than the stream's `from`.
+        let mut c = raw_peer_with_certificate(&f, &["other.test"]);
         c.read_stream_header();
         // The server sees a plaintext stream: it offers no SASL EXTERNAL, and with
         // dialback disabled, nothing else either.

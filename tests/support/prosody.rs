@@ -59,8 +59,9 @@ pub struct ProsodyOptions {
     /// Outgoing server-to-server connections for these domains go to these addresses
     /// instead of DNS (tests/support/prosody_modules/mod_test_s2s_routes.lua).
     pub s2s_routes: Vec<(String, SocketAddr)>,
-    /// With `tls`: a PEM file of further roots (LuaSec `cafile`), e.g. the CA whose
-    /// certificates a server-to-server peer presents.
+    /// With `tls`: a PEM file of further roots (LuaSec `cafile`) for
+    /// server-to-server streams only (`s2s_ssl`), e.g. the CA whose certificates a
+    /// server-to-server peer presents.
     pub ssl_cafile: Option<PathBuf>,
 }
 
@@ -305,14 +306,14 @@ fn render_config(input: &ConfigInput<'_>) -> String {
         } else {
             "tlsv1_2+"
         };
-        let cafile = match &options.ssl_cafile {
-            Some(path) => format!("; cafile = {path:?}"),
-            None => String::new(),
-        };
         line(format!(
-            "ssl = {{ certificate = {:?}; key = {:?}; protocol = {protocol:?}{cafile} }}",
+            "ssl = {{ certificate = {:?}; key = {:?}; protocol = {protocol:?} }}",
             cert.chain_path, cert.key_path
         ));
+        if let Some(cafile) = &options.ssl_cafile {
+            // For server-to-server streams only (mod_tls merges `s2s_ssl` over `ssl`).
+            line(format!("s2s_ssl = {{ cafile = {cafile:?} }}"));
+        }
     }
     if !options.s2s_routes.is_empty() {
         line(format!(

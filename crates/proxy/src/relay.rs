@@ -374,9 +374,11 @@ impl PeerConnection {
             {
                 Ok(x) => x,
                 Err(why) => {
+                    // RFC 6120 §4.9.3.18; no fallback to plaintext, so that a server
+                    // that does not trust the upstream CA shows in the log.
                     warn!(remote = %from, error = %why, "cannot open the server stream with the peer's certificate");
                     let error = StreamError::new(StreamCondition::RemoteConnectionFailed)
-                        .with_text("the server is not reachable");
+                        .with_text("the stream to the server could not be opened");
                     let _ = self
                         .refuse_before_header(&mut io, SERVER_NS, Some(&to), error)
                         .await;
