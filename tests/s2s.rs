@@ -1011,7 +1011,7 @@ fn certificate_for_another_domain_gets_no_sasl_external_and_cannot_deliver() {
         assert!(!features.contains("mechanisms"), "{features}");
         assert!(!features.contains("EXTERNAL"), "{features}");
         assert!(!features.contains("dialback"), "{features}");
-        // Asking anyway: xmppwall answers, the server never sees it (RFC 6120 §6.5.6).
+        // Asking anyway: xmppwall answers, the server never sees it (RFC 6120 §6.5.7).
         c.send_raw(format!(
             "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>{}</auth>",
             support::client::base64(REMOTE.as_bytes())

@@ -210,7 +210,8 @@ impl S2sInboundSession {
     /// certificate for the peer's domain, once, before anything else authenticated
     /// the stream; the authorization identity, if any, must be that domain. Else
     /// xmppwall answers `<failure/>` itself (RFC 6120 §6.4.5): `<invalid-mechanism/>`
-    /// for what was not offered (§6.5.6), `<invalid-authzid/>` (§6.5.5).
+    /// for what was not offered (§6.5.7), `<invalid-authzid/>` (§6.5.6),
+    /// `<incorrect-encoding/>` (§6.5.5).
     fn sasl_auth(&mut self, tag: &StartTag<'_>, bytes: &[u8]) -> PeerAction {
         let failure = |condition: &str| {
             PeerAction::Reply(
