@@ -947,20 +947,7 @@ fn certificate_peer_authenticates_by_sasl_external_at_a_server_without_dialback(
 /// client certificate for `domains` from the remote server's CA (which xmppwall
 /// trusts), its post-TLS header sent.
 fn raw_peer_with_certificate(f: &Federation, domains: &[&str]) -> TestClient {
-    let remote_cert = f.remote.cert.as_ref().expect("the remote server's CA");
-    let (chain, key) = remote_cert.issue(domains);
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(f.cert.ca_der.clone()).expect("the CA parses");
-    let tls = std::sync::Arc::new(
-        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("protocol versions")
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .expect("a client certificate"),
-    );
+    let tls = certified_tls(f, domains);
     let mut c = TestClient::connect(f.front);
     c.send_raw(s2s_header(REMOTE));
     c.read_stream_header();
@@ -972,6 +959,88 @@ fn raw_peer_with_certificate(f: &Federation, domains: &[&str]) -> TestClient {
     c.upgrade_to_tls(tls);
     c.send_raw(s2s_header(REMOTE));
     c
+}
+
+/// A TLS client configuration presenting a certificate for `domains` from the
+/// remote server's CA (which xmppwall trusts) and trusting xmppwall's.
+fn certified_tls(f: &Federation, domains: &[&str]) -> std::sync::Arc<rustls::ClientConfig> {
+    let remote_cert = f.remote.cert.as_ref().expect("the remote server's CA");
+    let (chain, key) = remote_cert.issue(domains);
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(f.cert.ca_der.clone()).expect("the CA parses");
+    std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .expect("a client certificate"),
+    )
+}
+
+/// A raw remote server over direct TLS (XEP-0368, ALPN `xmpp-server`) with a
+/// certificate for [`REMOTE`]: the wire exchange of XEP-0178 §3 through xmppwall.
+#[test]
+fn sasl_external_on_the_wire_over_direct_tls() {
+    let (f, _ca) = start_external(true);
+    f.explain_on_failure(|| {
+        let mut tls = rustls::ClientConfig::clone(&certified_tls(&f, &[REMOTE]));
+        tls.alpn_protocols = vec![b"xmpp-server".to_vec()];
+        let tls = std::sync::Arc::new(tls);
+        // An authorization identity for another domain: refused by xmppwall
+        // (RFC 6120 §6.5.6), and the peer may try again.
+        let mut c = TestClient::connect(f.direct);
+        c.upgrade_to_tls(tls.clone());
+        c.send_raw(s2s_header(REMOTE));
+        c.read_stream_header();
+        let features = c.read_element();
+        assert!(
+            features.contains("<mechanism>EXTERNAL</mechanism>"),
+            "{features}"
+        );
+        c.send_raw(format!(
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>{}</auth>",
+            support::client::base64(b"victim.test")
+        ));
+        assert_eq!(
+            c.read_element(),
+            "<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'><invalid-authzid/></failure>"
+        );
+        // The domain itself: the server says <success/>; both streams restart.
+        c.send_raw(format!(
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>{}</auth>",
+            support::client::base64(REMOTE.as_bytes())
+        ));
+        let success = c.read_element();
+        assert_eq!(xml::root_name(&success), "success", "{success}");
+        c.send_raw(s2s_header(REMOTE));
+        let header = c.read_stream_header();
+        assert!(header.contains("id="), "{header}");
+        let features = c.read_element();
+        assert!(!features.contains("mechanisms"), "{features}");
+        let mut bob = login(&f.local, DOMAIN, BOB);
+        c.send_raw(format!(
+            "<message from='carol@{REMOTE}/x' to='bob@{DOMAIN}' type='chat'><body>over direct TLS</body></message>"
+        ));
+        let message = bob.read_element_matching(|e| xml::root_name(e) == "message");
+        assert_eq!(
+            xml::text(&message, "body").as_deref(),
+            Some("over direct TLS"),
+            "{message}"
+        );
+        // A domain the stream is not authenticated for is still refused.
+        c.send_raw(format!(
+            "<message from='mallory@victim.test' to='bob@{DOMAIN}'><body>spoofed</body></message>"
+        ));
+        let rest = c.read_until_closed();
+        assert!(
+            rest.contains("<invalid-from xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"),
+            "{rest}"
+        );
+        assert!(!f.local.log().contains("mallory@victim.test"));
+    });
 }
 
 #[test]
