@@ -1,8 +1,9 @@
 //! Two xmppwall instances sharing state through one real Redis (Debian's
 //! `redis-server`, started here on a free loopback port): a ban made on one refuses
-//! the address on the other, a per-address connection cap and a per-account resource
-//! limit hold across both, a report made through one is listed and counted by the
-//! other, and
+//! the address on the other, an operator's ban through one instance's admin API
+//! refuses and kicks on the other (and its removal lifts it there), a per-address
+//! connection cap, a per-account resource limit and a rule's rate limit hold across
+//! both, a report made through one is listed and counted by the other, and
 //! with Redis stopped each instance goes on enforcing its own limits until Redis is
 //! back and sharing resumes.
 
@@ -44,6 +45,11 @@ impl Pair {
 
     /// `b_only` goes into B's configuration only, after `tables`.
     fn start_with(tables: &str, b_only: &str) -> Pair {
+        Pair::start_each(tables, "", b_only)
+    }
+
+    /// `a_only` and `b_only` go into A's and B's configuration only, after `tables`.
+    fn start_each(tables: &str, a_only: &str, b_only: &str) -> Pair {
         let redis = Redis::start();
         let prosody = Prosody::start();
         let config = |extra: &str| {
@@ -55,7 +61,7 @@ impl Pair {
             ..WallConfig::default()
         }
         };
-        let a = Wall::start(prosody.c2s, config(""));
+        let a = Wall::start(prosody.c2s, config(a_only));
         let b = Wall::start(prosody.c2s, config(b_only));
         let pair = Pair {
             a,
@@ -357,4 +363,261 @@ fn a_report_made_through_one_instance_is_listed_and_counted_by_the_other() {
     send_routed(&mut carol, &bob_jid, "carol-2");
     send_routed(&mut dave, &bob_jid, "dave-1");
     assert_eq!(next_message_id(&mut bob), "dave-1");
+}
+
+/// `[admin]` on `addr` with the test token.
+fn admin_at(addr: SocketAddr) -> String {
+    format!("[admin]\nlisten = \"{addr}\"\ntoken = \"{TOKEN}\"\n")
+}
+
+fn api(admin: SocketAddr, method: &str, path: &str, body: Option<&str>) -> serde_json::Value {
+    let answer = request(admin, method, path, Some(TOKEN), body);
+    assert!(
+        (200..300).contains(&answer.status),
+        "{method} {path}: {} {}",
+        answer.status,
+        answer.body
+    );
+    answer.json()
+}
+
+const REMOTE_OPERATOR_BAN: &str = "operator ban from another instance";
+const REMOTE_OPERATOR_UNBAN: &str = "operator ban lifted by another instance";
+
+/// What a banned address gets from the gate: a stream header, then exactly this
+/// `<policy-violation/>` (RFC 6120 §4.9.3.18) and the end of the stream.
+fn operator_address_ban_seen(source: IpAddr, addr: SocketAddr, until: &str) {
+    let mut c = TestClient::connect_from(source, addr);
+    c.send_stream_header();
+    c.read_stream_header();
+    assert_eq!(
+        c.read_until_closed(),
+        format!(
+            "<stream:error><policy-violation xmlns='{STREAMS}'/>\
+             <text xmlns='{STREAMS}' xml:lang='en'>this address is banned {until}</text>\
+             </stream:error></stream:stream>"
+        )
+    );
+}
+
+#[test]
+fn an_operator_ban_through_one_instance_refuses_and_kicks_on_the_other_and_delete_lifts_it() {
+    let (admin_a, admin_b) = (free_loopback_addr(), free_loopback_addr());
+    let p = Pair::start_each("", &admin_at(admin_a), &admin_at(admin_b));
+    let (mut alice_on_b, _) = p.b.login(ALICE, "b");
+
+    // An address, until lifted, through A's admin API.
+    api(
+        admin_a,
+        "POST",
+        "/v1/bans",
+        Some(r#"{"kind": "address", "value": "127.0.0.57", "reason": "abuse"}"#),
+    );
+    wait_until(IO_TIMEOUT, "B to apply A's address ban", || {
+        p.b.xmppwall
+            .log()
+            .contains(REMOTE_OPERATOR_BAN)
+            .then_some(())
+    });
+    operator_address_ban_seen(loopback(57), p.b.plain, "until further notice");
+    let listed = api(admin_b, "GET", "/v1/bans", None);
+    assert!(
+        listed["bans"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|b| b["value"] == "127.0.0.57"
+                && b["source"] == "operator"
+                && b["reason"] == "abuse")),
+        "{listed}"
+    );
+    // Another address still gets in on B.
+    assert!(stream_from(loopback(59), p.b.plain).is_some());
+
+    // An account, for an hour: Alice's live stream on B ends with the same stream
+    // error a kick on A would send.
+    let made = api(
+        admin_a,
+        "POST",
+        "/v1/bans",
+        Some(&format!(
+            r#"{{"kind": "account", "value": "{}", "duration": "1h"}}"#,
+            ALICE.jid()
+        )),
+    );
+    let until = made["ban"]["until"]
+        .as_str()
+        .expect("the ban's end")
+        .to_owned();
+    assert_eq!(
+        made["kicked"],
+        serde_json::json!([]),
+        "nothing to kick on A"
+    );
+    let rest = alice_on_b.read_until_closed();
+    let kicked = format!(
+        "<stream:error><policy-violation xmlns='{STREAMS}'/>\
+         <text xmlns='{STREAMS}' xml:lang='en'>this account is banned until {until}</text>\
+         </stream:error></stream:stream>"
+    );
+    assert!(rest.ends_with(&kicked), "{rest:?}");
+    // A new login on B: <account-disabled/> instead of the server's success.
+    let mut c = TestClient::connect(p.b.plain);
+    c.open_stream();
+    let answer = c
+        .try_auth_plain(ALICE.user, ALICE.password)
+        .expect_err("banned on B");
+    assert!(xml::has_element(&answer, "account-disabled"), "{answer}");
+
+    // DELETE on A lifts both on B.
+    api(
+        admin_a,
+        "DELETE",
+        "/v1/bans?kind=address&value=127.0.0.57",
+        None,
+    );
+    api(
+        admin_a,
+        "DELETE",
+        &format!("/v1/bans?kind=account&value={}", ALICE.jid()),
+        None,
+    );
+    wait_until(IO_TIMEOUT, "B to lift both bans", || {
+        (p.b.xmppwall.log().matches(REMOTE_OPERATOR_UNBAN).count() >= 2).then_some(())
+    });
+    assert!(stream_from(loopback(57), p.b.plain).is_some());
+    p.b.login_plain_from(loopback(57), ALICE, "back");
+    let listed = api(admin_b, "GET", "/v1/bans", None);
+    assert_eq!(listed["bans"], serde_json::json!([]), "{listed}");
+}
+
+#[test]
+fn an_operator_ban_made_while_redis_is_away_reaches_the_others_when_it_returns() {
+    let admin_a = free_loopback_addr();
+    let mut p = Pair::start_each("", &admin_at(admin_a), "");
+    p.redis.stop();
+    p.wait_for_log(UNREACHABLE, 1);
+    api(
+        admin_a,
+        "POST",
+        "/v1/bans",
+        Some(r#"{"kind": "address", "value": "127.0.0.58/31"}"#),
+    );
+    // In force on A at once; B cannot know yet.
+    operator_address_ban_seen(loopback(58), p.a.plain, "until further notice");
+    assert!(stream_from(loopback(58), p.b.plain).is_some());
+
+    p.redis.start_again();
+    p.wait_for_log(REACHABLE, 2);
+    wait_until(
+        IO_TIMEOUT,
+        "B to apply the ban A made during the outage",
+        || {
+            p.b.xmppwall
+                .log()
+                .contains(REMOTE_OPERATOR_BAN)
+                .then_some(())
+        },
+    );
+    operator_address_ban_seen(loopback(59), p.b.plain, "until further notice");
+
+    // An instance started now reads it from Redis.
+    let c = Wall::start(
+        p.prosody.c2s,
+        WallConfig {
+            tables: format!(
+                "[store]\npath = \":memory:\"\nshared = \"redis\"\nredis = {:?}\n",
+                p.redis.url()
+            ),
+            ..WallConfig::default()
+        },
+    );
+    wait_until(REDIS_NOTICE, "C to load the stored ban", || {
+        c.xmppwall.log().contains(REMOTE_OPERATOR_BAN).then_some(())
+    });
+    operator_address_ban_seen(loopback(58), c.plain, "until further notice");
+}
+
+/// At most four messages per hour from one sender, the excess bounced.
+const FOUR_PER_SENDER: &str = r#"
+[[rule]]
+name = "chatty"
+action = "bounce"
+bounce = { type = "wait", condition = "resource-constraint", text = "too many messages" }
+rate_limit = { key = "from", limit = "4/1h" }
+[rule.match]
+kind = ["message"]
+"#;
+
+/// Sends a chat message to `to` and waits until `to_client` receives it.
+fn delivered(from: &mut TestClient, to_client: &mut TestClient, to: &str, id: &str) {
+    from.send_raw(format!(
+        "<message to='{to}' id='{id}' type='chat'><body>{id}</body></message>"
+    ));
+    let got = to_client.read_element_matching(|e| xml::root_name(e) == "message");
+    assert_eq!(xml::root_attr(&got, "id").as_deref(), Some(id), "{got}");
+}
+
+/// Two messages from Alice through A, two through B, all delivered to Bob (on A):
+/// four is the limit, so every interleaving of the instances' batches passes them.
+fn two_through_each(p: &Pair) -> (TestClient, String, TestClient, String) {
+    let (mut bob, bob_jid) = p.a.login(BOB, "b");
+    let (mut alice_a, alice_a_jid) = p.a.login(ALICE, "a");
+    let (mut alice_b, _) = p.b.login(ALICE, "b");
+    delivered(&mut alice_a, &mut bob, &bob_jid, "a1");
+    delivered(&mut alice_a, &mut bob, &bob_jid, "a2");
+    delivered(&mut alice_b, &mut bob, &bob_jid, "b1");
+    delivered(&mut alice_b, &mut bob, &bob_jid, "b2");
+    (alice_a, alice_a_jid, bob, bob_jid)
+}
+
+fn metric(scrape: &str, series: &str) -> Option<f64> {
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[test]
+fn a_rule_rate_limit_holds_across_both_instances_once_the_batch_is_in() {
+    let admin_a = free_loopback_addr();
+    let p = Pair::start_each(FOUR_PER_SENDER, &admin_at(admin_a), "");
+    let (mut alice_a, alice_a_jid, _bob, bob_jid) = two_through_each(&p);
+    // A has added B's two to Alice's bucket (one batch each way, within seconds).
+    wait_until(IO_TIMEOUT, "A to receive B's rule rate use", || {
+        let scrape = request(admin_a, "GET", "/metrics", Some(TOKEN), None).body;
+        metric(&scrape, "xmppwall_shared_rule_rate_events_total{}")
+            .is_some_and(|n| n >= 2.0)
+            .then_some(())
+    });
+    // Her fifth message overall, the third through A: bounced by the rule.
+    alice_a.send_raw(format!(
+        "<message to='{bob_jid}' id='a3' type='chat'><body>a3</body></message>"
+    ));
+    let reply = alice_a.read_element_matching(|e| xml::root_attr(e, "id").as_deref() == Some("a3"));
+    assert_eq!(
+        reply,
+        format!(
+            "<message type='error' id='a3' from='{bob_jid}' to='{alice_a_jid}'><error type='wait'>\
+             <resource-constraint xmlns='{STANZAS}'/>\
+             <text xmlns='{STANZAS}' xml:lang='en'>too many messages</text>\
+             </error></message>"
+        )
+    );
+}
+
+#[test]
+fn without_shared_state_the_same_traffic_passes_on_each_instance() {
+    let prosody = Prosody::start();
+    let config = || WallConfig {
+        tables: format!("[store]\npath = \":memory:\"\n\n{FOUR_PER_SENDER}"),
+        ..WallConfig::default()
+    };
+    let p = Pair {
+        a: Wall::start(prosody.c2s, config()),
+        b: Wall::start(prosody.c2s, config()),
+        redis: Redis::start(),
+        prosody,
+    };
+    let (mut alice_a, _, mut bob, bob_jid) = two_through_each(&p);
+    // Each instance counts only its own two: the third through A is delivered.
+    delivered(&mut alice_a, &mut bob, &bob_jid, "a3");
 }

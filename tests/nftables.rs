@@ -11,6 +11,8 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use support::client::TestClient;
+use support::http::request;
+use support::ports::free_loopback_addr;
 use support::process::wait_until;
 use support::wall::{Wall, WallConfig};
 use support::{xml, Prosody, IO_TIMEOUT};
@@ -157,4 +159,83 @@ fn bans_go_into_the_nftables_set_and_the_kernel_drops_the_address() {
     wait_until(IO_TIMEOUT, "127.0.0.61 back in the set", || {
         list().ok().filter(|l| l.contains("127.0.0.61"))
     });
+}
+
+const TOKEN: &str = "nftables-admin-token-0123456789abcdef";
+
+#[test]
+fn an_operator_ban_through_the_admin_api_goes_into_the_set_and_leaves_it_when_lifted() {
+    let ns = match Netns::create() {
+        Ok(ns) => ns,
+        Err(why) => {
+            eprintln!("SKIPPED: network namespaces or nftables are refused here: {why}");
+            return;
+        }
+    };
+    let admin = free_loopback_addr();
+    let prosody = Prosody::start();
+    let _wall = Wall::start(
+        prosody.c2s,
+        WallConfig {
+            tables: format!(
+                "[store]\npath = \":memory:\"\n\n[store.nftables]\nnetns = {:?}\n\n\
+                 [admin]\nlisten = \"{admin}\"\ntoken = \"{TOKEN}\"\n",
+                ns.0
+            ),
+            ..WallConfig::default()
+        },
+    );
+    let list = || ns.exec("nft", &["list", "set", "inet", "xmppwall", "banned4"]);
+    wait_until(IO_TIMEOUT, "xmppwall to create the nftables set", || {
+        list().ok()
+    });
+    let api = |method: &str, path: &str, body: Option<&str>| {
+        let answer = request(admin, method, path, Some(TOKEN), body);
+        assert!(
+            (200..300).contains(&answer.status),
+            "{method} {path}: {} {}",
+            answer.status,
+            answer.body
+        );
+    };
+
+    // An address for ten minutes, a prefix until lifted.
+    api(
+        "POST",
+        "/v1/bans",
+        Some(r#"{"kind": "address", "value": "127.0.0.63", "duration": "10m"}"#),
+    );
+    api(
+        "POST",
+        "/v1/bans",
+        Some(r#"{"kind": "address", "value": "127.0.1.0/24"}"#),
+    );
+    let listing = wait_until(IO_TIMEOUT, "both bans in the set", || {
+        list()
+            .ok()
+            .filter(|l| l.contains("127.0.0.63") && l.contains("127.0.1.0/24"))
+    });
+    assert!(listing.contains("127.0.0.63 timeout 10m"), "{listing}");
+    assert!(!listing.contains("127.0.1.0/24 timeout"), "{listing}");
+    assert!(!listing.contains("127.0.0.64"), "{listing}");
+    let probe = ns
+        .exec(
+            "python3",
+            &["-c", PROBE, "127.0.0.63", "127.0.1.9", "127.0.0.64"],
+        )
+        .expect("the probe runs");
+    assert_eq!(probe.trim(), "dropped dropped connected");
+
+    // Lifted through the API: out of the set, and the kernel lets them through.
+    api("DELETE", "/v1/bans?kind=address&value=127.0.0.63", None);
+    api("DELETE", "/v1/bans?kind=address&value=127.0.1.0%2F24", None);
+    wait_until(IO_TIMEOUT, "both bans out of the set", || {
+        list()
+            .ok()
+            .filter(|l| !l.contains("127.0.0.63") && !l.contains("127.0.1.0"))
+    });
+    let probe = ns
+        .exec("python3", &["-c", PROBE, "127.0.0.63", "127.0.1.9"])
+        .expect("the probe runs");
+    assert_eq!(probe.trim(), "connected connected");
 }

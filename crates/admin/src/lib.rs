@@ -26,9 +26,7 @@ use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
-use xmppwall_policy::bans::{
-    account_banned_error, address_banned_error, jid_domain, Ban, BanTarget,
-};
+use xmppwall_policy::bans::{jid_domain, Ban, BanTarget};
 use xmppwall_policy::stanza::bare_jid;
 use xmppwall_proxy::config::Admin;
 use xmppwall_proxy::server::{ReloadError, Shared};
@@ -515,35 +513,17 @@ async fn add_ban(State(state): State<AppState>, Json(body): Json<BanBody>) -> Re
         reason: body.reason.clone(),
         created: SystemTime::now(),
     };
-    if let Err(e) = state.shared.add_operator_ban(ban.clone()).await {
-        return error(StatusCode::INSUFFICIENT_STORAGE, e);
-    }
-    info!(kind = target.kind(), value = %target.value(), until = ?until.map(rfc3339), "ban added");
-    let kicked = if body.kick.unwrap_or(true) {
-        match &target {
-            BanTarget::Address(net) => kick_where(
-                &state,
-                &Matcher {
-                    net: Some(*net),
-                    jid: None,
-                    domain: None,
-                },
-                &address_banned_error(&ban),
-            ),
-            BanTarget::Account(jid) => kick_where(
-                &state,
-                &Matcher {
-                    net: None,
-                    jid: Some(jid.clone()),
-                    domain: None,
-                },
-                &account_banned_error(&ban),
-            ),
-            BanTarget::Domain(_) => Vec::new(),
-        }
-    } else {
-        Vec::new()
+    // In force here and on the other instances; the live streams it covers end
+    // with the error a new connection or login would get.
+    let kicked = match state
+        .shared
+        .add_operator_ban(ban.clone(), body.kick.unwrap_or(true))
+        .await
+    {
+        Ok(kicked) => kicked,
+        Err(e) => return error(StatusCode::INSUFFICIENT_STORAGE, e),
     };
+    info!(kind = target.kind(), value = %target.value(), until = ?until.map(rfc3339), "ban added");
     (
         StatusCode::CREATED,
         Json(json!({ "ban": ban_json(&ban, "operator"), "kicked": kicked })),

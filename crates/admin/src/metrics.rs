@@ -39,6 +39,10 @@ pub const METRIC_NAMES: &[&str] = &[
     "xmppwall_upstream_errors_total",
     "xmppwall_tls_handshake_failures_total",
     "xmppwall_stanza_processing_seconds",
+    "xmppwall_redis_up",
+    "xmppwall_redis_outages_total",
+    "xmppwall_redis_errors_total",
+    "xmppwall_shared_rule_rate_events_total",
 ];
 
 /// Reads [`Shared`] at every scrape.
@@ -296,6 +300,37 @@ impl Collector for ProxyCollector {
             None,
             &[(vec![], n(&s.tls_handshake_failures))],
         )?;
+
+        // Shared state (`[store] shared = "redis"`): only when it is on.
+        if let Some(cluster) = shared.cluster.get() {
+            gauge(
+                &mut e,
+                "xmppwall_redis_up",
+                "1 while Redis answers (state is shared with the other instances), 0 while this instance enforces with its own state only.",
+                &[(vec![], i64::from(cluster.redis_up()))],
+            )?;
+            counter(
+                &mut e,
+                "xmppwall_redis_outages",
+                "Times Redis went away since start.",
+                None,
+                &[(vec![], cluster.redis_outages())],
+            )?;
+            counter(
+                &mut e,
+                "xmppwall_redis_errors",
+                "Redis calls at accept or at a bind request that failed or timed out (the local decision stood).",
+                None,
+                &[(vec![], cluster.redis_errors())],
+            )?;
+            counter(
+                &mut e,
+                "xmppwall_shared_rule_rate_events",
+                "Events the other instances admitted under rule rate limits, added to the buckets here.",
+                None,
+                &[(vec![], cluster.rate_uses_received())],
+            )?;
+        }
 
         let (sum, total, counts) = s.processing.read();
         let mut buckets: Vec<(f64, u64)> = PROCESSING_BUCKETS_NS

@@ -16,7 +16,7 @@ pub mod index;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -121,11 +121,25 @@ pub enum RateKey {
 
 /// A rule that matches only when its key's rate is exceeded (like mod_firewall's
 /// LIMIT): the rule's action applies to the excess.
+///
+/// With shared state on ([`RuleRate::share`]), every event the bucket admits is also
+/// counted per key, under the same lock, for the proxy to send to the other
+/// instances in a batch ([`RuleRate::take_used`]); what they consumed comes back
+/// through [`RuleRate::add_used`]. Nothing here waits for anything.
 #[derive(Debug)]
 pub struct RuleRate {
     pub key: RateKey,
     pub limit: PerPeriod,
-    buckets: Mutex<BoundedTable<String, TokenBucket>>,
+    max_keys: usize,
+    shared: AtomicBool,
+    table: Mutex<RateTable>,
+}
+
+#[derive(Debug)]
+struct RateTable {
+    buckets: BoundedTable<String, TokenBucket>,
+    /// Events admitted per key since the last [`RuleRate::take_used`] (shared state).
+    used: HashMap<String, u64>,
 }
 
 impl RuleRate {
@@ -133,17 +147,59 @@ impl RuleRate {
         RuleRate {
             key,
             limit,
-            buckets: Mutex::new(BoundedTable::new("rule-rate", max_keys)),
+            max_keys,
+            shared: AtomicBool::new(false),
+            table: Mutex::new(RateTable {
+                buckets: BoundedTable::new("rule-rate", max_keys),
+                used: HashMap::new(),
+            }),
         }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, RateTable> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Whether `key` is over the rate now (and counts this event).
     fn exceeded(&self, key: String, now: Instant) -> bool {
-        let mut table = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
-        table
-            .entry(key, TokenBucket::new)
+        let mut table = self.lock();
+        let admitted = table
+            .buckets
+            .entry_ref(&key, TokenBucket::new)
             .try_take(&self.limit.rate(), 1.0, now)
-            .is_err()
+            .is_ok();
+        if admitted && self.shared.load(Ordering::Relaxed) {
+            let full = table.used.len() >= self.max_keys;
+            match table.used.get_mut(&key) {
+                Some(n) => *n += 1,
+                None if !full => {
+                    table.used.insert(key, 1);
+                }
+                None => {}
+            }
+        }
+        !admitted
+    }
+
+    /// Starts (or stops) counting admitted events for the other instances.
+    pub fn share(&self, on: bool) {
+        self.shared.store(on, Ordering::Relaxed);
+    }
+
+    /// Events admitted per key since the last call.
+    pub fn take_used(&self) -> Vec<(String, u64)> {
+        std::mem::take(&mut self.lock().used).into_iter().collect()
+    }
+
+    /// Counts `n` events another instance admitted for `key` in this bucket: they
+    /// take tokens even past empty, so the excess waits for the refill.
+    pub fn add_used(&self, key: String, n: u64, now: Instant) {
+        let mut table = self.lock();
+        table.buckets.entry(key, TokenBucket::new).take_with_debt(
+            &self.limit.rate(),
+            n as f64,
+            now,
+        );
     }
 }
 
@@ -437,6 +493,18 @@ impl Policy {
             }
         }
         false
+    }
+
+    /// Every rate-limited rule as `chain/rule` (its name among instances sharing
+    /// state) with its rate.
+    pub fn rule_rates(&self) -> impl Iterator<Item = (String, &RuleRate)> {
+        self.chains.iter().flat_map(|c| {
+            c.rules.iter().filter_map(move |r| {
+                r.rate
+                    .as_ref()
+                    .map(|rate| (format!("{}/{}", c.name, r.name), rate))
+            })
+        })
     }
 
     /// Every rule's (chain, name, hits, shadow hits), for metrics.

@@ -50,7 +50,8 @@ impl Default for NftablesConfig {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Update {
-    Ban(IpNet, Duration),
+    /// With the ban's remaining time, or `None` for a ban until lifted.
+    Ban(IpNet, Option<Duration>),
     Unban(IpNet),
 }
 
@@ -74,7 +75,12 @@ impl Nftables {
         let Ok(left) = until.duration_since(SystemTime::now()) else {
             return;
         };
-        self.send(Update::Ban(network, left));
+        self.send(Update::Ban(network, Some(left)));
+    }
+
+    /// Adds `network` to its set with no timeout (an operator's ban until lifted).
+    pub fn ban_until_lifted(&self, network: IpNet) {
+        self.send(Update::Ban(network, None));
     }
 
     /// Removes `network` from its set.
@@ -138,12 +144,18 @@ fn update_script(c: &NftablesConfig, updates: &[Update]) -> String {
             Update::Ban(_, left) => {
                 // Re-adding an element does not renew its timeout: delete it first
                 // (`destroy` is not in every nft release, so a harmless create+delete).
-                let secs = left.as_secs().max(1) + u64::from(left.subsec_nanos() > 0);
+                // An element without a timeout stays until deleted.
+                let timeout = left
+                    .map(|left| {
+                        let secs = left.as_secs().max(1) + u64::from(left.subsec_nanos() > 0);
+                        format!(" timeout {secs}s")
+                    })
+                    .unwrap_or_default();
                 let e = element(network);
                 script.push_str(&format!(
                     "add element {prefix} {{ {e} timeout 1s }}\n\
                      delete element {prefix} {{ {e} }}\n\
-                     add element {prefix} {{ {e} timeout {secs}s }}\n"
+                     add element {prefix} {{ {e}{timeout} }}\n"
                 ));
             }
             Update::Unban(_) => {
@@ -245,10 +257,14 @@ mod tests {
             &[
                 Update::Ban(
                     "192.0.2.7/32".parse().unwrap(),
-                    Duration::from_millis(599_500),
+                    Some(Duration::from_millis(599_500)),
                 ),
-                Update::Ban("2001:db8::/64".parse().unwrap(), Duration::from_secs(60)),
+                Update::Ban(
+                    "2001:db8::/64".parse().unwrap(),
+                    Some(Duration::from_secs(60)),
+                ),
                 Update::Unban("198.51.100.0/24".parse().unwrap()),
+                Update::Ban("203.0.113.0/24".parse().unwrap(), None),
             ],
         );
         assert_eq!(
@@ -260,7 +276,10 @@ mod tests {
              delete element inet xmppwall banned6 { 2001:db8::/64 }\n\
              add element inet xmppwall banned6 { 2001:db8::/64 timeout 60s }\n\
              add element inet xmppwall banned4 { 198.51.100.0/24 timeout 1s }\n\
-             delete element inet xmppwall banned4 { 198.51.100.0/24 }\n"
+             delete element inet xmppwall banned4 { 198.51.100.0/24 }\n\
+             add element inet xmppwall banned4 { 203.0.113.0/24 timeout 1s }\n\
+             delete element inet xmppwall banned4 { 203.0.113.0/24 }\n\
+             add element inet xmppwall banned4 { 203.0.113.0/24 }\n"
         );
     }
 

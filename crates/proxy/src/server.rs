@@ -219,13 +219,48 @@ impl Shared {
         };
         info!(instance = cluster.instance(), "sharing state through Redis");
         let _ = self.cluster.set(cluster);
+        self.share_rule_rates();
         let limiter = self.limiter.clone();
         let nftables = self.nftables.clone();
         let store = self.store.clone();
+        // The tasks hold the proxy weakly: they end with it.
+        let weak = Arc::downgrade(self);
+        let ticker = weak.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let Some(shared) = ticker.upgrade() else {
+                    return;
+                };
+                shared.send_rule_rate_use();
+            }
+        });
         tokio::spawn(async move {
             while let Some(event) = events.recv().await {
                 let limiter = limiter.load();
                 match event {
+                    ClusterEvent::OperatorBan { ban, kick } => {
+                        if let Some(shared) = weak.upgrade() {
+                            shared.operator_ban_from_cluster(ban, kick);
+                        }
+                    }
+                    ClusterEvent::OperatorUnban { kind, target } => {
+                        let (Some(shared), Ok(target)) = (
+                            weak.upgrade(),
+                            xmppwall_policy::bans::BanTarget::parse(&kind, &target),
+                        ) else {
+                            continue;
+                        };
+                        if shared.lift_operator_ban(&target) {
+                            info!(kind, value = %target.value(), "operator ban lifted by another instance");
+                        }
+                    }
+                    ClusterEvent::RatesUsed(used) => {
+                        if let Some(shared) = weak.upgrade() {
+                            shared.rule_rate_use_from_cluster(used);
+                        }
+                    }
                     ClusterEvent::Ban {
                         network,
                         until,
@@ -299,10 +334,16 @@ impl Shared {
         }
     }
 
-    /// Adds (or replaces) an operator's ban (admin API): in force at once, and
-    /// committed to the store before this returns, so it survives a restart.
-    pub async fn add_operator_ban(&self, ban: xmppwall_policy::bans::Ban) -> Result<(), String> {
-        self.bans.add(ban.clone())?;
+    /// Adds (or replaces) an operator's ban (admin API): in force at once (with
+    /// `kick`, the live streams it covers are ended; their ids are returned),
+    /// committed to the store before this returns, so it survives a restart, and
+    /// shared with the other instances (Redis) and the kernel (nftables).
+    pub async fn add_operator_ban(
+        &self,
+        ban: xmppwall_policy::bans::Ban,
+        kick: bool,
+    ) -> Result<Vec<u64>, String> {
+        let kicked = self.apply_operator_ban(&ban, kick)?;
         let record = xmppwall_store::OperatorBan {
             kind: ban.target.kind().to_owned(),
             target: ban.target.value(),
@@ -310,15 +351,66 @@ impl Shared {
             until: ban.until,
             reason: ban.reason.clone(),
         };
+        if let Some(cluster) = self.cluster.get() {
+            cluster.operator_ban(&record, kick);
+        }
         if let Err(e) = self.store.put_operator_ban(record).await {
             warn!(error = %e, "the ban is in force but could not be saved; it ends with this process");
         }
-        Ok(())
+        Ok(kicked)
     }
 
-    /// Lifts an operator's ban, here and in the store; `false` if there was none.
+    /// Puts an operator's ban in force here (the list, nftables for an address or
+    /// prefix) and, with `kick`, ends the live streams it covers with the stream
+    /// error a new connection or login would get; returns their ids.
+    fn apply_operator_ban(
+        &self,
+        ban: &xmppwall_policy::bans::Ban,
+        kick: bool,
+    ) -> Result<Vec<u64>, String> {
+        use xmppwall_policy::bans::{account_banned_error, address_banned_error, BanTarget};
+        self.bans.add(ban.clone())?;
+        if let (BanTarget::Address(net), Some(nft)) = (&ban.target, self.nftables.get()) {
+            match ban.until {
+                Some(until) => nft.ban(*net, until),
+                None => nft.ban_until_lifted(*net),
+            }
+        }
+        if !kick {
+            return Ok(Vec::new());
+        }
+        let error = match &ban.target {
+            BanTarget::Address(_) => address_banned_error(ban),
+            BanTarget::Account(_) => account_banned_error(ban),
+            // A domain's ban applies stanza by stanza; no stream ends for it.
+            BanTarget::Domain(_) => return Ok(Vec::new()),
+        };
+        let covers = |s: &crate::sessions::LiveSession| match &ban.target {
+            BanTarget::Address(net) => net.contains(&s.peer.ip().to_canonical()),
+            BanTarget::Account(account) => s
+                .jid()
+                .is_some_and(|j| xmppwall_policy::stanza::bare_jid(&j) == *account),
+            BanTarget::Domain(_) => false,
+        };
+        let mut kicked = Vec::new();
+        for s in self.sessions.list() {
+            if covers(&s) && s.kick(error.clone()) {
+                kicked.push(s.id);
+            }
+        }
+        if !kicked.is_empty() {
+            info!(sessions = ?kicked, condition = error.condition.name(), "sessions kicked");
+        }
+        Ok(kicked)
+    }
+
+    /// Lifts an operator's ban here, in the store and on the other instances;
+    /// `false` if there was none.
     pub async fn remove_operator_ban(&self, target: &xmppwall_policy::bans::BanTarget) -> bool {
-        let removed = self.bans.remove(target);
+        let removed = self.lift_operator_ban(target);
+        if let Some(cluster) = self.cluster.get() {
+            cluster.operator_unban(target.kind(), &target.value());
+        }
         match self
             .store
             .remove_operator_ban(target.kind().to_owned(), target.value())
@@ -328,6 +420,93 @@ impl Shared {
             Err(e) => {
                 warn!(error = %e, "the ban is lifted but the store could not forget it; it returns at the next start");
                 removed
+            }
+        }
+    }
+
+    /// Lifts an operator's ban here (the list, nftables); `false` if there was none.
+    fn lift_operator_ban(&self, target: &xmppwall_policy::bans::BanTarget) -> bool {
+        let removed = self.bans.remove(target);
+        if let (xmppwall_policy::bans::BanTarget::Address(net), Some(nft)) =
+            (target, self.nftables.get())
+        {
+            nft.unban(*net);
+        }
+        removed
+    }
+
+    /// An operator's ban made through another instance: in force here at once (the
+    /// same ban already in force changes nothing, so a reconnection's reload of the
+    /// stored bans kicks nobody twice).
+    fn operator_ban_from_cluster(&self, record: xmppwall_store::OperatorBan, kick: bool) {
+        let target = match xmppwall_policy::bans::BanTarget::parse(&record.kind, &record.target) {
+            Ok(t) => t,
+            Err(e) => {
+                warn!(kind = record.kind, target = record.target, error = %e, "an operator ban from another instance is not understood; skipped");
+                return;
+            }
+        };
+        // Redis keeps times to the millisecond.
+        let ms = |t: Option<std::time::SystemTime>| {
+            t.map(|t| {
+                t.duration_since(std::time::SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis())
+            })
+        };
+        if self
+            .bans
+            .list()
+            .iter()
+            .any(|b| b.target == target && ms(b.until) == ms(record.until))
+        {
+            return;
+        }
+        let ban = xmppwall_policy::bans::Ban {
+            target,
+            until: record.until,
+            reason: record.reason,
+            created: record.created,
+        };
+        info!(kind = ban.target.kind(), value = %ban.target.value(), "operator ban from another instance");
+        if let Err(e) = self.apply_operator_ban(&ban, kick) {
+            warn!(error = %e, "an operator ban from another instance is not applied");
+        }
+    }
+
+    /// Counts rule rate limits for the other instances (shared state on), in the
+    /// running policy; again after a reload swaps it.
+    fn share_rule_rates(&self) {
+        if self.cluster.get().is_some() {
+            for (_, rate) in self.policy.load().rule_rates() {
+                rate.share(true);
+            }
+        }
+    }
+
+    /// Hands what the rule rate limits admitted here since the last batch to the
+    /// shared state (every second, off every connection's path).
+    fn send_rule_rate_use(&self) {
+        let Some(cluster) = self.cluster.get() else {
+            return;
+        };
+        let policy = self.policy.load();
+        for (name, rate) in policy.rule_rates() {
+            rate.share(true);
+            let used = rate.take_used();
+            cluster.share_rate_use(&name, rate.limit.count, rate.limit.period, used);
+        }
+    }
+
+    /// Adds what the other instances' rule rate limits admitted to the buckets here.
+    fn rule_rate_use_from_cluster(&self, used: Vec<(String, String, u64)>) {
+        let policy = self.policy.load();
+        let rates: std::collections::HashMap<String, &xmppwall_policy::rules::RuleRate> =
+            policy.rule_rates().collect();
+        let now = std::time::Instant::now();
+        for (rule, key, n) in used {
+            if let Some(rate) = rates.get(&rule) {
+                debug!(rule, key, n, "rule rate use from other instances");
+                rate.add_used(key, n, now);
             }
         }
     }
@@ -374,7 +553,7 @@ impl Shared {
                                 reason: b.reason,
                                 created: b.created,
                             };
-                            if self.bans.add(ban).is_ok() {
+                            if self.apply_operator_ban(&ban, false).is_ok() {
                                 restored += 1;
                             }
                         }
@@ -417,6 +596,7 @@ impl Shared {
             .with_antispam(config.antispam.clone());
         self.limiter.store(Arc::new(limiter));
         self.policy.store(config.policy.clone());
+        self.share_rule_rates();
         self.config.store(Arc::new(config));
         Ok(())
     }

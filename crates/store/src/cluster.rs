@@ -1,6 +1,7 @@
-//! State shared by several xmppwall instances through Redis: bans (propagated with
-//! pub/sub), connections per address group, connection attempts per address group,
-//! resources bound per account, spam reports and reputation changes.
+//! State shared by several xmppwall instances through Redis: bans and operator's bans
+//! (propagated with pub/sub), connections per address group, connection attempts per
+//! address group, resources bound per account, rule rate limits, spam reports and
+//! reputation changes.
 //!
 //! # What goes through Redis, and when
 //!
@@ -18,7 +19,15 @@
 //! - **Bans**: each ban this instance makes is stored as a key with the ban's
 //!   remaining time as expiry and published on a channel; every instance subscribed
 //!   applies it locally at once. At (re)connection an instance reads every stored
-//!   ban, and publishes the bans it made while Redis was away.
+//!   ban, and publishes the bans it made while Redis was away. The operator's bans
+//!   (admin API: address or prefix, account, domain) go the same way, as keys
+//!   `PREFIX:operator-ban:KIND:TARGET` (no expiry for a ban until lifted) and
+//!   `operator-ban` / `operator-unban` messages on the same channel.
+//! - **Rule rate limits**: the proxy hands over, once a second, what each rule's
+//!   buckets admitted per key; once a second one pipeline adds it to a counter per
+//!   rule and key (`INCRBY`, expiring one period after its last use) and reads the
+//!   totals back; what the others added since is handed to the proxy
+//!   ([`ClusterEvent::RatesUsed`]), which takes it from its own buckets.
 //! - **Reports and reputation changes** made here are queued and appended, once a
 //!   second, to a shared stream; every instance reads what the others appended once
 //!   a second and hands it to the proxy ([`ClusterEvent::Report`],
@@ -47,7 +56,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::writer::{ms, time};
-use crate::Report;
+use crate::{OperatorBan, Report};
 
 /// Bans waiting to be published while Redis is away, at most.
 const PENDING_BANS: usize = 10_000;
@@ -63,6 +72,8 @@ const PENDING_SHARED: usize = 10_000;
 const STREAM_LENGTH: usize = 100_000;
 /// Entries read from that stream per tick, at most.
 const STREAM_READ: usize = 1000;
+/// Rule rate-limit keys this instance follows in Redis at once, at most.
+const RATE_KEYS: usize = 100_000;
 
 /// How to reach Redis.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,6 +98,20 @@ pub enum ClusterEvent {
     Unban {
         network: IpNet,
     },
+    /// An operator's ban (address or prefix, account, domain) made through another
+    /// instance's admin API; `kick`: end the live streams it covers.
+    OperatorBan {
+        ban: OperatorBan,
+        kick: bool,
+    },
+    /// An operator's ban lifted through another instance.
+    OperatorUnban {
+        kind: String,
+        target: String,
+    },
+    /// What the other instances consumed of rule rate limits since the last batch:
+    /// (rule, key, events).
+    RatesUsed(Vec<(String, String, u64)>),
     /// A spam or abuse report made through another instance.
     Report(Report),
     /// Another instance raised `subject`'s reputation score by `delta` at `at`.
@@ -159,6 +184,10 @@ struct Inner {
     shared_out: Mutex<Vec<Vec<(&'static str, String)>>>,
     /// The last entry of the shared stream read (`None` until the first connection).
     stream_position: Mutex<Option<String>>,
+    /// Rule rate-limit keys in use here, by (rule, key).
+    rates: Mutex<HashMap<(String, String), RateUse>>,
+    /// Rule rate-limit events the other instances consumed, as received here.
+    rate_uses_received: AtomicU64,
     events: mpsc::Sender<ClusterEvent>,
 }
 
@@ -171,6 +200,30 @@ enum Outgoing {
         reason: String,
     },
     Unban(IpNet),
+    OperatorBan {
+        ban: OperatorBan,
+        kick: bool,
+    },
+    OperatorUnban {
+        kind: String,
+        target: String,
+    },
+}
+
+/// One rule rate-limit key this instance follows in Redis: its consumption not yet
+/// sent, what it sent and what it saw of the others since the shared counter began.
+#[derive(Debug, Default)]
+struct RateUse {
+    /// The limit's period: the shared counter expires after it unused.
+    window: Duration,
+    /// The limit's count: the most one batch hands over (more would only lengthen
+    /// the wait beyond what one period of use explains).
+    burst: u64,
+    pending: u64,
+    sent: u64,
+    seen: u64,
+    /// The last local consumption; the key is followed until a window after it.
+    last_used: Option<std::time::Instant>,
 }
 
 /// The shared state of several instances; cheap to clone.
@@ -268,6 +321,8 @@ impl Cluster {
             pending: Mutex::new(Vec::new()),
             shared_out: Mutex::new(Vec::new()),
             stream_position: Mutex::new(None),
+            rates: Mutex::new(HashMap::new()),
+            rate_uses_received: AtomicU64::new(0),
             events,
         });
         tokio::spawn(supervise(inner.clone()));
@@ -411,6 +466,65 @@ impl Cluster {
     /// Shares the lifting of a ban.
     pub fn unban(&self, network: IpNet) {
         self.inner.publish(Outgoing::Unban(network));
+    }
+
+    /// Shares an operator's ban made here (admin API): stored with its expiry (none
+    /// for a ban until lifted) and published on the ban channel, now or once Redis is
+    /// back; `kick` asks the others to end the streams it covers, as here.
+    pub fn operator_ban(&self, ban: &OperatorBan, kick: bool) {
+        self.inner.publish(Outgoing::OperatorBan {
+            ban: ban.clone(),
+            kick,
+        });
+    }
+
+    /// Shares the lifting of an operator's ban.
+    pub fn operator_unban(&self, kind: &str, target: &str) {
+        self.inner.publish(Outgoing::OperatorUnban {
+            kind: kind.to_owned(),
+            target: target.to_owned(),
+        });
+    }
+
+    /// Adds what this instance consumed of the rule rate limit `rule` (`count` per
+    /// `window`) per key since the last call; sent to Redis in the next batch (within
+    /// a second; kept while Redis is away). Never waits.
+    pub fn share_rate_use(
+        &self,
+        rule: &str,
+        count: u32,
+        window: Duration,
+        uses: Vec<(String, u64)>,
+    ) {
+        if uses.is_empty() {
+            return;
+        }
+        let now = std::time::Instant::now();
+        let mut rates = self.inner.rates.lock().unwrap_or_else(|p| p.into_inner());
+        let mut dropped = false;
+        for (key, n) in uses {
+            let id = (rule.to_owned(), key);
+            if rates.len() >= RATE_KEYS && !rates.contains_key(&id) {
+                dropped = true;
+                continue;
+            }
+            let entry = rates.entry(id).or_default();
+            entry.window = window;
+            entry.burst = u64::from(count.max(1));
+            entry.pending += n;
+            entry.last_used = Some(now);
+        }
+        if dropped {
+            warn!(
+                keys = RATE_KEYS,
+                "too many rule rate-limit keys in use; the newest are enforced with this instance's counts only"
+            );
+        }
+    }
+
+    /// Rule rate-limit events the other instances consumed, as received here.
+    pub fn rate_uses_received(&self) -> u64 {
+        self.inner.rate_uses_received.load(Ordering::Relaxed)
     }
 
     /// Shares a report made here: appended to the shared stream in the next batch
@@ -635,6 +749,41 @@ impl Inner {
                         .arg(format!("{}\tunban\t{network}", self.instance))
                         .ignore();
                 }
+                Outgoing::OperatorBan { ban, kick } => {
+                    let left = match ban.until {
+                        None => None,
+                        Some(until) => match until.duration_since(now) {
+                            Ok(left) => Some(left),
+                            Err(_) => continue,
+                        },
+                    };
+                    let value = operator_ban_value(ban, *kick);
+                    let set = pipe
+                        .cmd("SET")
+                        .arg(self.operator_ban_key(&ban.kind, &ban.target))
+                        .arg(&value);
+                    if let Some(left) = left {
+                        set.arg("PX").arg(left.as_millis().max(1) as u64);
+                    }
+                    set.ignore();
+                    pipe.cmd("PUBLISH")
+                        .arg(self.channel())
+                        .arg(format!("{}\toperator-ban\t{value}", self.instance))
+                        .ignore();
+                }
+                Outgoing::OperatorUnban { kind, target } => {
+                    pipe.cmd("DEL")
+                        .arg(self.operator_ban_key(kind, target))
+                        .ignore();
+                    pipe.cmd("PUBLISH")
+                        .arg(self.channel())
+                        .arg(format!(
+                            "{}\toperator-unban\t{kind}\t{}",
+                            self.instance,
+                            escape(target)
+                        ))
+                        .ignore();
+                }
             }
         }
         let result: redis::RedisResult<()> = pipe.query_async(c).await;
@@ -723,6 +872,15 @@ impl Inner {
             cursor = next;
         }
         let mut n = 0;
+        for value in self
+            .scan_values(c, &format!("{prefix}:operator-ban:*"))
+            .await?
+        {
+            if let Some(event) = parse_operator_ban(&value) {
+                n += 1;
+                self.deliver(event);
+            }
+        }
         for chunk in keys.chunks(500) {
             let values: Vec<Option<String>> = redis::cmd("MGET").arg(chunk).query_async(c).await?;
             for (key, value) in chunk.iter().zip(values) {
@@ -738,6 +896,109 @@ impl Inner {
             }
         }
         Ok(n)
+    }
+
+    /// The values of every key matching `pattern`.
+    async fn scan_values(
+        &self,
+        c: &mut redis::aio::MultiplexedConnection,
+        pattern: &str,
+    ) -> redis::RedisResult<Vec<String>> {
+        let mut keys: Vec<String> = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(c)
+                .await?;
+            keys.extend(batch);
+            if next == 0 || keys.len() > 1_000_000 {
+                break;
+            }
+            cursor = next;
+        }
+        let mut values = Vec::new();
+        for chunk in keys.chunks(500) {
+            let batch: Vec<Option<String>> = redis::cmd("MGET").arg(chunk).query_async(c).await?;
+            values.extend(batch.into_iter().flatten());
+        }
+        Ok(values)
+    }
+
+    fn operator_ban_key(&self, kind: &str, target: &str) -> String {
+        format!("{}:operator-ban:{kind}:{target}", self.config.prefix)
+    }
+
+    /// Sends the rule rate-limit consumption of the keys in use here and reads the
+    /// shared totals, in one pipeline: `INCRBY` per key (by zero when nothing was
+    /// used here since the last batch, to read what the others added) with the key's
+    /// expiry renewed to the limit's period. What the others added since the last
+    /// batch goes to the proxy ([`ClusterEvent::RatesUsed`]). Keys unused here for a
+    /// period are no longer followed. On failure the consumption stays queued.
+    async fn sync_rates(
+        &self,
+        c: &mut redis::aio::MultiplexedConnection,
+    ) -> redis::RedisResult<()> {
+        let now = std::time::Instant::now();
+        let batch: Vec<((String, String), u64, Duration)> = {
+            let mut rates = self.rates.lock().unwrap_or_else(|p| p.into_inner());
+            rates.retain(|_, r| {
+                r.pending > 0
+                    || r.last_used
+                        .is_some_and(|t| now.duration_since(t) < r.window)
+            });
+            rates
+                .iter()
+                .map(|(id, r)| (id.clone(), r.pending, r.window))
+                .collect()
+        };
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let prefix = &self.config.prefix;
+        let mut pipe = redis::pipe();
+        for ((rule, key), pending, window) in &batch {
+            let name = format!("{prefix}:rate:{rule}:{key}");
+            pipe.cmd("INCRBY").arg(&name).arg(*pending);
+            pipe.cmd("PEXPIRE")
+                .arg(&name)
+                .arg(window.as_millis().max(1000) as u64)
+                .ignore();
+        }
+        let totals: Vec<u64> = pipe.query_async(c).await?;
+        let mut used = Vec::new();
+        {
+            let mut rates = self.rates.lock().unwrap_or_else(|p| p.into_inner());
+            for (((rule, key), pending, _), total) in batch.into_iter().zip(totals) {
+                let id = (rule, key);
+                let Some(r) = rates.get_mut(&id) else {
+                    continue;
+                };
+                r.pending -= pending.min(r.pending);
+                if total < r.sent + r.seen + pending {
+                    // The shared counter expired and began again (the key was idle
+                    // for a period): count from here.
+                    r.sent = 0;
+                    r.seen = 0;
+                }
+                r.sent += pending;
+                let others = total.saturating_sub(r.sent);
+                if others > r.seen {
+                    used.push((id.0, id.1, (others - r.seen).min(r.burst)));
+                    r.seen = others;
+                }
+            }
+        }
+        if !used.is_empty() {
+            let n: u64 = used.iter().map(|(_, _, n)| n).sum();
+            self.rate_uses_received.fetch_add(n, Ordering::Relaxed);
+            self.deliver(ClusterEvent::RatesUsed(used));
+        }
+        Ok(())
     }
 
     fn deliver(&self, event: ClusterEvent) {
@@ -768,6 +1029,19 @@ impl Inner {
             "unban" => {
                 if let Ok(network) = rest.parse() {
                     self.deliver(ClusterEvent::Unban { network });
+                }
+            }
+            "operator-ban" => {
+                if let Some(event) = parse_operator_ban(rest) {
+                    self.deliver(event);
+                }
+            }
+            "operator-unban" => {
+                if let Some((kind, target)) = rest.split_once('\t') {
+                    self.deliver(ClusterEvent::OperatorUnban {
+                        kind: kind.to_owned(),
+                        target: unescape(target),
+                    });
                 }
             }
             _ => {}
@@ -808,6 +1082,72 @@ fn parse_shared(fields: &HashMap<&str, &str>) -> Option<ClusterEvent> {
         }),
         _ => None,
     }
+}
+
+/// Tabs, newlines and backslashes of a field of a ban message, escaped.
+fn escape(field: &str) -> String {
+    field
+        .replace('\\', "\\\\")
+        .replace('\t', "\\t")
+        .replace('\n', "\\n")
+}
+
+fn unescape(field: &str) -> String {
+    let mut out = String::with_capacity(field.len());
+    let mut chars = field.chars();
+    while let Some(ch) = chars.next() {
+        if ch != '\\' {
+            out.push(ch);
+            continue;
+        }
+        match chars.next() {
+            Some('t') => out.push('\t'),
+            Some('n') => out.push('\n'),
+            Some(other) => out.push(other),
+            None => {}
+        }
+    }
+    out
+}
+
+/// An operator's ban as stored and published: `kind \t target \t until_ms (empty:
+/// until lifted) \t created_ms \t kick (0/1) \t reason (empty: none; `-`
+/// prefixed otherwise)`, fields escaped.
+fn operator_ban_value(ban: &OperatorBan, kick: bool) -> String {
+    format!(
+        "{}\t{}\t{}\t{}\t{}\t{}",
+        escape(&ban.kind),
+        escape(&ban.target),
+        ban.until.map(|t| ms(t).to_string()).unwrap_or_default(),
+        ms(ban.created),
+        u8::from(kick),
+        ban.reason
+            .as_deref()
+            .map(|r| format!("-{}", escape(r)))
+            .unwrap_or_default(),
+    )
+}
+
+fn parse_operator_ban(value: &str) -> Option<ClusterEvent> {
+    let fields: Vec<&str> = value.split('\t').collect();
+    let [kind, target, until, created, kick, reason] = fields.as_slice() else {
+        return None;
+    };
+    let until = if until.is_empty() {
+        None
+    } else {
+        Some(time(until.parse().ok()?))
+    };
+    Some(ClusterEvent::OperatorBan {
+        ban: OperatorBan {
+            kind: unescape(kind),
+            target: unescape(target),
+            created: time(created.parse().ok()?),
+            until,
+            reason: reason.strip_prefix('-').map(unescape),
+        },
+        kick: *kick == "1",
+    })
 }
 
 /// `until_ms \t source \t reason` of a stored or published ban.
@@ -861,6 +1201,7 @@ async fn supervise(inner: Arc<Inner>) {
             inner.flush_pending(&mut c).await?;
             inner.flush_shared(&mut c).await?;
             inner.read_shared(&mut c).await?;
+            inner.sync_rates(&mut c).await?;
             Ok::<_, redis::RedisError>(n)
         };
         let loaded = match catch_up.await {
@@ -895,7 +1236,8 @@ async fn supervise(inner: Arc<Inner>) {
                         inner.sync(&mut c, false).await?;
                         inner.flush_pending(&mut c).await?;
                         inner.flush_shared(&mut c).await?;
-                        inner.read_shared(&mut c).await
+                        inner.read_shared(&mut c).await?;
+                        inner.sync_rates(&mut c).await
                     };
                     match tokio::time::timeout(TICK * 2, step).await {
                         Ok(Ok(())) => {}
@@ -907,5 +1249,45 @@ async fn supervise(inner: Arc<Inner>) {
         };
         inner.went_down(&why);
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_operator_ban_survives_its_encoding_tabs_and_newlines_included() {
+        let ban = OperatorBan {
+            kind: "account".into(),
+            target: "odd\tname@example.org".into(),
+            created: time(1_700_000_000_000),
+            until: Some(time(1_700_000_600_000)),
+            reason: Some("spam\\wave\nsecond line".into()),
+        };
+        let value = operator_ban_value(&ban, true);
+        assert_eq!(value.split('\t').count(), 6, "{value:?}");
+        assert_eq!(
+            parse_operator_ban(&value),
+            Some(ClusterEvent::OperatorBan {
+                ban: ban.clone(),
+                kick: true
+            })
+        );
+        let forever = OperatorBan {
+            kind: "address".into(),
+            target: "2001:db8::/48".into(),
+            until: None,
+            reason: None,
+            ..ban
+        };
+        assert_eq!(
+            parse_operator_ban(&operator_ban_value(&forever, false)),
+            Some(ClusterEvent::OperatorBan {
+                ban: forever,
+                kick: false
+            })
+        );
+        assert_eq!(parse_operator_ban("address\t192.0.2.1"), None);
     }
 }

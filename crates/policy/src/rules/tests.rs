@@ -216,6 +216,55 @@ kind = ["message"]
 }
 
 #[test]
+fn a_shared_rule_rate_counts_what_it_admits_and_adds_what_others_used() {
+    let p = policy(
+        r#"
+[[rule]]
+name = "too-many-to-one"
+action = "drop"
+rate_limit = { key = "to", limit = "3/1h" }
+[rule.match]
+kind = ["message"]
+"#,
+    );
+    let rates: Vec<_> = p.rule_rates().collect();
+    assert_eq!(rates.len(), 1);
+    let (name, rate) = &rates[0];
+    assert!(name.ends_with("/too-many-to-one"), "{name}");
+    // Not shared: nothing is counted for the others.
+    assert_eq!(
+        to_server(&p, "<message to='a@x'/>").verdict(),
+        &Action::Pass
+    );
+    assert!(rate.take_used().is_empty());
+    rate.share(true);
+    assert_eq!(
+        to_server(&p, "<message to='a@x'/>").verdict(),
+        &Action::Pass
+    );
+    assert_eq!(
+        to_server(&p, "<message to='b@x'/>").verdict(),
+        &Action::Pass
+    );
+    let mut used = rate.take_used();
+    used.sort();
+    assert_eq!(used, vec![("a@x".to_owned(), 1), ("b@x".to_owned(), 1)]);
+    assert!(rate.take_used().is_empty(), "taken once");
+    // Another instance used two for b@x: its third here is the excess.
+    rate.add_used("b@x".to_owned(), 2, std::time::Instant::now());
+    assert_eq!(
+        to_server(&p, "<message to='b@x'/>").verdict(),
+        &Action::Drop
+    );
+    // A refused event is not counted as used.
+    assert!(rate.take_used().is_empty());
+    assert_eq!(
+        to_server(&p, "<message to='a@x'/>").verdict(),
+        &Action::Pass
+    );
+}
+
+#[test]
 fn url_domain_lists_and_counts_match_bodies_and_oob_urls() {
     let p = policy(
         r#"
