@@ -1,5 +1,7 @@
 //! Address bans exported to the kernel: xmppwall keeps an nftables set in sync with
-//! its bans, and the chain it creates drops the banned addresses. Runs `nft` inside
+//! its bans (the limits', the operator's through the admin API, and those another
+//! instance made, received through Redis), and the chain it creates drops the banned
+//! addresses. Runs `nft` inside
 //! a network namespace this test creates (`[store.nftables] netns`), never in the
 //! machine's own ruleset. Skipped, saying so, where the kernel refuses namespaces
 //! or nftables.
@@ -14,6 +16,7 @@ use support::client::TestClient;
 use support::http::request;
 use support::ports::free_loopback_addr;
 use support::process::wait_until;
+use support::redis::Redis;
 use support::wall::{Wall, WallConfig};
 use support::{xml, Prosody, IO_TIMEOUT};
 
@@ -238,4 +241,75 @@ fn an_operator_ban_through_the_admin_api_goes_into_the_set_and_leaves_it_when_li
         .exec("python3", &["-c", PROBE, "127.0.0.63", "127.0.1.9"])
         .expect("the probe runs");
     assert_eq!(probe.trim(), "connected connected");
+}
+
+#[test]
+fn an_operator_ban_made_on_another_instance_goes_into_this_instances_set_and_leaves_it() {
+    let ns = match Netns::create() {
+        Ok(ns) => ns,
+        Err(why) => {
+            eprintln!("SKIPPED: network namespaces or nftables are refused here: {why}");
+            return;
+        }
+    };
+    let redis = Redis::start();
+    let admin = free_loopback_addr();
+    let prosody = Prosody::start();
+    let shared = format!(
+        "[store]\npath = \":memory:\"\nshared = \"redis\"\nredis = {:?}\n",
+        redis.url()
+    );
+    // A takes the ban through its admin API and exports nothing itself; B exports.
+    let a = Wall::start(
+        prosody.c2s,
+        WallConfig {
+            tables: format!("{shared}\n[admin]\nlisten = \"{admin}\"\ntoken = \"{TOKEN}\"\n"),
+            ..WallConfig::default()
+        },
+    );
+    let b = Wall::start(
+        prosody.c2s,
+        WallConfig {
+            tables: format!("{shared}\n[store.nftables]\nnetns = {:?}\n", ns.0),
+            ..WallConfig::default()
+        },
+    );
+    for wall in [&a, &b] {
+        wait_until(IO_TIMEOUT * 2, "both instances to reach Redis", || {
+            wall.xmppwall
+                .log()
+                .contains("Redis reachable; sharing bans and counts")
+                .then_some(())
+        });
+    }
+    let list = || ns.exec("nft", &["list", "set", "inet", "xmppwall", "banned4"]);
+    wait_until(IO_TIMEOUT, "B to create the nftables set", || list().ok());
+    let api = |method: &str, path: &str, body: Option<&str>| {
+        let answer = request(admin, method, path, Some(TOKEN), body);
+        assert!(
+            (200..300).contains(&answer.status),
+            "{method} {path}: {} {}",
+            answer.status,
+            answer.body
+        );
+    };
+
+    api(
+        "POST",
+        "/v1/bans",
+        Some(r#"{"kind": "address", "value": "127.0.2.0/24", "duration": "1h"}"#),
+    );
+    let listing = wait_until(IO_TIMEOUT, "A's ban in B's set", || {
+        list().ok().filter(|l| l.contains("127.0.2.0/24"))
+    });
+    assert!(listing.contains("127.0.2.0/24 timeout 1h"), "{listing}");
+    let probe = ns
+        .exec("python3", &["-c", PROBE, "127.0.2.5", "127.0.3.5"])
+        .expect("the probe runs");
+    assert_eq!(probe.trim(), "dropped connected");
+
+    api("DELETE", "/v1/bans?kind=address&value=127.0.2.0%2F24", None);
+    wait_until(IO_TIMEOUT, "A's ban out of B's set", || {
+        list().ok().filter(|l| !l.contains("127.0.2.0"))
+    });
 }
