@@ -99,6 +99,24 @@ impl CidrList {
         self.v4.is_empty() && self.v6.is_empty()
     }
 
+    /// Every range as inclusive bounds in one 128-bit space, IPv4 as IPv4-mapped
+    /// IPv6 (`::ffff:a.b.c.d`), the form [`CidrList::key`] gives an address.
+    pub fn ranges(&self) -> impl Iterator<Item = (u128, u128)> + '_ {
+        let mapped = |a: u32| (0xffffu128 << 32) | u128::from(a);
+        self.v4
+            .iter()
+            .map(move |&(s, e)| (mapped(s), mapped(e)))
+            .chain(self.v6.iter().copied())
+    }
+
+    /// An address in the space of [`CidrList::ranges`].
+    pub fn key(ip: IpAddr) -> u128 {
+        match ip.to_canonical() {
+            IpAddr::V4(a) => (0xffffu128 << 32) | u128::from(u32::from(a)),
+            IpAddr::V6(a) => u128::from(a),
+        }
+    }
+
     /// Number of disjoint ranges after merging.
     pub fn len(&self) -> usize {
         self.v4.len() + self.v6.len()

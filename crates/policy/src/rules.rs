@@ -14,7 +14,6 @@ pub mod config;
 pub mod content;
 pub mod index;
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -44,6 +43,7 @@ pub enum Hook {
 }
 
 impl Hook {
+    /// Every hook, in declaration order: `Hook::ALL[h as usize] == h`.
     pub const ALL: [Hook; 5] = [
         Hook::Connect,
         Hook::Auth,
@@ -230,7 +230,8 @@ pub struct Chain {
 #[derive(Debug, Default)]
 pub struct Policy {
     pub chains: Vec<Chain>,
-    hooks: HashMap<Hook, usize>,
+    /// The chain each hook runs, by [`Hook`] position (`None`: nothing to run).
+    hooks: [Option<usize>; 5],
     pub shadow: bool,
     /// Every rule's regular expressions, one set per text field.
     pub regexes: conditions::PolicyRegexes,
@@ -391,7 +392,7 @@ const MAX_JUMP_DEPTH: usize = 16;
 impl Policy {
     /// The chain evaluated for `hook`, if the policy has one.
     pub fn has_hook(&self, hook: Hook) -> bool {
-        self.hooks.contains_key(&hook)
+        self.hooks[hook as usize].is_some()
     }
 
     pub fn evaluate(
@@ -403,7 +404,7 @@ impl Policy {
         wall: SystemTime,
     ) -> Decision {
         let mut decision = Decision::default();
-        let Some(&chain) = self.hooks.get(&hook) else {
+        let Some(chain) = self.hooks[hook as usize] else {
             return decision;
         };
         let mut facts = Facts::new(&self.regexes, stanza, subject, now, wall);
@@ -423,39 +424,19 @@ impl Policy {
             return false;
         };
         let candidates = c.index.as_ref().map(|index| {
-            let kind = facts.kind_index();
-            let to = if index.needs_to() {
-                facts.to_domain().map(str::to_owned)
-            } else {
-                None
-            };
-            let from = if index.needs_from() {
-                facts.from_domain().map(str::to_owned)
-            } else {
-                None
-            };
-            let payloads: Vec<String> = if index.needs_payloads() {
-                facts.payload_namespaces()
-            } else {
-                Vec::new()
-            };
-            let payloads: Vec<&str> = payloads.iter().map(String::as_str).collect();
-            let marks: Vec<&str> = if index.needs_marks() {
-                facts.marks_in_force()
-            } else {
-                Vec::new()
-            };
-            index.candidates(&index::Keys {
-                kind,
-                to_domain: to.as_deref(),
-                from_domain: from.as_deref(),
-                payloads: &payloads,
-                marks: &marks,
-            })
+            facts.prepare_keys(index.needs_to(), index.needs_from(), index.needs_payloads());
+            index.candidates(&facts.keys(index.needs_marks()))
         });
-        let order: Box<dyn Iterator<Item = usize>> = match &candidates {
-            Some(set) => Box::new(set.iter()),
-            None => Box::new(0..c.rules.len()),
+        let (mut indexed, mut all);
+        let order: &mut dyn Iterator<Item = usize> = match &candidates {
+            Some(set) => {
+                indexed = set.iter();
+                &mut indexed
+            }
+            None => {
+                all = 0..c.rules.len();
+                &mut all
+            }
         };
         for i in order {
             let rule = &c.rules[i];

@@ -22,12 +22,30 @@ pub enum Direction {
     ToClient,
 }
 
+/// A first-level child of a stanza.
+#[derive(Debug, Clone)]
+pub struct Payload<'a> {
+    /// Its local name.
+    pub local: &'a [u8],
+    /// Its namespace.
+    pub ns: Cow<'a, str>,
+    /// Where it lies in the stanza's bytes.
+    pub range: std::ops::Range<usize>,
+}
+
 /// A lazily read stanza.
+///
+/// Its start tag's `to`, `from` and `type` are found in the one pass over the
+/// attributes that checks its namespace; everything else is read when asked for.
 #[derive(Debug)]
 pub struct Stanza<'a> {
     pub kind: Kind,
     pub bytes: &'a [u8],
     pub start: StartTag<'a>,
+    /// The raw (as written) values of `to`, `from` and `type`.
+    to: Option<&'a [u8]>,
+    from: Option<&'a [u8]>,
+    ty: Option<&'a [u8]>,
 }
 
 impl<'a> Stanza<'a> {
@@ -44,29 +62,51 @@ impl<'a> Stanza<'a> {
             b"iq" => Kind::Iq,
             _ => return None,
         };
-        if let Some(ns) = start.attribute(b"xmlns") {
-            if ns != "jabber:client" && ns != "jabber:server" {
-                return None;
+        let (mut to, mut from, mut ty) = (None, None, None);
+        for (name, raw) in start.attributes() {
+            match name {
+                b"to" => to = to.or(Some(raw)),
+                b"from" => from = from.or(Some(raw)),
+                b"type" => ty = ty.or(Some(raw)),
+                b"xmlns" => {
+                    let ns = view::attribute_value(raw);
+                    if ns != "jabber:client" && ns != "jabber:server" {
+                        return None;
+                    }
+                }
+                _ => {}
             }
         }
-        Some(Stanza { kind, bytes, start })
+        Some(Stanza {
+            kind,
+            bytes,
+            start,
+            to,
+            from,
+            ty,
+        })
     }
 
     pub fn stanza_type(&self) -> Option<Cow<'a, str>> {
-        self.start.attribute(b"type")
+        self.ty.map(view::attribute_value)
     }
 
     pub fn to(&self) -> Option<Cow<'a, str>> {
-        self.start.attribute(b"to")
+        self.to.map(view::attribute_value)
     }
 
     pub fn from(&self) -> Option<Cow<'a, str>> {
-        self.start.attribute(b"from")
+        self.from.map(view::attribute_value)
     }
 
     /// Each first-level child's local name and namespace (its own `xmlns`, or the
     /// stanza's content namespace when it declares none).
     pub fn payloads(&self) -> impl Iterator<Item = (&'a [u8], Cow<'a, str>)> + 'a {
+        self.children().map(|p| (p.local, p.ns))
+    }
+
+    /// Each first-level child with its namespace and where it lies in the stanza.
+    pub fn children(&self) -> impl Iterator<Item = Payload<'a>> + 'a {
         let stanza = self.start;
         view::children(self.bytes).map(move |c| {
             let ns = match c.start.prefix() {
@@ -86,7 +126,11 @@ impl<'a> Stanza<'a> {
                     .attribute(b"xmlns")
                     .unwrap_or(Cow::Borrowed("jabber:client")),
             };
-            (c.start.local_name(), ns)
+            Payload {
+                local: c.start.local_name(),
+                ns,
+                range: c.range,
+            }
         })
     }
 

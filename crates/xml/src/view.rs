@@ -91,11 +91,21 @@ impl<'a> StartTag<'a> {
 /// The normalized value of an attribute value as written (see [`StartTag::attribute`]).
 pub fn attribute_value(raw: &[u8]) -> Cow<'_, str> {
     if !escape::attribute_needs_normalizing(raw) {
-        return String::from_utf8_lossy(raw);
+        return utf8(raw);
     }
     let mut out = Vec::with_capacity(raw.len());
     escape::push_attribute_value(raw, &mut out);
     Cow::Owned(escape::into_string(out))
+}
+
+/// `bytes` as text: borrowed when it is UTF-8, as the framer guarantees for what it
+/// passes (the standard library's check is the fast one); invalid sequences become
+/// U+FFFD otherwise.
+fn utf8(bytes: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(bytes),
+    }
 }
 
 /// Iterator over the attributes of a start tag.
@@ -330,7 +340,7 @@ impl<'a> TextBuilder<'a> {
     fn finish(self) -> Cow<'a, str> {
         match (self.owned, self.borrowed) {
             (Some(owned), _) => Cow::Owned(escape::into_string(owned)),
-            (None, Some(borrowed)) => String::from_utf8_lossy(borrowed),
+            (None, Some(borrowed)) => utf8(borrowed),
             (None, None) => Cow::Borrowed(""),
         }
     }

@@ -5,6 +5,7 @@
 //! asks, each at most once per evaluation, however many rules look.
 
 use rustc_hash::FxHashSet;
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -17,7 +18,7 @@ use super::{PeerAuth, RateKey, StreamFront, Subject};
 use crate::address::CidrList;
 use crate::blocklist::BlockList;
 use crate::limits::UserClass;
-use crate::stanza::{bare_jid, domain_of, Kind, Stanza};
+use crate::stanza::{bare_jid, domain_of, Kind, Payload, Stanza};
 
 /// A set of JIDs, given in the clear or as hex SHA-256 digests of the bare JID
 /// (the form real-time block lists publish).
@@ -162,17 +163,16 @@ impl JidGlob {
     }
 
     pub fn matches(&self, jid: &str) -> bool {
-        let jid = jid.to_ascii_lowercase();
-        self.matches_address(&Address::new(jid))
+        self.matches_address(&Address::lowercased(Cow::Borrowed(jid)))
     }
 
     /// Against an address already read (lowercased) by [`Facts`].
-    fn matches_address(&self, a: &Address) -> bool {
+    fn matches_address(&self, a: &Address<'_>) -> bool {
         if let Some(domain) = &self.any_at {
             // A node is there (the bare JID has an '@') and the domain is exactly this.
             return a.domain_start > 0 && a.domain() == domain;
         }
-        let subject = if self.full { a.full.as_str() } else { a.bare() };
+        let subject = if self.full { &a.full } else { a.bare() };
         glob(self.pattern.as_bytes(), subject.as_bytes())
     }
 }
@@ -295,14 +295,23 @@ pub enum Condition {
 /// A JID as conditions compare it: lowercased once, the bare part and the domain
 /// found once.
 #[derive(Debug, Clone)]
-pub struct Address {
-    full: String,
+pub struct Address<'a> {
+    full: Cow<'a, str>,
     bare_len: usize,
     domain_start: usize,
 }
 
-impl Address {
-    fn new(full: String) -> Address {
+impl<'a> Address<'a> {
+    /// ASCII-lowercases `jid`, copying it only when it has an upper-case letter.
+    fn lowercased(jid: Cow<'a, str>) -> Address<'a> {
+        if jid.bytes().any(|b| b.is_ascii_uppercase()) {
+            Address::new(Cow::Owned(jid.to_ascii_lowercase()))
+        } else {
+            Address::new(jid)
+        }
+    }
+
+    fn new(full: Cow<'a, str>) -> Address<'a> {
         let bare_len = full.find('/').unwrap_or(full.len());
         let domain_start = full[..bare_len].rfind('@').map_or(0, |i| i + 1);
         Address {
@@ -348,12 +357,13 @@ pub struct Facts<'s, 'a> {
     subject: &'s Subject<'s>,
     now: Instant,
     wall: SystemTime,
-    from: Option<Option<Address>>,
-    to: Option<Option<Address>>,
-    /// First-level children: (local name, namespace).
-    payloads: Option<Vec<(&'a [u8], std::borrow::Cow<'a, str>)>>,
-    body: Option<Option<String>>,
-    subject_text: Option<Option<String>>,
+    from: Option<Option<Address<'s>>>,
+    to: Option<Option<Address<'s>>>,
+    /// First-level children, read in one pass over the stanza.
+    payloads: Option<Vec<Payload<'a>>>,
+    body: Option<Option<Cow<'a, str>>>,
+    subject_text: Option<Option<Cow<'a, str>>>,
+    stanza_type: Option<Option<Cow<'a, str>>>,
     hosts: Option<Vec<String>>,
 }
 
@@ -377,14 +387,18 @@ impl<'s, 'a> Facts<'s, 'a> {
             payloads: None,
             body: None,
             subject_text: None,
+            stanza_type: None,
             hosts: None,
         }
     }
 
-    fn child_text(&self, local: &[u8]) -> Option<String> {
+    /// The text of the first child named `local` (entities resolved; borrowed from
+    /// the stanza when it has none).
+    fn child_text(&mut self, local: &[u8]) -> Option<Cow<'a, str>> {
         let stanza = self.stanza?;
-        let child = view::children(stanza.bytes).find(|c| c.start.local_name() == local)?;
-        Some(view::text(&stanza.bytes[child.range]).into_owned())
+        let bytes: &'a [u8] = stanza.bytes;
+        let child = self.payloads().iter().find(|c| c.local == local)?;
+        Some(view::text(&bytes[child.range.clone()]))
     }
 
     fn body(&mut self) -> Option<&str> {
@@ -401,14 +415,20 @@ impl<'s, 'a> Facts<'s, 'a> {
         self.subject_text.as_ref().and_then(|b| b.as_deref())
     }
 
-    fn texts(&mut self, field: TextField) -> [Option<String>; 2] {
+    /// The texts `field` names, read once and then borrowed.
+    fn texts(&mut self, field: TextField) -> [Option<&str>; 2] {
+        if field != TextField::Subject {
+            self.body();
+        }
+        if field != TextField::Body {
+            self.subject_text();
+        }
+        let body = self.body.as_ref().and_then(|b| b.as_deref());
+        let subject = self.subject_text.as_ref().and_then(|b| b.as_deref());
         match field {
-            TextField::Body => [self.body().map(str::to_owned), None],
-            TextField::Subject => [self.subject_text().map(str::to_owned), None],
-            TextField::Any => [
-                self.body().map(str::to_owned),
-                self.subject_text().map(str::to_owned),
-            ],
+            TextField::Body => [body, None],
+            TextField::Subject => [subject, None],
+            TextField::Any => [body, subject],
         }
     }
 
@@ -427,15 +447,13 @@ impl<'s, 'a> Facts<'s, 'a> {
         if self.hosts.is_none() {
             let mut hosts = Vec::new();
             for text in self.texts(TextField::Any).into_iter().flatten() {
-                hosts.extend(content::url_hosts(&text));
+                hosts.extend(content::url_hosts(text));
             }
             if let Some(stanza) = self.stanza {
                 // XEP-0066 out-of-band data: <x xmlns='jabber:x:oob'><url>…</url></x>
-                for c in view::children(stanza.bytes) {
-                    if c.start.local_name() == b"x"
-                        && c.start.attribute(b"xmlns").as_deref() == Some("jabber:x:oob")
-                    {
-                        let x = &stanza.bytes[c.range];
+                for c in self.payloads() {
+                    if c.local == b"x" && c.ns == "jabber:x:oob" {
+                        let x = &stanza.bytes[c.range.clone()];
                         for u in view::children(x).filter(|u| u.start.local_name() == b"url") {
                             hosts.extend(content::url_hosts(&view::text(&x[u.range])));
                         }
@@ -456,7 +474,11 @@ impl<'s, 'a> Facts<'s, 'a> {
             };
             let mut matched: Vec<usize> = Vec::new();
             for text in self.texts(field).into_iter().flatten() {
-                matched.extend(set.matches(&text).iter());
+                // Most texts match nothing: the yes/no search stops early and needs
+                // no overlapping scan, so ask which patterns only when some did.
+                if set.is_match(text) {
+                    matched.extend(set.matches(text).iter());
+                }
             }
             self.regex_matches[i] = Some(matched);
         }
@@ -465,17 +487,33 @@ impl<'s, 'a> Facts<'s, 'a> {
             .is_some_and(|m| m.iter().any(|p| range.contains(p)))
     }
 
-    /// The stanza's first-level payload namespaces, for the rule index.
-    pub fn payload_namespaces(&mut self) -> Vec<String> {
-        self.payloads()
-            .iter()
-            .map(|(_, ns)| ns.to_string())
-            .collect()
+    /// Reads what the rule index asks of the stanza (recipient and sender domains,
+    /// first-level children), so that [`Facts::keys`] can lend it out.
+    pub fn prepare_keys(&mut self, to: bool, from: bool, payloads: bool) {
+        if to {
+            self.to();
+        }
+        if from {
+            self.from();
+        }
+        if payloads {
+            self.payloads();
+        }
     }
 
-    /// The marks in force, for the rule index.
-    pub fn marks_in_force(&self) -> Vec<&'s str> {
-        self.subject.marks.in_force(self.now).collect()
+    /// The index keys read by [`Facts::prepare_keys`] (`None`/empty where not read).
+    pub fn keys(&self, marks: bool) -> super::index::Keys<'_> {
+        fn address<'x>(a: &'x Option<Option<Address<'_>>>) -> Option<&'x str> {
+            a.as_ref().and_then(Option::as_ref).map(Address::domain)
+        }
+        super::index::Keys {
+            kind: self.kind_index(),
+            to_domain: address(&self.to),
+            from_domain: address(&self.from),
+            payloads: self.payloads.as_deref().unwrap_or(&[]),
+            marks: marks.then_some((self.subject.marks, self.now)),
+            ip: self.subject.ip,
+        }
     }
 
     /// The stanza kind for the rule index: 0 message, 1 presence, 2 iq, 3 none.
@@ -518,38 +556,42 @@ impl<'s, 'a> Facts<'s, 'a> {
     }
 
     /// The sender: the stanza's `from`, or (client to server) the account.
-    fn from(&mut self) -> Option<&Address> {
+    fn from(&mut self) -> Option<&Address<'s>> {
         if self.from.is_none() {
-            let jid = self
+            let jid: Option<Cow<'s, str>> = self
                 .stanza
                 .and_then(|s| s.from())
-                .map(|f| f.to_ascii_lowercase())
-                .or_else(|| self.subject.account.map(str::to_ascii_lowercase));
-            self.from = Some(jid.map(Address::new));
+                .or_else(|| self.subject.account.map(Cow::Borrowed));
+            self.from = Some(jid.map(Address::lowercased));
         }
         self.from.as_ref().and_then(Option::as_ref)
     }
 
-    fn to(&mut self) -> Option<&Address> {
+    fn to(&mut self) -> Option<&Address<'s>> {
         if self.to.is_none() {
-            let jid = self
-                .stanza
-                .and_then(|s| s.to())
-                .map(|t| t.to_ascii_lowercase());
-            self.to = Some(jid.map(Address::new));
+            let jid: Option<Cow<'s, str>> = self.stanza.and_then(|s| s.to());
+            self.to = Some(jid.map(Address::lowercased));
         }
         self.to.as_ref().and_then(Option::as_ref)
     }
 
-    fn payloads(&mut self) -> &[(&'a [u8], std::borrow::Cow<'a, str>)] {
+    fn payloads(&mut self) -> &[Payload<'a>] {
         if self.payloads.is_none() {
             self.payloads = Some(
                 self.stanza
-                    .map(|s| s.payloads().collect())
+                    .map(|s| s.children().collect())
                     .unwrap_or_default(),
             );
         }
         self.payloads.as_deref().unwrap_or(&[])
+    }
+
+    /// The stanza's `type`, read once.
+    fn stanza_type(&mut self) -> Option<&str> {
+        if self.stanza_type.is_none() {
+            self.stanza_type = Some(self.stanza.and_then(Stanza::stanza_type));
+        }
+        self.stanza_type.as_ref().and_then(|t| t.as_deref())
     }
 }
 
@@ -595,12 +637,12 @@ impl Condition {
                 mask & bit != 0
             }),
             Condition::Type(types) => f.stanza.is_some_and(|s| {
-                let ty = s.stanza_type();
-                let ty = ty.as_deref().unwrap_or(match s.kind {
+                let default = match s.kind {
                     Kind::Message => "normal",
                     Kind::Presence => "available",
                     Kind::Iq => "",
-                });
+                };
+                let ty = f.stanza_type().unwrap_or(default);
                 types.iter().any(|t| t == ty)
             }),
             Condition::From(globs) => f
@@ -625,8 +667,8 @@ impl Condition {
                 f.stanza.is_some() && {
                     let payloads = f.payloads();
                     children.iter().all(|(ns, local)| {
-                        payloads.iter().any(|(l, n)| {
-                            *l == local.as_bytes() && ns.as_deref().is_none_or(|ns| ns == n)
+                        payloads.iter().any(|p| {
+                            p.local == local.as_bytes() && ns.as_deref().is_none_or(|ns| ns == p.ns)
                         })
                     })
                 }
@@ -634,7 +676,7 @@ impl Condition {
             Condition::Payload(namespaces) => f
                 .payloads()
                 .iter()
-                .any(|(_, n)| namespaces.iter().any(|ns| ns == n)),
+                .any(|p| namespaces.iter().any(|ns| *ns == p.ns)),
             Condition::Declares(needles) => f.stanza.is_some_and(|s| {
                 needles.iter().any(|(single, double)| {
                     memchr::memmem::find(s.bytes, single).is_some()

@@ -362,12 +362,8 @@ pub fn compile_sources(sources: &[Source<'_>], report: &mut SourceReport<'_>) ->
         let index = super::index::ChainIndex::build(&chain.rules);
         chain.index = index.is_useful().then_some(index);
     }
-    let hooks = Hook::ALL
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| !chains[*i].rules.is_empty())
-        .map(|(i, h)| (*h, i))
-        .collect();
+    // `Hook::ALL` lists the hooks in declaration order, and their chains come first.
+    let hooks = std::array::from_fn(|i| (!chains[i].rules.is_empty()).then_some(i));
     Policy {
         chains,
         hooks,

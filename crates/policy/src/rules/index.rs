@@ -7,28 +7,37 @@
 //! ever excludes a rule whose required condition cannot hold, so evaluating the
 //! candidates in order gives the same verdict as evaluating every rule.
 
+use std::time::Instant;
+
 use rustc_hash::FxHashMap;
+use smallvec::SmallVec;
 
 use super::conditions::{Condition, DomainSet, JidGlob};
-use super::Rule;
+use super::{Marks, Rule};
+use crate::stanza::Payload;
 
-/// A set of rule positions.
+/// A set of rule positions; chains of up to 256 rules need no allocation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuleSet {
-    words: Vec<u64>,
+    words: SmallVec<[u64; 4]>,
 }
 
 impl RuleSet {
     fn empty(rules: usize) -> RuleSet {
         RuleSet {
-            words: vec![0; rules.div_ceil(64)],
+            words: smallvec::smallvec![0; rules.div_ceil(64)],
         }
     }
 
     fn full(rules: usize) -> RuleSet {
         let mut s = RuleSet::empty(rules);
-        for i in 0..rules {
-            s.insert(i);
+        for (w, word) in s.words.iter_mut().enumerate() {
+            let bits = rules - w * 64;
+            *word = if bits >= 64 {
+                u64::MAX
+            } else {
+                (1 << bits) - 1
+            };
         }
         s
     }
@@ -127,6 +136,75 @@ impl DomainIndex {
     }
 }
 
+/// Rules by the connection's address (`address` conditions): the address space cut
+/// into the pieces no range boundary crosses, each with the rules that admit it.
+#[derive(Debug, Clone)]
+struct AddressIndex {
+    /// Rules with no `address` condition.
+    free: RuleSet,
+    /// (first, last, rules) of each piece some rule's ranges cover, in order.
+    pieces: Vec<(u128, u128, RuleSet)>,
+}
+
+impl AddressIndex {
+    fn build(rules: &[Rule]) -> Option<AddressIndex> {
+        let mut free = RuleSet::empty(rules.len());
+        let mut constrained = Vec::new();
+        for (i, rule) in rules.iter().enumerate() {
+            match rule.conditions.iter().find_map(|c| match c {
+                Condition::Address(list) => Some(list),
+                _ => None,
+            }) {
+                Some(list) => constrained.push((i, list)),
+                None => free.insert(i),
+            }
+        }
+        if constrained.is_empty() {
+            return None;
+        }
+        // Every place a piece starts: each range's first address and the one after
+        // its last.
+        let mut starts: Vec<u128> = constrained
+            .iter()
+            .flat_map(|(_, list)| list.ranges())
+            .flat_map(|(first, last)| [Some(first), last.checked_add(1)])
+            .flatten()
+            .collect();
+        starts.sort_unstable();
+        starts.dedup();
+        let mut pieces: Vec<(u128, u128, RuleSet)> = starts
+            .iter()
+            .enumerate()
+            .map(|(k, &first)| {
+                let last = starts.get(k + 1).map_or(u128::MAX, |next| next - 1);
+                (first, last, RuleSet::empty(rules.len()))
+            })
+            .collect();
+        for (i, list) in constrained {
+            for (first, last) in list.ranges() {
+                let from = pieces.partition_point(|p| p.0 < first);
+                for piece in pieces[from..].iter_mut().take_while(|p| p.1 <= last) {
+                    piece.2.insert(i);
+                }
+            }
+        }
+        pieces.retain(|p| p.2.words.iter().any(|&w| w != 0));
+        Some(AddressIndex { free, pieces })
+    }
+
+    fn candidates(&self, ip: std::net::IpAddr) -> RuleSet {
+        let mut set = self.free.clone();
+        let key = crate::address::CidrList::key(ip);
+        let i = self.pieces.partition_point(|p| p.0 <= key);
+        if let Some((_, last, rules)) = i.checked_sub(1).map(|i| &self.pieces[i]) {
+            if key <= *last {
+                set.union_with(rules);
+            }
+        }
+        set
+    }
+}
+
 fn domains(set: &DomainSet) -> Vec<&str> {
     set.iter().collect()
 }
@@ -140,15 +218,17 @@ fn any_at_domains(globs: &[JidGlob]) -> Option<Vec<&str>> {
 /// The index of one chain.
 #[derive(Debug, Clone)]
 pub struct ChainIndex {
-    rules: usize,
     /// Per kind (message, presence, iq), the rules that admit it; `[3]`: no stanza.
-    kinds: Option<[RuleSet; 4]>,
+    /// Without `kind` conditions, one set of every rule.
+    kinds: Result<[RuleSet; 4], RuleSet>,
     to: Option<DomainIndex>,
     from: Option<DomainIndex>,
     /// By first-level payload namespace (`payload` conditions).
     payload: Option<DomainIndex>,
     /// By mark name (`mark` conditions).
     marks: Option<DomainIndex>,
+    /// By the connection's address (`address` conditions).
+    address: Option<AddressIndex>,
 }
 
 /// What the index needs to know of a stanza.
@@ -157,10 +237,12 @@ pub struct Keys<'a> {
     pub kind: usize,
     pub to_domain: Option<&'a str>,
     pub from_domain: Option<&'a str>,
-    /// The stanza's first-level payload namespaces (when [`ChainIndex::needs_payloads`]).
-    pub payloads: &'a [&'a str],
-    /// The marks in force (when [`ChainIndex::needs_marks`]).
-    pub marks: &'a [&'a str],
+    /// The stanza's first-level children (when [`ChainIndex::needs_payloads`]).
+    pub payloads: &'a [Payload<'a>],
+    /// The marks and the time they are in force at (when [`ChainIndex::needs_marks`]).
+    pub marks: Option<(&'a Marks, Instant)>,
+    /// The connection's address.
+    pub ip: std::net::IpAddr,
 }
 
 impl ChainIndex {
@@ -168,7 +250,9 @@ impl ChainIndex {
         let constrained = rules
             .iter()
             .any(|r| r.conditions.iter().any(|c| matches!(c, Condition::Kind(_))));
-        let kinds = constrained.then(|| {
+        let kinds = if !constrained {
+            Err(RuleSet::full(rules.len()))
+        } else {
             let mut kinds = std::array::from_fn(|_| RuleSet::empty(rules.len()));
             for (i, rule) in rules.iter().enumerate() {
                 let mask = rule
@@ -185,10 +269,9 @@ impl ChainIndex {
                     }
                 }
             }
-            kinds
-        });
+            Ok(kinds)
+        };
         ChainIndex {
-            rules: rules.len(),
             kinds,
             to: DomainIndex::build(rules, |c| match c {
                 Condition::ToDomain(set) => Some(domains(set)),
@@ -210,6 +293,7 @@ impl ChainIndex {
                 Condition::Mark(name) => Some(vec![name.as_str()]),
                 _ => None,
             }),
+            address: AddressIndex::build(rules),
         }
     }
 
@@ -223,11 +307,12 @@ impl ChainIndex {
 
     /// Whether the index can exclude anything at all.
     pub fn is_useful(&self) -> bool {
-        self.kinds.is_some()
+        self.kinds.is_ok()
             || self.to.is_some()
             || self.from.is_some()
             || self.payload.is_some()
             || self.marks.is_some()
+            || self.address.is_some()
     }
 
     pub fn needs_to(&self) -> bool {
@@ -241,8 +326,8 @@ impl ChainIndex {
     /// The rules that could match, in order.
     pub fn candidates(&self, keys: &Keys<'_>) -> RuleSet {
         let mut set = match &self.kinds {
-            Some(kinds) => kinds[keys.kind.min(3)].clone(),
-            None => RuleSet::full(self.rules),
+            Ok(kinds) => kinds[keys.kind.min(3)].clone(),
+            Err(all) => all.clone(),
         };
         if let Some(to) = &self.to {
             set.intersect_with(&to.candidates(keys.to_domain));
@@ -251,10 +336,14 @@ impl ChainIndex {
             set.intersect_with(&from.candidates(keys.from_domain));
         }
         if let Some(payload) = &self.payload {
-            set.intersect_with(&payload.candidates_any(keys.payloads.iter().copied()));
+            set.intersect_with(&payload.candidates_any(keys.payloads.iter().map(|p| &*p.ns)));
         }
         if let Some(marks) = &self.marks {
-            set.intersect_with(&marks.candidates_any(keys.marks.iter().copied()));
+            let in_force = keys.marks.into_iter().flat_map(|(m, now)| m.in_force(now));
+            set.intersect_with(&marks.candidates_any(in_force));
+        }
+        if let Some(address) = &self.address {
+            set.intersect_with(&address.candidates(keys.ip));
         }
         set
     }

@@ -685,3 +685,95 @@ mark = "suspect"
     );
     assert_eq!(not_glob.rule, None);
 }
+
+#[test]
+fn the_address_index_never_changes_a_verdict() {
+    // Overlapping, nested, adjacent and IPv6 ranges, a bare address and a rule
+    // without an address condition between them.
+    let text = r#"
+[[rule]]
+name = "wide"
+action = "continue"
+log = "digest"
+[rule.match]
+address = ["10.0.0.0/8", "2001:db8::/32"]
+[[rule]]
+name = "nested"
+action = "drop"
+[rule.match]
+address = ["10.1.0.0/16"]
+kind = ["message"]
+[[rule]]
+name = "anyone-iq"
+action = "bounce"
+[rule.match]
+kind = ["iq"]
+[[rule]]
+name = "adjacent"
+action = "close"
+[rule.match]
+address = ["10.2.0.0/24", "10.2.1.0/24", "192.0.2.1", "2001:db8:1::/48"]
+[[rule]]
+name = "edge"
+action = "drop"
+[rule.match]
+address = ["255.255.255.255/32", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128", "::/128"]
+"#;
+    let indexed = policy(text);
+    let mut plain = policy(text);
+    for chain in &mut plain.chains {
+        chain.index = None;
+    }
+    let marks = Marks::default();
+    let addresses = [
+        "10.0.0.1",
+        "10.1.2.3",
+        "10.1.255.255",
+        "10.2.0.255",
+        "10.2.1.0",
+        "10.2.2.0",
+        "11.0.0.0",
+        "9.255.255.255",
+        "192.0.2.1",
+        "192.0.2.2",
+        "255.255.255.255",
+        "::ffff:10.1.0.1",
+        "2001:db8::1",
+        "2001:db8:1::5",
+        "2001:db9::1",
+        "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+        "::",
+    ];
+    let mut decided = 0;
+    for ip in addresses {
+        for xml in [
+            "<message to='a@b'/>",
+            "<iq type='get' id='1'/>",
+            "<presence/>",
+        ] {
+            let s = Subject {
+                ip: ip.parse().unwrap(),
+                ..subject(&marks)
+            };
+            let a = decide(&indexed, Hook::ToServer, xml, &s);
+            let b = decide(&plain, Hook::ToServer, xml, &s);
+            assert_eq!((&a.action, &a.rule), (&b.action, &b.rule), "{ip} {xml}");
+            assert_eq!(a.effects.len(), b.effects.len(), "{ip} {xml}");
+            decided += usize::from(a.action.is_some());
+        }
+    }
+    assert!(decided > 10, "the addresses exercise the rules: {decided}");
+    let nested = Subject {
+        ip: "::ffff:10.1.0.1".parse().unwrap(),
+        ..subject(&marks)
+    };
+    let d = decide(&indexed, Hook::ToServer, "<message to='a@b'/>", &nested);
+    assert_eq!(d.rule.as_deref(), Some("nested"));
+}
+
+#[test]
+fn hooks_are_listed_in_declaration_order() {
+    for (i, hook) in Hook::ALL.iter().enumerate() {
+        assert_eq!(*hook as usize, i, "{hook:?}");
+    }
+}
