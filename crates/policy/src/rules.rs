@@ -14,6 +14,7 @@ pub mod config;
 pub mod content;
 pub mod index;
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
