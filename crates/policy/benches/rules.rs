@@ -10,8 +10,7 @@
 use std::time::{Instant, SystemTime};
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use xmppwall_policy::limits::UserClass;
-use xmppwall_policy::rules::{Hook, Marks, Policy, Subject};
+use xmppwall_policy::rules::{Hook, Marks, Policy};
 use xmppwall_policy::stanza::Stanza;
 
 #[path = "support/policy200.rs"]
@@ -20,17 +19,7 @@ use policy200::{large_policy, load, matching_nothing, traffic};
 
 fn run(c: &mut Criterion, name: &str, policy: &Policy, traffic: &[String]) {
     let marks = Marks::default();
-    let subject = Subject {
-        ip: "192.0.2.7".parse().expect("address"),
-        class: UserClass::Registered,
-        mechanism: Some("SCRAM-SHA-1"),
-        account: Some("alice@example.org"),
-        marks: &marks,
-        stranger: None,
-        front: xmppwall_policy::rules::StreamFront::C2s,
-        peer_domain: None,
-        peer_auth: None,
-    };
+    let subject = policy200::subject(&marks);
     let mut group = c.benchmark_group("policy");
     group.throughput(Throughput::Elements(traffic.len() as u64));
     group.bench_function(name, |b| {

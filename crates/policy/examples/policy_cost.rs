@@ -12,8 +12,7 @@
 
 use std::time::{Instant, SystemTime};
 
-use xmppwall_policy::limits::UserClass;
-use xmppwall_policy::rules::{Hook, Marks, Policy, StreamFront, Subject};
+use xmppwall_policy::rules::{Hook, Marks, Policy};
 use xmppwall_policy::stanza::Stanza;
 
 #[path = "../benches/support/policy200.rs"]
@@ -33,17 +32,7 @@ fn main() {
     };
     let traffic = policy200::traffic();
     let marks = Marks::default();
-    let subject = Subject {
-        ip: "192.0.2.7".parse().expect("address"),
-        class: UserClass::Registered,
-        mechanism: Some("SCRAM-SHA-1"),
-        account: Some("alice@example.org"),
-        marks: &marks,
-        stranger: None,
-        front: StreamFront::C2s,
-        peer_domain: None,
-        peer_auth: None,
-    };
+    let subject = policy200::subject(&marks);
     let started = Instant::now();
     let mut decisive = 0usize;
     for _ in 0..rounds {

@@ -4,8 +4,9 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
+use xmppwall_policy::limits::UserClass;
 use xmppwall_policy::rules::config::RulesFile;
-use xmppwall_policy::rules::Policy;
+use xmppwall_policy::rules::{Marks, Policy, StreamFront, Subject};
 
 pub fn load(text: &str) -> Policy {
     let file: RulesFile = toml::from_str(text).expect("valid TOML");
@@ -109,4 +110,19 @@ pub fn matching_nothing() -> String {
         );
     }
     nothing
+}
+
+/// The sender the traffic comes from: a registered account on a client stream.
+pub fn subject(marks: &Marks) -> Subject<'_> {
+    Subject {
+        ip: "192.0.2.7".parse().expect("address"),
+        class: UserClass::Registered,
+        mechanism: Some("SCRAM-SHA-1"),
+        account: Some("alice@example.org"),
+        marks,
+        stranger: None,
+        front: StreamFront::C2s,
+        peer_domain: None,
+        peer_auth: None,
+    }
 }
