@@ -854,23 +854,7 @@ impl Inner {
         c: &mut redis::aio::MultiplexedConnection,
     ) -> redis::RedisResult<usize> {
         let prefix = &self.config.prefix;
-        let mut keys: Vec<String> = Vec::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(format!("{prefix}:ban:*"))
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(c)
-                .await?;
-            keys.extend(batch);
-            if next == 0 || keys.len() > 1_000_000 {
-                break;
-            }
-            cursor = next;
-        }
+        let keys = scan_keys(c, &format!("{prefix}:ban:*")).await?;
         let mut n = 0;
         for value in self
             .scan_values(c, &format!("{prefix}:operator-ban:*"))
@@ -904,23 +888,7 @@ impl Inner {
         c: &mut redis::aio::MultiplexedConnection,
         pattern: &str,
     ) -> redis::RedisResult<Vec<String>> {
-        let mut keys: Vec<String> = Vec::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(c)
-                .await?;
-            keys.extend(batch);
-            if next == 0 || keys.len() > 1_000_000 {
-                break;
-            }
-            cursor = next;
-        }
+        let keys = scan_keys(c, pattern).await?;
         let mut values = Vec::new();
         for chunk in keys.chunks(500) {
             let batch: Vec<Option<String>> = redis::cmd("MGET").arg(chunk).query_async(c).await?;
@@ -1058,6 +1026,31 @@ impl Inner {
 }
 
 /// A report or reputation change from the shared stream.
+/// Every key matching `pattern` (at most about a million), by `SCAN`, which never
+/// blocks Redis the way `KEYS` would.
+async fn scan_keys(
+    c: &mut redis::aio::MultiplexedConnection,
+    pattern: &str,
+) -> redis::RedisResult<Vec<String>> {
+    let mut keys: Vec<String> = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(c)
+            .await?;
+        keys.extend(batch);
+        if next == 0 || keys.len() > 1_000_000 {
+            return Ok(keys);
+        }
+        cursor = next;
+    }
+}
+
 fn parse_shared(fields: &HashMap<&str, &str>) -> Option<ClusterEvent> {
     let at = time(fields.get("at")?.parse().ok()?);
     match *fields.get("kind")? {
