@@ -13,7 +13,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use support::client::{stream_from, TestClient};
-use support::http::request;
+use support::http::{request, request_ok};
 use support::ports::free_loopback_addr;
 use support::process::wait_until;
 use support::redis::Redis;
@@ -371,14 +371,7 @@ fn admin_at(addr: SocketAddr) -> String {
 }
 
 fn api(admin: SocketAddr, method: &str, path: &str, body: Option<&str>) -> serde_json::Value {
-    let answer = request(admin, method, path, Some(TOKEN), body);
-    assert!(
-        (200..300).contains(&answer.status),
-        "{method} {path}: {} {}",
-        answer.status,
-        answer.body
-    );
-    answer.json()
+    request_ok(admin, method, path, TOKEN, body)
 }
 
 const REMOTE_OPERATOR_BAN: &str = "operator ban from another instance";

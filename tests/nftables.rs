@@ -13,7 +13,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use support::client::TestClient;
-use support::http::request;
+use support::http::request_ok;
 use support::ports::free_loopback_addr;
 use support::process::wait_until;
 use support::redis::Redis;
@@ -193,13 +193,7 @@ fn an_operator_ban_through_the_admin_api_goes_into_the_set_and_leaves_it_when_li
         list().ok()
     });
     let api = |method: &str, path: &str, body: Option<&str>| {
-        let answer = request(admin, method, path, Some(TOKEN), body);
-        assert!(
-            (200..300).contains(&answer.status),
-            "{method} {path}: {} {}",
-            answer.status,
-            answer.body
-        );
+        request_ok(admin, method, path, TOKEN, body);
     };
 
     // An address for ten minutes, a prefix until lifted.
@@ -285,13 +279,7 @@ fn an_operator_ban_made_on_another_instance_goes_into_this_instances_set_and_lea
     let list = || ns.exec("nft", &["list", "set", "inet", "xmppwall", "banned4"]);
     wait_until(IO_TIMEOUT, "B to create the nftables set", || list().ok());
     let api = |method: &str, path: &str, body: Option<&str>| {
-        let answer = request(admin, method, path, Some(TOKEN), body);
-        assert!(
-            (200..300).contains(&answer.status),
-            "{method} {path}: {} {}",
-            answer.status,
-            answer.body
-        );
+        request_ok(admin, method, path, TOKEN, body);
     };
 
     api(

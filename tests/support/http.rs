@@ -30,6 +30,29 @@ impl Answer {
     }
 }
 
+/// Sends `method path` with the token and JSON body, asserts a 2xx answer and returns
+/// its JSON body (`null` for an empty one).
+pub fn request_ok(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<&str>,
+) -> serde_json::Value {
+    let answer = request(addr, method, path, Some(token), body);
+    assert!(
+        (200..300).contains(&answer.status),
+        "{method} {path}: {} {}",
+        answer.status,
+        answer.body
+    );
+    if answer.body.is_empty() {
+        serde_json::Value::Null
+    } else {
+        answer.json()
+    }
+}
+
 /// Sends `method path` with an optional bearer token and JSON body.
 pub fn request(
     addr: SocketAddr,
