@@ -4,7 +4,8 @@
 //! certificate-authenticated one, a denied domain, a raw remote server that
 //! spoofs its `from` after authenticating with a real dialback key, and the egress
 //! finding the remote server by static route, by SRV records from a real DNS server
-//! (dnsmasq), or through a SOCKS5 proxy, each asserted on the wire.
+//! (dnsmasq), or through a SOCKS5 proxy, each asserted on the wire; and ejabberd
+//! federating with Prosody, both behind xmppwall in both directions.
 
 mod support;
 
@@ -14,7 +15,8 @@ use std::process::Command;
 use support::client::{tls_client_config, TestClient, TlsVersions};
 use support::ports::free_loopback_addr;
 use support::xml;
-use support::{Prosody, ProsodyOptions, TestCert, Xmppwall, ALICE, BOB, DOMAIN};
+use support::ejabberd::EjabberdOptions;
+use support::{Ejabberd, Prosody, ProsodyOptions, TestCert, Xmppwall, ALICE, BOB, DOMAIN};
 
 /// The remote server's domain.
 const REMOTE: &str = "remote.test";
@@ -1174,4 +1176,181 @@ fn check_reports_a_missing_upstream_ca_file_with_its_position() {
         "{stderr}"
     );
     assert!(stderr.contains("xmppwall.toml:12:19:"), "{stderr}");
+}
+
+/// ejabberd (example.test) and Prosody (remote.test) federating, every stream in
+/// both directions through xmppwall: each server's s2s port behind an s2s front of
+/// its own, and each server's outgoing connections into the s2s-egress front,
+/// which reaches the other server's front by static route, over STARTTLS with the
+/// certificate checked. ejabberd finds the egress by the `_xmpp-server._tcp` SRV
+/// record of remote.test from a test DNS server (dnsmasq); Prosody by the test
+/// route module.
+struct EjabberdFederation {
+    wall: Xmppwall,
+    ejabberd: Ejabberd,
+    prosody: Prosody,
+    _dns: Dns,
+    _cert: TestCert,
+}
+
+impl EjabberdFederation {
+    fn start(extra: &str) -> EjabberdFederation {
+        let ejabberd_front = free_loopback_addr();
+        let prosody_front = free_loopback_addr();
+        let egress = free_loopback_addr();
+        // The SRV target is an address: ejabberd resolves SRV records with Erlang's
+        // resolver (the test DNS) but targets with getaddrinfo (the system's).
+        let dns = Dns::start(&[format!(
+            "_xmpp-server._tcp.{REMOTE},{},{},10,0",
+            egress.ip(),
+            egress.port()
+        )]);
+        let ejabberd = Ejabberd::start_with(EjabberdOptions {
+            s2s: Some(dns.address),
+            ..EjabberdOptions::default()
+        });
+        let prosody = Prosody::start_with(ProsodyOptions {
+            domain: Some(REMOTE.into()),
+            s2s_routes: vec![(DOMAIN.into(), egress)],
+            extra_global_config: "s2s_allow_encryption = false".into(),
+            ..ProsodyOptions::default()
+        });
+        let cert = TestCert::generate(&[DOMAIN, REMOTE]);
+        let ejabberd_s2s = ejabberd.s2s.expect("ejabberd started with s2s");
+        let config = format!(
+            r#"
+domains = ["{DOMAIN}", "{REMOTE}"]
+
+[upstream]
+address = "{c2s}"
+connect_timeout = "2s"
+
+[[listen]]
+front = "s2s"
+tls = "starttls"
+address = "{ejabberd_front}"
+upstream = "{ejabberd_s2s}"
+
+[[listen]]
+front = "s2s"
+tls = "starttls"
+address = "{prosody_front}"
+upstream = "{prosody_s2s}"
+
+[[listen]]
+front = "s2s-egress"
+tls = "none"
+address = "{egress}"
+
+[tls]
+default = {{ cert = "{chain}", key = "{key}" }}
+
+[s2s]
+ca = "{ca}"
+routes = {{ "{DOMAIN}" = "{ejabberd_front}", "{REMOTE}" = "{prosody_front}" }}
+
+{extra}
+"#,
+            c2s = ejabberd.c2s,
+            prosody_s2s = prosody.s2s,
+            chain = cert.chain_path.display(),
+            key = cert.key_path.display(),
+            ca = cert.ca_path.display(),
+        );
+        let wall = Xmppwall::start(&config);
+        EjabberdFederation {
+            wall,
+            ejabberd,
+            prosody,
+            _dns: dns,
+            _cert: cert,
+        }
+    }
+
+    fn explain_on_failure(&self, check: impl FnOnce()) {
+        if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(check)) {
+            eprintln!(
+                "--- xmppwall ---\n{}\n--- ejabberd ---\n{}\n{}\n--- prosody ---\n{}",
+                support::tail(&self.wall.log(), 16000),
+                support::tail(&self.ejabberd.log(), 12000),
+                support::tail(&self.ejabberd.output(), 4000),
+                support::tail(&self.prosody.log(), 12000)
+            );
+            std::panic::resume_unwind(panic);
+        }
+    }
+}
+
+fn login_at(c2s: SocketAddr, host: &str, account: support::Account) -> TestClient {
+    let mut c = TestClient::connect(c2s);
+    c.domain = host.to_owned();
+    c.open_stream();
+    c.auth_plain(account);
+    c.bind(Some("desk"));
+    c.send_raw("<presence/>");
+    c
+}
+
+/// A directed presence and a message each way, each asserted by the receiving client.
+fn exchange_both_ways(bob: &mut TestClient, alice: &mut TestClient) {
+    let bob_jid = format!("bob@{DOMAIN}");
+    let alice_jid = format!("alice@{REMOTE}");
+    // Prosody → xmppwall egress → xmppwall s2s front → ejabberd.
+    alice.send_raw(format!("<presence to='{bob_jid}'/>"));
+    alice.send_raw(format!(
+        "<message type='chat' to='{bob_jid}' id='m1'><body>hello ejabberd</body></message>"
+    ));
+    let presence = bob.read_element_matching(|e| {
+        xml::root_name(e) == "presence" && e.contains(&format!("{alice_jid}/desk"))
+    });
+    assert_eq!(xml::root_attr(&presence, "type"), None, "{presence}");
+    let message = bob.read_element_matching(|e| xml::root_name(e) == "message");
+    assert_eq!(
+        xml::text(&message, "body").as_deref(),
+        Some("hello ejabberd"),
+        "{message}"
+    );
+    assert!(message.contains(&format!("{alice_jid}/desk")), "{message}");
+    // ejabberd → xmppwall egress → xmppwall s2s front → Prosody.
+    bob.send_raw(format!("<presence to='{alice_jid}'/>"));
+    bob.send_raw(format!(
+        "<message type='chat' to='{alice_jid}' id='r1'><body>hello prosody</body></message>"
+    ));
+    let presence = alice.read_element_matching(|e| {
+        xml::root_name(e) == "presence" && e.contains(&format!("{bob_jid}/desk"))
+    });
+    assert_eq!(xml::root_attr(&presence, "type"), None, "{presence}");
+    let reply = alice.read_element_matching(|e| xml::root_name(e) == "message");
+    assert_eq!(
+        xml::text(&reply, "body").as_deref(),
+        Some("hello prosody"),
+        "{reply}"
+    );
+    assert!(reply.contains(&format!("{bob_jid}/desk")), "{reply}");
+}
+
+#[test]
+fn ejabberd_and_prosody_federate_both_ways_through_xmppwall() {
+    let f = EjabberdFederation::start("");
+    f.explain_on_failure(|| {
+        let mut bob = login_at(f.ejabberd.c2s, DOMAIN, BOB);
+        let mut alice = login_at(f.prosody.c2s, REMOTE, ALICE);
+        exchange_both_ways(&mut bob, &mut alice);
+        let log = f.wall.log();
+        for (remote, local) in [(REMOTE, DOMAIN), (DOMAIN, REMOTE)] {
+            assert!(
+                log.lines()
+                    .any(|l| l.contains("remote server authenticated")
+                        && l.contains(&format!("remote={remote}"))
+                        && l.contains(&format!("local={local}"))),
+                "{remote} was not authenticated towards {local} through the s2s front"
+            );
+            assert!(
+                log.lines().any(|l| l.contains("outgoing stream open")
+                    && l.contains(&format!("remote={local}"))
+                    && l.contains("tls=true")),
+                "no outgoing stream to {local} through the egress"
+            );
+        }
+    });
 }
