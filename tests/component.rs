@@ -247,3 +247,59 @@ fn unknown_component_domain_is_host_unknown() {
         "{rest}"
     );
 }
+
+#[test]
+fn component_over_its_domain_rate_and_recipient_limit_gets_xep_0205_errors() {
+    let setup = Setup::start(
+        "[limits.peers]\nstanzas_per_domain = \"4/1h\"\ndistinct_recipients = \"2/1m\"",
+    );
+    let (mut alice, _) = TestClient::login(setup.prosody.c2s, ALICE, "desk");
+    alice.send_raw("<presence/>");
+    let mut c = setup.authenticated_component();
+    let send = |c: &mut TestClient, id: &str, to: &str| {
+        c.send_raw(format!(
+            "<message from='gw-user@{COMPONENT}/x' to='{to}@example.test' type='chat' id='{id}'><body>{id}</body></message>"
+        ))
+    };
+    send(&mut c, "m1", "alice");
+    send(&mut c, "m2", "bob");
+    // A third distinct recipient of one sender within the minute (XEP-0205 §2.6).
+    send(&mut c, "m3", "carol");
+    let bounce = c.read_element();
+    assert_eq!(
+        bounce,
+        format!(
+            "<message type='error' id='m3' from='carol@example.test' to='gw-user@{COMPONENT}/x'>\
+             <error type='wait'><unexpected-request xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>\
+             <text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas' xml:lang='en'>too many distinct recipients: at most 2 per 1m</text>\
+             <too-many-stanzas xmlns='urn:xmpp:errors'/></error></message>"
+        )
+    );
+    // The fourth stanza of the component's domain within the hour passes; the
+    // fifth is over the domain's rate.
+    send(&mut c, "m4", "alice");
+    send(&mut c, "m5", "alice");
+    let bounce = c.read_element();
+    assert_eq!(
+        bounce,
+        format!(
+            "<message type='error' id='m5' from='alice@example.test' to='gw-user@{COMPONENT}/x'>\
+             <error type='wait'><policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/>\
+             <text xmlns='urn:ietf:params:xml:ns:xmpp-stanzas' xml:lang='en'>too many stanzas from {COMPONENT}: at most 4 per 1h</text>\
+             </error></message>"
+        )
+    );
+    for id in ["m1", "m4"] {
+        let delivered = alice.read_element_matching(|e| xml::root_name(e) == "message");
+        assert_eq!(
+            xml::text(&delivered, "body").as_deref(),
+            Some(id),
+            "{delivered}"
+        );
+    }
+    let log = setup.prosody.log();
+    assert!(
+        !log.contains("id='m3'") && !log.contains("id='m5'"),
+        "a refused stanza reached the server"
+    );
+}

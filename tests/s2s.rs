@@ -1354,3 +1354,136 @@ fn ejabberd_and_prosody_federate_both_ways_through_xmppwall() {
         }
     });
 }
+
+/// A raw remote server past dialback (a real key, verified by the real remote
+/// Prosody) on the s2s front of `f`.
+fn authenticated_raw_peer(f: &Federation) -> TestClient {
+    let (mut raw, id) = f.raw_peer(REMOTE);
+    raw.send_raw(format!(
+        "<db:result from='{REMOTE}' to='{DOMAIN}'>{}</db:result>",
+        dialback_key(&id)
+    ));
+    let verdict = raw.read_element();
+    assert_eq!(
+        xml::root_attr(&verdict, "type").as_deref(),
+        Some("valid"),
+        "{verdict}"
+    );
+    raw
+}
+
+/// Asks the local server, through the s2s front, to verify a dialback key (XEP-0220
+/// §2.2) and returns the first element that comes back: the answer, unless
+/// xmppwall sent something else first.
+fn next_from_front(raw: &mut TestClient) -> String {
+    raw.send_raw(format!(
+        "<db:verify from='{REMOTE}' to='{DOMAIN}' id='probe-1'>0123abcd</db:verify>"
+    ));
+    raw.read_element()
+}
+
+/// xmppwall's log says a peer limit refused a stanza.
+fn assert_refused_by(f: &Federation, limit: &str) {
+    let log = f.wall.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("peer stanza refused") && l.contains(limit)),
+        "{log}"
+    );
+}
+
+#[test]
+fn remote_sender_over_distinct_recipients_is_dropped_and_the_stream_stays() {
+    let f = Federation::start(
+        Peer::DialbackOnly,
+        "",
+        "[limits.peers]\ndistinct_recipients = \"2/1m\"",
+    );
+    f.explain_on_failure(|| {
+        let mut bob = login(&f.local, DOMAIN, BOB);
+        let mut raw = authenticated_raw_peer(&f);
+        for (id, to) in [("m1", "alice"), ("m2", "bob"), ("m3", "carol"), ("m4", "bob")] {
+            raw.send_raw(format!(
+                "<message from='mallory@{REMOTE}/x' to='{to}@{DOMAIN}' type='chat' id='{id}'><body>{id}</body></message>"
+            ));
+        }
+        // Nothing is answered on the remote server's own stream (XEP-0288 §1).
+        let next = next_from_front(&mut raw);
+        assert_eq!(xml::root_name(&next), "db:verify", "{next}");
+        // A recipient already written to is still allowed.
+        for id in ["m2", "m4"] {
+            let delivered = bob.read_element_matching(|e| xml::root_name(e) == "message");
+            assert_eq!(xml::text(&delivered, "body").as_deref(), Some(id), "{delivered}");
+        }
+        assert!(
+            !f.local.log().contains("id='m3'"),
+            "the refused stanza reached the server"
+        );
+        assert_refused_by(&f, "peer_distinct_recipients");
+    });
+}
+
+#[test]
+fn remote_domain_over_its_stanza_rate_is_dropped_errors_included() {
+    let f = Federation::start(
+        Peer::DialbackOnly,
+        "",
+        "[limits.peers]\nstanzas_per_domain = \"3/1h\"\ndistinct_recipients = \"off\"",
+    );
+    f.explain_on_failure(|| {
+        let mut bob = login(&f.local, DOMAIN, BOB);
+        let mut raw = authenticated_raw_peer(&f);
+        for id in ["m1", "m2", "m3", "m4"] {
+            raw.send_raw(format!(
+                "<message from='carol@{REMOTE}/x' to='bob@{DOMAIN}' type='chat' id='{id}'><body>{id}</body></message>"
+            ));
+        }
+        raw.send_raw(format!(
+            "<message from='carol@{REMOTE}/x' to='bob@{DOMAIN}' type='error' id='e1'><error type='cancel'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>"
+        ));
+        let next = next_from_front(&mut raw);
+        assert_eq!(xml::root_name(&next), "db:verify", "{next}");
+        for id in ["m1", "m2", "m3"] {
+            let delivered = bob.read_element_matching(|e| xml::root_name(e) == "message");
+            assert_eq!(xml::text(&delivered, "body").as_deref(), Some(id), "{delivered}");
+        }
+        let log = f.local.log();
+        assert!(
+            !log.contains("id='m4'") && !log.contains("id='e1'"),
+            "a refused stanza reached the server"
+        );
+        assert_refused_by(&f, "peer_stanzas");
+    });
+}
+
+#[test]
+fn real_remote_server_keeps_its_stream_when_a_stanza_is_refused() {
+    let f = Federation::start(
+        Peer::DialbackOnly,
+        "",
+        "[limits.peers]\ndistinct_recipients = \"1/1m\"",
+    );
+    f.explain_on_failure(|| {
+        let mut bob = login(&f.local, DOMAIN, BOB);
+        let mut alice = login(&f.remote, REMOTE, ALICE);
+        for (id, to) in [("m1", "bob"), ("m2", "carol"), ("m3", "bob")] {
+            alice.send_raw(format!(
+                "<message type='chat' to='{to}@{DOMAIN}' id='{id}'><body>{id}</body></message>"
+            ));
+        }
+        for id in ["m1", "m3"] {
+            let delivered = bob.read_element_matching(|e| xml::root_name(e) == "message");
+            assert_eq!(
+                xml::text(&delivered, "body").as_deref(),
+                Some(id),
+                "{delivered}"
+            );
+        }
+        // Prosody ends an outgoing stream on which a stanza arrives with
+        // <not-authorized/>; nothing arrived, and its stream is the one it opened.
+        let log = f.remote.log();
+        assert!(!log.contains("Received[s2sout]: <message"), "{log}");
+        assert!(!log.contains("not-authorized"), "{log}");
+        assert_refused_by(&f, "peer_distinct_recipients");
+    });
+}

@@ -231,6 +231,8 @@ async fn stats(State(state): State<AppState>) -> Json<Value> {
         "tables": {
             "addresses": { "entries": limits.addresses, "cap": limits.address_cap, "evictions": limits.address_evictions },
             "accounts": { "entries": limits.accounts, "cap": limits.account_cap, "evictions": limits.account_evictions },
+            "peer_domains": { "entries": limits.peer_domains.0, "cap": limits.peer_domains.1, "evictions": limits.peer_domains.2 },
+            "peer_senders": { "entries": limits.peer_senders.0, "cap": limits.peer_senders.1, "evictions": limits.peer_senders.2 },
         },
         "limit_hits": limit_hits,
         "rules": rules,

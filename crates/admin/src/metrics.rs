@@ -261,6 +261,14 @@ impl Collector for ProxyCollector {
             &[
                 (vec![("table", "addresses")], count(limits.addresses)),
                 (vec![("table", "accounts")], count(limits.accounts)),
+                (
+                    vec![("table", "peer_domains")],
+                    count(limits.peer_domains.0),
+                ),
+                (
+                    vec![("table", "peer_senders")],
+                    count(limits.peer_senders.0),
+                ),
                 (vec![("table", "sessions")], count(shared.sessions.len())),
             ],
         )?;
@@ -271,6 +279,14 @@ impl Collector for ProxyCollector {
             &[
                 (vec![("table", "addresses")], count(limits.address_cap)),
                 (vec![("table", "accounts")], count(limits.account_cap)),
+                (
+                    vec![("table", "peer_domains")],
+                    count(limits.peer_domains.1),
+                ),
+                (
+                    vec![("table", "peer_senders")],
+                    count(limits.peer_senders.1),
+                ),
             ],
         )?;
         counter(
@@ -281,6 +297,8 @@ impl Collector for ProxyCollector {
             &[
                 (vec![("table", "addresses")], limits.address_evictions),
                 (vec![("table", "accounts")], limits.account_evictions),
+                (vec![("table", "peer_domains")], limits.peer_domains.2),
+                (vec![("table", "peer_senders")], limits.peer_senders.2),
             ],
         )?;
         counter(

@@ -59,10 +59,13 @@ pub enum LimitKind {
     IncomingSubscriptions,
     Strangers,
     Federation,
+    PeerStanzas,
+    PeerRecipients,
+    PeerSubscriptions,
 }
 
 impl LimitKind {
-    pub const ALL: [LimitKind; 24] = [
+    pub const ALL: [LimitKind; 27] = [
         LimitKind::DeniedAddress,
         LimitKind::ConnectionsPerAddress,
         LimitKind::ConnectionAttempts,
@@ -87,6 +90,9 @@ impl LimitKind {
         LimitKind::IncomingSubscriptions,
         LimitKind::Strangers,
         LimitKind::Federation,
+        LimitKind::PeerStanzas,
+        LimitKind::PeerRecipients,
+        LimitKind::PeerSubscriptions,
     ];
 
     pub fn name(self) -> &'static str {
@@ -115,6 +121,9 @@ impl LimitKind {
             LimitKind::IncomingSubscriptions => "incoming_subscriptions",
             LimitKind::Strangers => "strangers",
             LimitKind::Federation => "federation",
+            LimitKind::PeerStanzas => "peer_stanzas",
+            LimitKind::PeerRecipients => "peer_distinct_recipients",
+            LimitKind::PeerSubscriptions => "peer_subscription_requests",
         }
     }
 }
@@ -147,6 +156,8 @@ pub struct LimiterState {
     pub contacts: crate::contacts::ContactBook,
     /// Told of every ban the limits or rules make (the durable store, shared state).
     ban_observer: std::sync::OnceLock<BanObserver>,
+    /// Remote domains and remote senders on server-to-server and component streams.
+    peers: peers::PeerTables,
 }
 
 /// A ban the limiter just made, for whoever keeps bans beyond this process.
@@ -185,6 +196,7 @@ impl LimiterState {
             antispam: AntispamState::new(config.gate.max_tracked_addresses, 10_000),
             contacts: crate::contacts::ContactBook::new(config.max_tracked_accounts),
             ban_observer: std::sync::OnceLock::new(),
+            peers: peers::PeerTables::new(&config.peers),
         })
     }
 
@@ -226,6 +238,7 @@ impl LimiterState {
             let t = self.accounts();
             (t.len(), t.cap(), t.evictions())
         };
+        let (peer_domains, peer_senders) = self.peers.snapshot();
         StateSnapshot {
             addresses,
             address_cap,
@@ -233,6 +246,8 @@ impl LimiterState {
             accounts,
             account_cap,
             account_evictions,
+            peer_domains,
+            peer_senders,
             hits: LimitKind::ALL.map(|k| (k, self.hits(k))),
         }
     }
@@ -247,6 +262,9 @@ pub struct StateSnapshot {
     pub accounts: usize,
     pub account_cap: usize,
     pub account_evictions: u64,
+    /// Remote domains and remote senders: entries, cap, evictions.
+    pub peer_domains: (usize, usize, u64),
+    pub peer_senders: (usize, usize, u64),
     pub hits: [(LimitKind, u64); LimitKind::ALL.len()],
 }
 
@@ -254,13 +272,21 @@ impl std::fmt::Display for StateSnapshot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "addresses={}/{} address_evictions={} accounts={}/{} account_evictions={} limit_hits=",
+            "addresses={}/{} address_evictions={} accounts={}/{} account_evictions={} \
+             peer_domains={}/{} peer_domain_evictions={} peer_senders={}/{} \
+             peer_sender_evictions={} limit_hits=",
             self.addresses,
             self.address_cap,
             self.address_evictions,
             self.accounts,
             self.account_cap,
-            self.account_evictions
+            self.account_evictions,
+            self.peer_domains.0,
+            self.peer_domains.1,
+            self.peer_domains.2,
+            self.peer_senders.0,
+            self.peer_senders.1,
+            self.peer_senders.2,
         )?;
         let mut first = true;
         for (kind, n) in self.hits.iter().filter(|(_, n)| *n > 0) {
@@ -1168,31 +1194,47 @@ fn distinct_recipient(
     to: &str,
     now: Instant,
 ) -> Result<(), StanzaError> {
+    distinct_recipient_in(
+        &mut entry.recipients,
+        entry.correspondents.as_ref(),
+        limit,
+        account,
+        to,
+        now,
+    )
+}
+
+/// [`distinct_recipient`] over the two tables themselves: `account` is the sender
+/// (an account, or a remote sender on a peer stream).
+fn distinct_recipient_in(
+    recipients_slot: &mut Option<BoundedTable<String, Instant>>,
+    correspondents: Option<&BoundedTable<String, Instant>>,
+    limit: PerPeriod,
+    account: &str,
+    to: &str,
+    now: Instant,
+) -> Result<(), StanzaError> {
     let to = bare_jid(to);
     // The account itself and bare domains (the server, its components) are not
     // recipients a spammer gains anything from.
     if to == account || !to.contains('@') {
         return Ok(());
     }
-    let recipients = entry
-        .recipients
-        .get_or_insert_with(|| BoundedTable::new("recipients", RECIPIENTS_HARD_CAP));
+    let recipients =
+        recipients_slot.get_or_insert_with(|| BoundedTable::new("recipients", RECIPIENTS_HARD_CAP));
     recipients.trim_idle(|&t| now.saturating_duration_since(t) >= limit.period);
     if let Some(t) = recipients.get_mut(&to) {
         *t = now;
         return Ok(());
     }
-    let replied = entry
-        .correspondents
-        .as_ref()
+    let replied = correspondents
         .and_then(|c| c.peek(&to))
         .is_some_and(|&t| now.saturating_duration_since(t) < limit.period);
     if replied {
         return Ok(());
     }
-    let recipients = entry
-        .recipients
-        .get_or_insert_with(|| BoundedTable::new("recipients", RECIPIENTS_HARD_CAP));
+    let recipients =
+        recipients_slot.get_or_insert_with(|| BoundedTable::new("recipients", RECIPIENTS_HARD_CAP));
     // Compared with the limit in force now (a reload may change it); the table's
     // own cap only bounds memory.
     if recipients.len() >= (limit.count as usize).min(RECIPIENTS_HARD_CAP) {
@@ -1360,6 +1402,8 @@ fn resource_limit_error(max: u32) -> StanzaError {
         )),
     }
 }
+
+mod peers;
 
 #[cfg(test)]
 mod tests;

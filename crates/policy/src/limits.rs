@@ -259,6 +259,38 @@ impl Default for AuthLimits {
     }
 }
 
+/// Limits on what remote servers and external components send (XEP-0205 §2.6,
+/// §2.7, §2.8 applied to peer streams): per remote domain, and per remote sender
+/// where a per-user limit makes sense. Counted across every stream of the domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerLimits {
+    /// Stanzas per remote domain (the stanza's `from` domain on the s2s front, the
+    /// component's domain on the component front; its `to` domain on the egress).
+    pub stanzas_per_domain: Option<PerPeriod>,
+    /// Distinct local recipients per remote sender (bare JID), XEP-0205 §2.6.
+    pub distinct_recipients: Option<PerPeriod>,
+    /// Presence subscription requests per remote domain.
+    pub subscription_requests: Option<PerPeriod>,
+    /// Hard cap on remote domains tracked at once.
+    pub max_tracked_domains: usize,
+    /// Hard cap on remote senders tracked at once.
+    pub max_tracked_senders: usize,
+}
+
+impl Default for PeerLimits {
+    /// Off, except a generous distinct-recipient limit per remote sender: a remote
+    /// user has no business writing to more than 100 local strangers a minute.
+    fn default() -> Self {
+        PeerLimits {
+            stanzas_per_domain: None,
+            distinct_recipients: Some(PerPeriod::new(100, Duration::from_secs(60))),
+            subscription_requests: None,
+            max_tracked_domains: 10_000,
+            max_tracked_senders: 100_000,
+        }
+    }
+}
+
 /// Every limit, with the tiers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LimitsConfig {
@@ -271,6 +303,8 @@ pub struct LimitsConfig {
     pub trusted_jids: Vec<String>,
     /// Hard cap on accounts tracked at once.
     pub max_tracked_accounts: usize,
+    /// Remote servers and components (`[limits.peers]`).
+    pub peers: PeerLimits,
 }
 
 impl Default for LimitsConfig {
@@ -283,6 +317,7 @@ impl Default for LimitsConfig {
             trusted: StanzaLimits::trusted_default(),
             trusted_jids: Vec::new(),
             max_tracked_accounts: 100_000,
+            peers: PeerLimits::default(),
         }
     }
 }

@@ -17,7 +17,7 @@ use toml::Spanned;
 use xmppwall_policy::address::CidrList;
 use xmppwall_policy::limits::{
     AuthLimits, Bandwidth, GateLimits, LimitsConfig, PayloadDirection, PayloadError, PayloadRule,
-    PerPeriod, StanzaLimits,
+    PeerLimits, PerPeriod, StanzaLimits,
 };
 use xmppwall_policy::rules::config::{
     compile_sources, RawList, RawPolicy, RawRule, RulesFile, Source,
@@ -1125,6 +1125,22 @@ impl Checker<'_> {
             trusted,
             trusted_jids,
             max_tracked_accounts: self.size(&rl.max_tracked_accounts, d.max_tracked_accounts, 16),
+            peers: self.peer_limits(rl.peers.as_ref(), &d.peers),
+        }
+    }
+
+    /// `[limits.peers]`: remote servers and components.
+    fn peer_limits(&mut self, raw: Option<&RawPeerLimits>, d: &PeerLimits) -> PeerLimits {
+        let Some(raw) = raw else {
+            return d.clone();
+        };
+        PeerLimits {
+            stanzas_per_domain: self.per_period(&raw.stanzas_per_domain, d.stanzas_per_domain),
+            distinct_recipients: self.per_period(&raw.distinct_recipients, d.distinct_recipients),
+            subscription_requests: self
+                .per_period(&raw.subscription_requests, d.subscription_requests),
+            max_tracked_domains: self.size(&raw.max_tracked_domains, d.max_tracked_domains, 16),
+            max_tracked_senders: self.size(&raw.max_tracked_senders, d.max_tracked_senders, 16),
         }
     }
 
@@ -1533,6 +1549,18 @@ struct RawLimits {
     registered: Option<RawStanzaLimits>,
     anonymous: Option<RawStanzaLimits>,
     trusted: Option<RawStanzaLimits>,
+    /// Remote servers and components.
+    peers: Option<RawPeerLimits>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawPeerLimits {
+    stanzas_per_domain: Option<Spanned<String>>,
+    distinct_recipients: Option<Spanned<String>>,
+    subscription_requests: Option<Spanned<String>>,
+    max_tracked_domains: Option<Spanned<i64>>,
+    max_tracked_senders: Option<Spanned<i64>>,
 }
 
 /// A limit that may be switched off with the string "off".

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
+use xmppwall_policy::limiter::Verdict;
 use xmppwall_policy::rules::{Hook, Marks, PeerAuth, Policy, StreamFront, Subject};
 use xmppwall_policy::stanza::Stanza;
 use xmppwall_policy::{Limiter, UserClass};
@@ -91,7 +92,30 @@ pub struct PeerContext {
 impl PeerContext {
     /// The stanza size limit (XEP-0205 §2.5), then the operator's rules for `hook`.
     /// `peer` is the peer domain the stanza belongs to and how it was proven.
+    ///
+    /// On an inbound server-to-server stream a refusal is a drop, never an error
+    /// reply: without bidirectional streams (XEP-0288 §1, not offered) the remote
+    /// server accepts no stanza on the stream it opened, and Prosody 0.12 ends such a
+    /// stream with `<not-authorized/>` when one arrives, taking down federation for
+    /// a refused stanza. Components accept stanzas on their stream, so they get the
+    /// error.
     pub fn check_stanza(
+        &mut self,
+        hook: Hook,
+        tag: &StartTag<'_>,
+        bytes: &[u8],
+        peer: (&str, PeerAuth),
+        now: Instant,
+    ) -> PeerAction {
+        match self.check_stanza_answering(hook, tag, bytes, peer, now) {
+            PeerAction::Reply(_) if self.front == StreamFront::S2s && hook == Hook::ToServer => {
+                PeerAction::Drop
+            }
+            other => other,
+        }
+    }
+
+    fn check_stanza_answering(
         &mut self,
         hook: Hook,
         tag: &StartTag<'_>,
@@ -110,6 +134,9 @@ impl PeerContext {
                 tag,
                 sender.as_deref(),
             );
+        }
+        if let Some(action) = self.peer_limits(hook, tag, bytes, peer.0, sender.as_deref(), now) {
+            return action;
         }
         let policy = self.policy.load();
         if !policy.has_hook(hook) && self.recorder.is_none() {
@@ -152,6 +179,56 @@ impl PeerContext {
             PolicyOutcome::Drop => PeerAction::Drop,
             PolicyOutcome::Bounce(error) => reply_or_drop(error, tag, sender.as_deref()),
             PolicyOutcome::Close(error) => PeerAction::Close(error),
+        }
+    }
+}
+
+impl PeerContext {
+    /// XEP-0205 per remote domain and per remote sender (`[limits.peers]`):
+    /// towards the server, the stanza rate of the peer domain, the remote sender's
+    /// distinct recipients and the domain's subscription requests, a refusal
+    /// answered to the sender (a component) or dropped (a remote server: see
+    /// [`Self::check_stanza`]); towards a peer, the egress's
+    /// stanza rate per destination domain (a refusal is a drop: see
+    /// [`crate::egress`]) and the local senders remembered as correspondents.
+    /// `None` when the stanza passes.
+    fn peer_limits(
+        &self,
+        hook: Hook,
+        tag: &StartTag<'_>,
+        bytes: &[u8],
+        domain: &str,
+        sender: Option<&str>,
+        now: Instant,
+    ) -> Option<PeerAction> {
+        let limiter = self.limiter.load();
+        let peers = &limiter.config.peers;
+        if peers.stanzas_per_domain.is_none()
+            && peers.distinct_recipients.is_none()
+            && peers.subscription_requests.is_none()
+        {
+            return None;
+        }
+        let stanza = Stanza::with_start(*tag, bytes)?;
+        let verdict = match hook {
+            Hook::ToServer => limiter.check_peer_inbound(domain, &stanza, now),
+            Hook::ToClient => {
+                let egress = self.front == StreamFront::S2sEgress;
+                limiter.check_peer_outbound(egress.then_some(domain), &stanza, now)
+            }
+            _ => return None,
+        };
+        match verdict {
+            Verdict::Pass => None,
+            Verdict::Drop(kind) => {
+                tracing::info!(limit = kind.name(), peer = domain, "peer stanza refused");
+                Some(PeerAction::Drop)
+            }
+            Verdict::Bounce(kind, error) => {
+                tracing::info!(limit = kind.name(), peer = domain, "peer stanza refused");
+                Some(reply_or_drop(error, tag, sender))
+            }
+            Verdict::Close(_, error) => Some(PeerAction::Close(error)),
         }
     }
 }

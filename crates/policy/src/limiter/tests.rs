@@ -53,6 +53,12 @@ fn no_limits() -> LimitsConfig {
         trusted: off,
         trusted_jids: Vec::new(),
         max_tracked_accounts: 1000,
+        peers: crate::limits::PeerLimits {
+            stanzas_per_domain: None,
+            distinct_recipients: None,
+            subscription_requests: None,
+            ..crate::limits::PeerLimits::default()
+        },
     }
 }
 

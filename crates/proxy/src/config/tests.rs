@@ -194,6 +194,37 @@ fn bad_limit_values_are_reported_at_their_lines() {
 }
 
 #[test]
+fn peer_limits_are_read_with_defaults_and_off_switches() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(
+        c.policy_limits.peers,
+        xmppwall_policy::limits::PeerLimits::default()
+    );
+    let text = format!(
+        "{MINIMAL}\n[limits.peers]\nstanzas_per_domain = \"600/1m\"\ndistinct_recipients = \"off\"\nsubscription_requests = \"10/1h\"\nmax_tracked_domains = 500\n"
+    );
+    let p = parse(&text).unwrap().policy_limits.peers;
+    assert_eq!(p.stanzas_per_domain.unwrap().count, 600);
+    assert_eq!(p.distinct_recipients, None);
+    assert_eq!(
+        p.subscription_requests.unwrap().period,
+        Duration::from_secs(3600)
+    );
+    assert_eq!(p.max_tracked_domains, 500);
+    assert_eq!(p.max_tracked_senders, 100_000);
+    let text = format!("{MINIMAL}\n[limits.peers]\nstanzas_per_domain = \"many\"\nsenders = 3\n");
+    let err = parse(&text).unwrap_err();
+    assert!(
+        err.to_string().contains("senders")
+            || err
+                .problems
+                .iter()
+                .any(|p| p.message.contains("COUNT/PERIOD")),
+        "{err}"
+    );
+}
+
+#[test]
 fn unknown_key_in_limits_is_reported() {
     let text = format!("{MINIMAL}\n[limits]\nstanza_byts = 5\n");
     let err = parse(&text).unwrap_err();
