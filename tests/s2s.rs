@@ -13,9 +13,9 @@ use std::net::SocketAddr;
 use std::process::Command;
 
 use support::client::{tls_client_config, TestClient, TlsVersions};
+use support::ejabberd::EjabberdOptions;
 use support::ports::free_loopback_addr;
 use support::xml;
-use support::ejabberd::EjabberdOptions;
 use support::{Ejabberd, Prosody, ProsodyOptions, TestCert, Xmppwall, ALICE, BOB, DOMAIN};
 
 /// The remote server's domain.

@@ -238,16 +238,19 @@ match = { front = ["s2s"], peer_auth = ["dialback"], peer_domain = "remote.test"
     let mut s = session(S2s::default(), rules);
     dialback(&mut s, "remote.test", "example.test");
     let oob = b"<message id='m' from='a@remote.test/r' to='b@example.test'><x xmlns='jabber:x:oob'><url>http://x/y</url></x></message>";
-    match s.on_peer_frame(Token::Element, oob, Instant::now()) {
-        PeerAction::Reply(reply) => {
-            let reply = String::from_utf8(reply).unwrap();
-            assert!(
-                reply.contains("to='a@remote.test/r'") && reply.contains("from='b@example.test'"),
-                "{reply}"
-            );
-        }
-        other => panic!("expected a bounce, got {other:?}"),
-    }
+    // The rule matched: a bounce on an inbound server stream is a drop (the remote
+    // server accepts no stanza on the stream it opened, XEP-0288 §1).
+    assert_eq!(
+        s.on_peer_frame(Token::Element, oob, Instant::now()),
+        PeerAction::Drop
+    );
+    // Without the payload, the rule does not match and the stanza passes.
+    let plain =
+        b"<message id='n' from='a@remote.test/r' to='b@example.test'><body>hi</body></message>";
+    assert_eq!(
+        s.on_peer_frame(Token::Element, plain, Instant::now()),
+        PeerAction::Forward
+    );
 }
 
 #[test]
