@@ -657,3 +657,78 @@ fn stanza_with_too_many_elements_closes_with_policy_violation() {
         "{rest}"
     );
 }
+
+/// How many client connections Prosody accepted so far (its log says so for each).
+fn server_connections(s: &Setup) -> usize {
+    s.server.log().matches("Client connected").count()
+}
+
+/// `[upstream] defer_connect` (the default): once a stream has taught xmppwall the
+/// server's features, a new stream is answered by xmppwall itself (RFC 6120 §4.3.2),
+/// and the server only hears of it when the client sends an element that passes.
+/// Streams that say nothing, or are refused while framing, never reach the server.
+#[test]
+fn streams_refused_before_their_first_element_never_reach_the_server() {
+    let s = Setup::start();
+    // The first stream is relayed as it is: xmppwall learns the server's features.
+    let mut first = TestClient::connect(s.plain);
+    let relayed = first.open_stream();
+    first.auth_plain(ALICE);
+    let connected = server_connections(&s);
+
+    // Answered with the same features, while the server hears nothing.
+    let mut idle = TestClient::connect(s.plain);
+    let answered = idle.open_stream();
+    assert_eq!(answered, relayed);
+
+    // Nested too deeply before authentication: refused by xmppwall alone.
+    let mut nested = TestClient::connect(s.plain);
+    nested.open_stream();
+    nested.send_raw("<a>".repeat(100));
+    let rest = nested.read_until_closed();
+    assert_eq!(
+        rest,
+        stream_error("policy-violation", Some("elements nested too deeply"), None)
+    );
+
+    // A stanza before authentication: <not-authorized/>, also without the server.
+    let mut early = TestClient::connect(s.plain);
+    early.open_stream();
+    early.send_raw(chat("bob@example.test", "early", "hi"));
+    assert_ends_with_stream_error(&early.read_until_closed(), "not-authorized");
+
+    // The end of the stream is answered in kind.
+    let mut quits = TestClient::connect(s.plain);
+    quits.open_stream();
+    quits.send_raw("</stream:stream>");
+    assert_eq!(quits.read_until_closed(), "</stream:stream>");
+
+    // A client that authenticates is connected then, and logs in as usual, over
+    // every front.
+    let (_bob, jid) = TestClient::login(s.plain, BOB, "deferred");
+    assert_eq!(jid, "bob@example.test/deferred");
+    let (_alice, jid) = s.login(ALICE, "starttls");
+    assert_eq!(jid, "alice@example.test/starttls");
+    drop(idle);
+    // Only the two logins reached the server (its log is in order: the logins'
+    // lines come after any the refused streams would have caused).
+    assert_eq!(server_connections(&s), connected + 2);
+}
+
+/// With `defer_connect = false` every stream is relayed to the server from its header on.
+#[test]
+fn without_defer_connect_every_stream_reaches_the_server() {
+    let prosody = Prosody::start();
+    let upstream = prosody.c2s;
+    let s = Setup::in_front_of(prosody, upstream, "defer_connect = false\n", "");
+    let mut first = TestClient::connect(s.plain);
+    first.open_stream();
+    first.auth_plain(ALICE);
+    let connected = server_connections(&s);
+    let mut nested = TestClient::connect(s.plain);
+    nested.open_stream();
+    nested.send_raw("<a>".repeat(100));
+    nested.read_until_closed();
+    let (_bob, _) = TestClient::login(s.plain, BOB, "relayed");
+    assert_eq!(server_connections(&s), connected + 2);
+}

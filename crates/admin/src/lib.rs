@@ -227,6 +227,7 @@ async fn stats(State(state): State<AppState>) -> Json<Value> {
         "bytes": { "from_clients": n(&s.bytes_from_client), "from_server": n(&s.bytes_from_server) },
         "streams_closed_by_error": n(&s.streams_closed_by_error),
         "upstream_connect_failures": n(&s.upstream_connect_failures),
+        "streams_answered_before_connect": n(&s.streams_answered_before_connect),
         "tls_handshake_failures": n(&s.tls_handshake_failures),
         "tables": {
             "addresses": { "entries": limits.addresses, "cap": limits.address_cap, "evictions": limits.address_evictions },

@@ -37,6 +37,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "xmppwall_table_capacity",
     "xmppwall_table_evictions_total",
     "xmppwall_upstream_errors_total",
+    "xmppwall_streams_answered_before_connect_total",
     "xmppwall_tls_handshake_failures_total",
     "xmppwall_stanza_processing_seconds",
     "xmppwall_redis_up",
@@ -310,6 +311,13 @@ impl Collector for ProxyCollector {
                 (vec![("kind", "connect")], n(&s.upstream_connect_failures)),
                 (vec![("kind", "io")], n(&s.upstream_io_errors)),
             ],
+        )?;
+        counter(
+            &mut e,
+            "xmppwall_streams_answered_before_connect",
+            "Client streams xmppwall answered (header and features) before connecting to the server.",
+            None,
+            &[(vec![], n(&s.streams_answered_before_connect))],
         )?;
         counter(
             &mut e,

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use tokio_rustls::{LazyConfigAcceptor, TlsConnector};
 use tracing::{debug, info, warn};
 use xmppwall_xml::view::StartTag;
-use xmppwall_xml::{Framer, Token};
+use xmppwall_xml::Token;
 
 use crate::config::{Config, Listener, ListenerTls};
 use crate::io::{read_into, BoxIo, ByteCounts, Counted, Rewind};
@@ -444,30 +444,7 @@ impl Connection {
                 .await;
         }
         debug!(to = ?header.to, version = ?header.version, "client stream header");
-
-        let mut server = match self.connect_upstream().await {
-            Ok(s) => s,
-            Err(e) => {
-                Stats::add(&self.shared.stats.upstream_connect_failures, 1);
-                warn!(upstream = %self.config.upstream.address, error = %e, "cannot reach the server");
-                let error = StreamError::new(StreamCondition::RemoteConnectionFailed)
-                    .with_text("the server is not reachable");
-                return self
-                    .refuse_before_header(&mut client, Some(&header), error)
-                    .await;
-            }
-        };
-        let mut first =
-            proxy_header::header(self.config.upstream.proxy_protocol, self.peer, self.local);
-        first.extend_from_slice(&reader.buf[..header_len]);
-        reader.consume(header_len);
-        if let Err(e) = server.write_all(&first).await {
-            let error = StreamError::new(StreamCondition::RemoteConnectionFailed);
-            let _ = self
-                .refuse_before_header(&mut client, Some(&header), error)
-                .await;
-            return End::ServerIo(e);
-        }
+        let header_bytes = reader.buf.split_to(header_len);
 
         let conn = self.limiter.connection(&self.admission.ticket);
         let mut session = C2sSession::new(
@@ -487,13 +464,115 @@ impl Connection {
         if self.shared.cluster.get().is_some() {
             session.share_resources();
         }
+
+        // `[upstream] defer_connect`: answer the header with the features the server
+        // last offered for this domain, and connect only for a first element that
+        // passes. `first` is that element (or what the session made of it).
+        let domain = self.domain(Some(&header)).map(str::to_owned);
+        let template = match (&domain, self.config.upstream.defer_connect) {
+            (Some(domain), true) => self.shared.feature_templates.get(domain),
+            _ => None,
+        };
+        let mut first_element: Option<Vec<u8>> = None;
+        if let Some(template) = template {
+            match self
+                .answer_header(
+                    &mut client,
+                    &mut reader,
+                    &mut session,
+                    domain.as_deref(),
+                    &template,
+                )
+                .await
+            {
+                Ok(element) => first_element = Some(element),
+                Err(end) => return end,
+            }
+        }
+        let answered = first_element.is_some();
+
+        let mut server = match self.connect_upstream().await {
+            Ok(s) => s,
+            Err(e) => {
+                Stats::add(&self.shared.stats.upstream_connect_failures, 1);
+                warn!(upstream = %self.config.upstream.address, error = %e, "cannot reach the server");
+                let error = StreamError::new(StreamCondition::RemoteConnectionFailed)
+                    .with_text("the server is not reachable");
+                if answered {
+                    let bytes = session.stream_error_bytes(&error, domain.as_deref());
+                    return self.refuse(&mut client, bytes, error.condition).await;
+                }
+                return self
+                    .refuse_before_header(&mut client, Some(&header), error)
+                    .await;
+            }
+        };
+        let mut first =
+            proxy_header::header(self.config.upstream.proxy_protocol, self.peer, self.local);
+        first.extend_from_slice(&header_bytes);
+        if let Err(e) = server.write_all(&first).await {
+            let error = StreamError::new(StreamCondition::RemoteConnectionFailed);
+            if answered {
+                let bytes = session.stream_error_bytes(&error, domain.as_deref());
+                let _ = self.refuse(&mut client, bytes, error.condition).await;
+            } else {
+                let _ = self
+                    .refuse_before_header(&mut client, Some(&header), error)
+                    .await;
+            }
+            return End::ServerIo(e);
+        }
+        let mut server_reader = FrameReader::new(server_limits(&budgets));
+        if let Some(element) = first_element {
+            // The client has its header and features already: the server's are read
+            // here, not relayed (they refresh the template), and the element goes on.
+            match self
+                .absorb_server_answer(
+                    &mut server,
+                    &mut server_reader,
+                    &mut session,
+                    domain.as_deref(),
+                )
+                .await
+            {
+                Ok(None) => {}
+                Ok(Some(unexpected)) => {
+                    let _ = client.write_all(&unexpected).await;
+                    let _ = client.shutdown().await;
+                    return End::ServerClosed;
+                }
+                Err(end) => {
+                    let error = StreamError::new(StreamCondition::RemoteConnectionFailed)
+                        .with_text("the server did not answer the stream");
+                    let bytes = session.stream_error_bytes(&error, domain.as_deref());
+                    let _ = self.refuse(&mut client, bytes, error.condition).await;
+                    return end;
+                }
+            }
+            if let Err(e) = server.write_all(&element).await {
+                let error = StreamError::new(StreamCondition::RemoteConnectionFailed);
+                let bytes = session.stream_error_bytes(&error, domain.as_deref());
+                let _ = self.refuse(&mut client, bytes, error.condition).await;
+                return End::ServerIo(e);
+            }
+            Stats::add(&self.shared.stats.stanzas_to_server, 1);
+        }
+
         let session = Mutex::new(session);
         let registration =
             self.shared
                 .sessions
                 .register(self.id, self.peer, "c2s", header.to.clone());
         let end = self
-            .relay(client, server, reader, &session, header, registration)
+            .relay(
+                client,
+                server,
+                reader,
+                server_reader,
+                &session,
+                header,
+                registration,
+            )
             .await;
         *self
             .traffic
@@ -501,6 +580,151 @@ impl Connection {
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = lock(&session).identity().map(str::to_owned);
         end
+    }
+
+    /// Answers the client's stream header without the server (RFC 6120 §4.3.2: a
+    /// response header, then the features, here the server's last ones for this
+    /// domain as the session rewrites them), then reads the client's frames until an
+    /// element the session would send the server. Returns the bytes to send the
+    /// server for it; anything that ends the stream before that ends it here, and the
+    /// server never hears of the connection.
+    async fn answer_header(
+        &mut self,
+        client: &mut BoxIo,
+        reader: &mut FrameReader,
+        session: &mut C2sSession,
+        domain: Option<&str>,
+        template: &[u8],
+    ) -> Result<Vec<u8>, End> {
+        let now = Instant::now().into_std();
+        let header = session::response_header(domain, &session::new_stream_id());
+        // The session sees this header (after its XML declaration) and these
+        // features as the server's.
+        let open = header
+            .windows(2)
+            .position(|w| w == b"?>")
+            .map_or(0, |p| p + 2);
+        let _ = session.on_server_frame(Token::StreamOpen, &header[open..], now);
+        let mut out = header;
+        match session.on_server_frame(Token::Element, template, now) {
+            ServerAction::Rewrite(features) => out.extend_from_slice(&features),
+            _ => out.extend_from_slice(template),
+        }
+        if let Err(e) = client.write_all(&out).await {
+            return Err(End::ClientIo(e));
+        }
+        Stats::add(&self.shared.stats.streams_answered_before_connect, 1);
+        loop {
+            let outcome = reader
+                .next(client, 0, self.preauth_deadline, &mut self.shutdown)
+                .await;
+            let (token, len) = match outcome {
+                ReadOutcome::Frame(token, len) => (token, len),
+                ReadOutcome::Closed => return Err(End::ClientClosed),
+                other => return Err(self.end_before_relay(client, other, true).await),
+            };
+            match token {
+                Token::Whitespace => reader.consume(len),
+                Token::StreamClose => {
+                    let _ = client.write_all(b"</stream:stream>").await;
+                    let _ = client.shutdown().await;
+                    return Err(End::ClientClosed);
+                }
+                Token::XmlDeclaration | Token::StreamOpen => {
+                    let error = StreamError::new(StreamCondition::BadFormat);
+                    let bytes = session.stream_error_bytes(&error, domain);
+                    return Err(self.refuse(client, bytes, error.condition).await);
+                }
+                Token::Element => {
+                    let action = session.on_client_frame(
+                        token,
+                        &reader.buf[..len],
+                        Instant::now().into_std(),
+                    );
+                    let element = reader.buf[..len].to_vec();
+                    reader.consume(len);
+                    match action {
+                        ClientAction::Forward | ClientAction::ReserveResource { .. } => {
+                            return Ok(element)
+                        }
+                        ClientAction::ForwardRewritten(rewritten) => return Ok(rewritten),
+                        ClientAction::Reply(reply) => {
+                            Stats::add(&self.shared.stats.stanzas_bounced, 1);
+                            if let Err(e) = client.write_all(&reply).await {
+                                return Err(End::ClientIo(e));
+                            }
+                        }
+                        ClientAction::Drop => {}
+                        ClientAction::Close(error) => {
+                            Stats::add(&self.shared.stats.to_server_closed, 1);
+                            let bytes = session.stream_error_bytes(&error, domain);
+                            return Err(self.refuse(client, bytes, error.condition).await);
+                        }
+                        ClientAction::CloseWith(bytes) => {
+                            let _ = self
+                                .refuse(client, bytes, StreamCondition::UndefinedCondition)
+                                .await;
+                            return Err(End::RefusedOther);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads the server's answer to a replayed stream header (declaration, header,
+    /// features) without relaying it: the client was answered already. What follows
+    /// the features stays in `reader` for the relay.
+    async fn absorb_server_answer(
+        &mut self,
+        server: &mut BoxIo,
+        reader: &mut FrameReader,
+        session: &mut C2sSession,
+        domain: Option<&str>,
+    ) -> Result<Option<Vec<u8>>, End> {
+        let deadline = Instant::now() + self.config.upstream.connect_timeout;
+        loop {
+            let outcome = reader.next(server, 0, deadline, &mut self.shutdown).await;
+            let (token, len) = match outcome {
+                ReadOutcome::Frame(token, len) => (token, len),
+                ReadOutcome::Io(e) => return Err(End::ServerIo(e)),
+                ReadOutcome::Closed => return Err(End::ServerClosed),
+                ReadOutcome::Shutdown => return Err(End::Shutdown),
+                ReadOutcome::TimedOut => {
+                    return Err(End::ServerIo(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "no stream features from the server",
+                    )))
+                }
+                ReadOutcome::Framing(e) => return Err(End::ServerIo(io::Error::other(e))),
+            };
+            match token {
+                Token::XmlDeclaration | Token::Whitespace => reader.consume(len),
+                Token::StreamOpen => {
+                    let _ = session.on_server_frame(
+                        token,
+                        &reader.buf[..len],
+                        Instant::now().into_std(),
+                    );
+                    reader.consume(len);
+                }
+                Token::Element if is_stream_features(&reader.buf[..len]) => {
+                    if let Some(domain) = domain {
+                        self.shared
+                            .feature_templates
+                            .set(domain, &reader.buf[..len]);
+                    }
+                    reader.consume(len);
+                    return Ok(None);
+                }
+                // Anything else (a stream error): the client gets it as it is.
+                Token::Element | Token::StreamClose => {
+                    let bytes = reader.buf[..len].to_vec();
+                    reader.consume(len);
+                    return Ok(Some(bytes));
+                }
+            }
+        }
     }
 
     /// Counts a refused stanza and keeps it in the ring of recent verdicts.
@@ -559,11 +783,13 @@ impl Connection {
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))?
     }
 
+    #[allow(clippy::too_many_arguments)] // both sides with their readers, the session's parts
     async fn relay(
         &self,
         client: BoxIo,
         server: BoxIo,
         client_reader: FrameReader,
+        server_reader: FrameReader,
         session: &Mutex<C2sSession>,
         header: ClientHeader,
         registration: Registration<'_>,
@@ -584,6 +810,7 @@ impl Connection {
         let s2c = self.server_to_client(
             server_rd,
             client_wr,
+            server_reader,
             session,
             from_c2s,
             to_server,
@@ -821,23 +1048,21 @@ impl Connection {
         &self,
         mut rd: ReadHalf<BoxIo>,
         mut wr: WriteHalf<BoxIo>,
+        reader: FrameReader,
         session: &Mutex<C2sSession>,
         mut from_c2s: mpsc::Receiver<ToClient>,
         to_server: mpsc::Sender<Vec<u8>>,
         header: &ClientHeader,
         live: &LiveSession,
     ) -> End {
-        let budgets = self.config.limits.framer_budgets();
         let stats = &self.shared.stats;
-        // The server is trusted to send well-formed XML, but not to send unbounded
-        // elements: the post-authentication limits apply in both directions, with
-        // room for roster results and MAM pages, which may legitimately be large.
-        let mut framer = Framer::new(xmppwall_xml::Limits {
-            max_element_bytes: budgets.after.max_element_bytes.max(SERVER_ELEMENT_BYTES),
-            max_elements: budgets.after.max_elements.max(SERVER_ELEMENTS),
-            ..budgets.after
-        });
-        let mut buf = BytesMut::new();
+        let FrameReader {
+            mut framer,
+            mut buf,
+        } = reader;
+        // Bytes the server sent after its features, read before the relay started.
+        let mut buffered = !buf.is_empty();
+        let mut template_seen = false;
         let mut shutdown = self.shutdown.clone();
         let mut c2s_done = false;
         loop {
@@ -875,13 +1100,20 @@ impl Connection {
                         None => c2s_done = true,
                     }
                 }
-                read = read_into(&mut rd, &mut buf) => {
+                read = async {
+                    if std::mem::take(&mut buffered) {
+                        Ok(None)
+                    } else {
+                        read_into(&mut rd, &mut buf).await.map(Some)
+                    }
+                } => {
                     match read {
-                        Ok(0) => {
+                        Ok(None) => {}
+                        Ok(Some(0)) => {
                             let _ = wr.shutdown().await;
                             return End::ServerClosed;
                         }
-                        Ok(n) => {
+                        Ok(Some(n)) => {
                             Stats::add(&stats.bytes_from_server, n as u64);
                             LiveSession::add(&live.bytes_to_client, n as u64);
                         }
@@ -912,6 +1144,16 @@ impl Connection {
                             }
                         };
                         let bytes = &buf[pos..pos + frame.len];
+                        if !template_seen && frame.token == Token::Element && is_stream_features(bytes) {
+                            // The features of a first stream: what the next client
+                            // is answered with before its server connection exists.
+                            template_seen = true;
+                            if !lock(session).is_authenticated() {
+                                if let Some(domain) = self.domain(Some(header)) {
+                                    self.shared.feature_templates.set(domain, bytes);
+                                }
+                            }
+                        }
                         let (action, sasl, restart) = {
                             let mut s = lock(session);
                             let action = s.on_server_frame(frame.token, bytes, Instant::now().into_std());
@@ -1082,4 +1324,58 @@ async fn close_both(
 /// matters more than the panic itself, so a poisoned lock is simply taken.
 fn lock(session: &Mutex<C2sSession>) -> MutexGuard<'_, C2sSession> {
     session.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The framer limits for what the server sends. The server is trusted to send
+/// well-formed XML, but not unbounded elements: the post-authentication limits apply
+/// in both directions, with room for roster results and MAM pages, which may
+/// legitimately be large.
+fn server_limits(budgets: &session::FramerBudgets) -> xmppwall_xml::Limits {
+    xmppwall_xml::Limits {
+        max_element_bytes: budgets.after.max_element_bytes.max(SERVER_ELEMENT_BYTES),
+        max_elements: budgets.after.max_elements.max(SERVER_ELEMENTS),
+        ..budgets.after
+    }
+}
+
+/// Whether `element` is `<stream:features>` with the `stream` prefix xmppwall's own
+/// response header declares (so that it can follow that header unchanged).
+fn is_stream_features(element: &[u8]) -> bool {
+    element
+        .strip_prefix(b"<stream:features")
+        .and_then(|rest| rest.first())
+        .is_some_and(|b| matches!(b, b'>' | b'/' | b' ' | b'\t' | b'\r' | b'\n'))
+}
+
+/// The most domains a template is kept for (without `domains`, any `to` is accepted).
+const MAX_FEATURE_TEMPLATES: usize = 256;
+
+/// The stream features the server last offered on a first stream, per domain: what a
+/// new client is answered with before its server connection exists
+/// (`[upstream] defer_connect`). Refreshed by every stream that reaches the server.
+#[derive(Debug, Default)]
+pub struct FeatureTemplates(Mutex<std::collections::HashMap<String, Arc<[u8]>>>);
+
+impl FeatureTemplates {
+    pub fn get(&self, domain: &str) -> Option<Arc<[u8]>> {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&domain.to_ascii_lowercase()).cloned()
+    }
+
+    pub fn set(&self, domain: &str, features: &[u8]) {
+        let domain = domain.to_ascii_lowercase();
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if map.get(&domain).is_some_and(|old| **old == *features) {
+            return;
+        }
+        if map.len() >= MAX_FEATURE_TEMPLATES && !map.contains_key(&domain) {
+            map.clear();
+        }
+        map.insert(domain, Arc::from(features));
+    }
+
+    /// Forgets every template (a reload may point at another server).
+    pub fn clear(&self) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
 }

@@ -100,6 +100,11 @@ pub struct Upstream {
     pub proxy_protocol: ProxyProtocol,
     pub connect_timeout: Duration,
     pub tls: Option<UpstreamTls>,
+    /// Answer a client's first stream header and features without the server (from
+    /// the features the server last sent for that domain) and connect only when the
+    /// client sends an element that passes: streams that never get that far (floods,
+    /// malformed XML) never reach the server. `[upstream] defer_connect`.
+    pub defer_connect: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -595,6 +600,7 @@ impl Checker<'_> {
                     proxy_protocol: u.proxy_protocol.unwrap_or(ProxyProtocol::None),
                     connect_timeout,
                     tls,
+                    defer_connect: u.defer_connect.unwrap_or(true),
                 })
             }
         };
@@ -767,6 +773,7 @@ impl Checker<'_> {
                 proxy_protocol: ProxyProtocol::None,
                 connect_timeout: Duration::from_secs(5),
                 tls: None,
+                defer_connect: true,
             }),
             listeners,
             tls,
@@ -1494,6 +1501,7 @@ struct RawUpstream {
     proxy_protocol: Option<ProxyProtocol>,
     connect_timeout: Option<Spanned<String>>,
     tls: Option<RawUpstreamTls>,
+    defer_connect: Option<bool>,
 }
 
 #[derive(Deserialize)]

@@ -63,6 +63,8 @@ pub struct Shared {
     /// The nftables set address bans are exported to (`[store.nftables]`), once
     /// [`serve`] started it.
     pub nftables: Arc<std::sync::OnceLock<crate::nftables::Nftables>>,
+    /// The server's stream features per domain, answered before connecting.
+    pub feature_templates: crate::c2s::FeatureTemplates,
     shutdown: watch::Sender<bool>,
     next_id: AtomicU64,
 }
@@ -120,6 +122,7 @@ impl Shared {
             sessions: crate::sessions::Registry::default(),
             bans: Arc::new(Bans::default()),
             recorder: std::sync::OnceLock::new(),
+            feature_templates: crate::c2s::FeatureTemplates::default(),
             shutdown: watch::channel(false).0,
             next_id: AtomicU64::new(1),
         }))
@@ -589,6 +592,9 @@ impl Shared {
             warn!("[store] changes take effect only after a restart");
         }
         self.upstream_tls.store(Arc::new(upstream));
+        if old.upstream != config.upstream {
+            self.feature_templates.clear();
+        }
         let limiter = self
             .limiter
             .load()

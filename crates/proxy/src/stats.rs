@@ -22,6 +22,9 @@ pub struct Stats {
     pub stanzas_bounced: AtomicU64,
     pub streams_closed_by_error: AtomicU64,
     pub upstream_connect_failures: AtomicU64,
+    /// Client streams answered with a stream header and features before any server
+    /// connection existed (`[upstream] defer_connect`).
+    pub streams_answered_before_connect: AtomicU64,
     pub tls_handshake_failures: AtomicU64,
     /// How connections ended, indexed by [`Outcome`].
     pub outcomes: [AtomicU64; Outcome::ALL.len()],
