@@ -76,6 +76,10 @@ pub struct AttackArgs {
     /// Messages per second each legitimate sender writes.
     #[arg(long, default_value_t = 10)]
     pub rate: u32,
+    /// Words of ordinary text added to each legitimate message's body after its time
+    /// stamp (for policies that read bodies: bench/policy).
+    #[arg(long, default_value_t = 0)]
+    pub body_words: usize,
     /// The password of every account the run logs in with.
     #[arg(long, default_value = "secret")]
     pub password: String,
@@ -222,10 +226,13 @@ pub async fn run(args: AttackArgs) -> anyhow::Result<()> {
     }
     tokio::time::sleep(Duration::from_micros(window.start_us)).await;
 
-    let cpu_before: Vec<u64> = args
-        .processes
+    // This process (the legitimate users and the attacker) is measured too: on a
+    // shared machine its CPU and its wait for one explain latencies.
+    let mut processes = args.processes.clone();
+    processes.push(("loadgen".to_owned(), std::process::id()));
+    let cpu_before: Vec<(u64, u64)> = processes
         .iter()
-        .map(|(_, pid)| procfs::cpu_ns(*pid))
+        .map(|(_, pid)| (procfs::cpu_ns(*pid), procfs::wait_ns(*pid)))
         .collect();
     let attack_end = Instant::now() + Duration::from_secs(args.seconds);
     let sampler = {
@@ -252,25 +259,29 @@ pub async fn run(args: AttackArgs) -> anyhow::Result<()> {
     // task queue: the latencies measured are the server's, not the generator's.
     let attacker_thread = {
         let (attack, args) = (attack.clone(), args.clone());
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()?;
-            runtime.block_on(run_attack(attack, args, attack_end));
-            runtime.shutdown_timeout(Duration::from_secs(2));
-            anyhow::Ok(())
-        })
+        std::thread::Builder::new()
+            .name("attacker".into())
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .thread_name("attacker")
+                    .enable_all()
+                    .build()?;
+                let before = procfs::threads_named("attacker");
+                runtime.block_on(run_attack(attack, args, attack_end));
+                let after = procfs::threads_named("attacker");
+                runtime.shutdown_timeout(Duration::from_secs(2));
+                anyhow::Ok((after.0 - before.0, after.1 - before.1))
+            })?
     };
     tokio::time::sleep_until(attack_end.into()).await;
     window.end_us.store(window.now_us(), Ordering::Relaxed);
-    let cpu_after: Vec<u64> = args
-        .processes
+    let cpu_after: Vec<(u64, u64)> = processes
         .iter()
-        .map(|(_, pid)| procfs::cpu_ns(*pid))
+        .map(|(_, pid)| (procfs::cpu_ns(*pid), procfs::wait_ns(*pid)))
         .collect();
     // Attack tasks stop at the deadline.
-    tokio::task::spawn_blocking(move || attacker_thread.join())
+    let (attacker_cpu, _) = tokio::task::spawn_blocking(move || attacker_thread.join())
         .await?
         .map_err(|_| anyhow::anyhow!("the attack thread panicked"))??;
     let _ = prober.await;
@@ -330,17 +341,27 @@ pub async fn run(args: AttackArgs) -> anyhow::Result<()> {
     r.set("attack_units", attack.units.load(Ordering::Relaxed));
     r.set("attack_accepted", attack.accepted.load(Ordering::Relaxed));
     let window_s = (window.end_us.load(Ordering::Relaxed) - window.start_us) as f64 / 1e6;
-    for (i, (name, _)) in args.processes.iter().enumerate() {
-        let cpu = cpu_after[i].saturating_sub(cpu_before[i]) as f64 / 1e9;
+    for (i, (name, _)) in processes.iter().enumerate() {
+        let cpu = cpu_after[i].0.saturating_sub(cpu_before[i].0) as f64 / 1e9;
+        let wait = cpu_after[i].1.saturating_sub(cpu_before[i].1) as f64 / 1e9;
         r.set(
             &format!("{name}_cpu_pct"),
             format!("{:.1}", 100.0 * cpu / window_s),
         );
+        // Time its threads were runnable but waited for a CPU, as % of the window
+        // (summed over threads, so it may pass 100).
         r.set(
-            &format!("{name}_rss_kib"),
-            peaks.get(i).copied().unwrap_or(0),
+            &format!("{name}_wait_pct"),
+            format!("{:.1}", 100.0 * wait / window_s),
         );
+        if let Some(peak) = peaks.get(i) {
+            r.set(&format!("{name}_rss_kib"), peak);
+        }
     }
+    r.set(
+        "attacker_thread_cpu_pct",
+        format!("{:.1}", 100.0 * attacker_cpu as f64 / 1e9 / window_s),
+    );
     r.emit(args.results.as_deref())
 }
 
@@ -376,6 +397,15 @@ async fn send(
             }
         })
     };
+    // Ordinary words (none of them a keyword of bench/policy's lists).
+    const WORDS: &[&str] = &[
+        "hello", "how", "are", "you", "today", "see", "the", "meeting", "at", "noon", "and",
+        "bring", "coffee", "thanks", "for", "photos", "will", "call", "later", "tonight",
+    ];
+    let filler: String = (0..args.body_words)
+        .map(|i| WORDS[(i * 7 + to) % WORDS.len()])
+        .collect::<Vec<_>>()
+        .join(" ");
     while !stop.load(Ordering::Relaxed) {
         tick.tick().await;
         let t = window.now_us();
@@ -383,7 +413,7 @@ async fn send(
             break;
         }
         let message = format!(
-            "<message to='legit{to}@{DOMAIN}' type='chat' id='{t}'><body>{t}</body></message>"
+            "<message to='legit{to}@{DOMAIN}' type='chat' id='{t}'><body>{t} {filler}</body></message>"
         );
         if wr.write_all(message.as_bytes()).await.is_err() {
             legit.disconnected.fetch_add(1, Ordering::Relaxed);

@@ -54,6 +54,36 @@ pub fn fds(pid: u32) -> anyhow::Result<usize> {
 /// Threads and processes that already exited are not counted, so sample while the
 /// connections are open.
 pub fn cpu_ns(root: u32) -> u64 {
+    tree_schedstat(root, 0)
+}
+
+/// Time in nanoseconds `root` and its descendants' threads spent runnable but waiting
+/// for a CPU (the second field of schedstat): how much they were starved.
+pub fn wait_ns(root: u32) -> u64 {
+    tree_schedstat(root, 1)
+}
+
+/// CPU time and run-queue wait, in nanoseconds, of this process's threads named `name`.
+pub fn threads_named(name: &str) -> (u64, u64) {
+    let Ok(tasks) = fs::read_dir("/proc/self/task") else {
+        return (0, 0);
+    };
+    let mut total = (0, 0);
+    for t in tasks.flatten() {
+        let comm = fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        if comm.trim_end() != name {
+            continue;
+        }
+        let s = fs::read_to_string(t.path().join("schedstat")).unwrap_or_default();
+        let mut f = s.split_whitespace().map(|v| v.parse::<u64>().unwrap_or(0));
+        total.0 += f.next().unwrap_or(0);
+        total.1 += f.next().unwrap_or(0);
+    }
+    total
+}
+
+/// Field `field` of schedstat summed over `root`'s process tree and threads.
+fn tree_schedstat(root: u32, field: usize) -> u64 {
     let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
     if let Ok(entries) = fs::read_dir("/proc") {
         for entry in entries.flatten() {
@@ -76,7 +106,7 @@ pub fn cpu_ns(root: u32) -> u64 {
         if !seen.insert(pid) {
             continue;
         }
-        total += threads_cpu_ns(pid);
+        total += threads_schedstat(pid, field);
         if let Some(c) = children.get(&pid) {
             stack.extend(c);
         }
@@ -91,14 +121,15 @@ fn parent(pid: u32) -> Option<u32> {
     after.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// The first field of schedstat is time spent on the CPU, in nanoseconds.
-fn threads_cpu_ns(pid: u32) -> u64 {
+/// Field `field` of schedstat (0: time on the CPU, 1: time waiting for one), in
+/// nanoseconds, summed over `pid`'s threads.
+fn threads_schedstat(pid: u32, field: usize) -> u64 {
     let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
         return 0;
     };
     tasks
         .flatten()
         .filter_map(|t| fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .filter_map(|s| s.split_whitespace().nth(field)?.parse::<u64>().ok())
         .sum()
 }
