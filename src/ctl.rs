@@ -416,6 +416,21 @@ fn stats_table(v: &Value) -> String {
         ],
         vec!["connections open".into(), s(&v["connections"]["open"])],
         vec!["sessions".into(), s(&v["connections"]["sessions"])],
+    ];
+    if let Some(fronts) = v["connections"]["by_front"].as_object() {
+        for (front, c) in fronts {
+            rows.push(vec![
+                format!("{front} accepted/open/sessions"),
+                format!(
+                    "{}/{}/{}",
+                    s(&c["accepted"]),
+                    s(&c["open"]),
+                    s(&c["sessions"])
+                ),
+            ]);
+        }
+    }
+    rows.extend([
         vec!["sasl successes".into(), s(&v["sasl"]["successes"])],
         vec!["sasl failures".into(), s(&v["sasl"]["failures"])],
         vec!["stanzas to server".into(), s(&v["stanzas"]["to_server"])],
@@ -443,7 +458,7 @@ fn stats_table(v: &Value) -> String {
                 s(&v["tables"]["accounts"]["evictions"])
             ),
         ],
-    ];
+    ]);
     if let Some(hits) = v["limit_hits"].as_object() {
         for (k, n) in hits.iter().filter(|(_, n)| n.as_u64() != Some(0)) {
             rows.push(vec![format!("limit {k}"), s(n)]);
@@ -462,10 +477,18 @@ fn sessions_table(v: &Value) -> String {
     let rows: Vec<Vec<String>> = list(v, "sessions")
         .iter()
         .map(|x| {
+            // A server-to-server or component stream shows its peer domains.
+            let who = match (&x["jid"], list(x, "domains")) {
+                (Value::Null, domains) if !domains.is_empty() => {
+                    domains.iter().map(s).collect::<Vec<_>>().join(",")
+                }
+                (jid, _) => s(jid),
+            };
             vec![
                 s(&x["id"]),
+                s(&x["front"]),
                 s(&x["peer"]),
-                s(&x["jid"]),
+                who,
                 s(&x["to"]),
                 format!("{}s", s(&x["duration_seconds"])),
                 format!(
@@ -484,8 +507,9 @@ fn sessions_table(v: &Value) -> String {
     table(
         &[
             "ID",
+            "FRONT",
             "PEER",
-            "JID",
+            "JID/DOMAINS",
             "TO",
             "AGE",
             "STANZAS IN/OUT",

@@ -290,7 +290,7 @@ fn log_stats(shared: &server::Shared) {
     let n = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
     info!(
         open_connections = s.open_connections(),
-        accepted = n(&s.connections_accepted),
+        accepted = s.accepted_total(),
         sasl_successes = n(&s.sasl_successes),
         sasl_failures = n(&s.sasl_failures),
         stanzas_to_server = n(&s.stanzas_to_server),

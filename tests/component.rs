@@ -2,26 +2,36 @@
 //! component (slixmpp's ComponentXMPP) exchanges stanzas through xmppwall with rules
 //! dropping one kind of stanza in each direction; a raw component that spoofs its
 //! `from`, gets the secret wrong or names an unknown domain gets the stream error of
-//! RFC 6120 §4.9.3 on the wire.
+//! RFC 6120 §4.9.3 on the wire. The admin API lists component streams, kicks one
+//! with a chosen stream error and records its traffic in the audit trail.
 
 mod support;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use serde_json::{json, Value};
 use support::client::TestClient;
+use support::http::request;
 use support::ports::free_loopback_addr;
+use support::process::wait_until;
 use support::slixmpp::{Slixmpp, COMPONENT_READY_LINE};
+use support::sqlite::rows;
 use support::xml;
-use support::{Prosody, ProsodyOptions, Xmppwall, ALICE};
+use support::{Prosody, ProsodyOptions, Xmppwall, ALICE, IO_TIMEOUT};
 
 const COMPONENT: &str = "bot.example.test";
 const SECRET: &str = "component-secret-9";
+const TOKEN: &str = "component-admin-token-0123456789";
 
 struct Setup {
     wall: Xmppwall,
     front: SocketAddr,
     prosody: Prosody,
+    admin: SocketAddr,
+    /// The store file (the audit trail).
+    db: std::path::PathBuf,
+    _state: tempfile::TempDir,
 }
 
 impl Setup {
@@ -33,9 +43,22 @@ impl Setup {
             ..ProsodyOptions::default()
         });
         let front = free_loopback_addr();
+        let admin = free_loopback_addr();
+        let state = tempfile::Builder::new()
+            .prefix("xmppwall-test-state-")
+            .tempdir()
+            .expect("a state directory");
+        let db = state.path().join("xmppwall.db");
         let config = format!(
             r#"
 domains = ["example.test"]
+
+[admin]
+listen = "{admin}"
+token = "{TOKEN}"
+
+[store]
+path = "{db}"
 
 [upstream]
 address = "{c2s}"
@@ -55,13 +78,35 @@ secret = "{SECRET}"
 "#,
             c2s = prosody.c2s,
             component = prosody.component,
+            db = db.display(),
         );
         let wall = Xmppwall::start(&config);
         Setup {
             wall,
             front,
             prosody,
+            admin,
+            db,
+            _state: state,
         }
+    }
+
+    /// A GET on the admin API, as JSON.
+    fn get(&self, path: &str) -> Value {
+        let a = request(self.admin, "GET", path, Some(TOKEN), None);
+        assert_eq!(a.status, 200, "GET {path}: {}", a.body);
+        a.json()
+    }
+
+    fn sessions(&self, query: &str) -> Vec<Value> {
+        self.get(&format!("/v1/sessions{query}"))["sessions"]
+            .as_array()
+            .expect("sessions")
+            .clone()
+    }
+
+    fn scrape(&self) -> String {
+        request(self.admin, "GET", "/metrics", Some(TOKEN), None).body
     }
 
     /// A raw component stream through xmppwall: header sent, the server's header read.
@@ -173,6 +218,16 @@ fn real_component_exchanges_stanzas_with_one_kind_dropped_each_way() {
             .iter()
             .all(|m| xml::root_attr(m, "type").as_deref() == Some("chat")),
         "a headline from the component passed: {received:#?}"
+    );
+    // The real component's stream is in the session registry under its front and
+    // domain, with what it relayed counted.
+    let listed = setup.sessions(&format!("?domain={COMPONENT}"));
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["front"], json!("component"), "{listed:?}");
+    assert_eq!(listed[0]["domains"], json!([COMPONENT]), "{listed:?}");
+    assert!(
+        listed[0]["stanzas_from_client"].as_u64() >= Some(2),
+        "{listed:?}"
     );
     component.assert_success(Duration::from_secs(30));
     let log = setup.wall.log();
@@ -301,5 +356,118 @@ fn component_over_its_domain_rate_and_recipient_limit_gets_xep_0205_errors() {
     assert!(
         !log.contains("id='m3'") && !log.contains("id='m5'"),
         "a refused stanza reached the server"
+    );
+}
+
+/// One series' value in a Prometheus scrape.
+fn metric(scrape: &str, series: &str) -> f64 {
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("no series {series} in the scrape:\n{scrape}"))
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("{series}: {e}"))
+}
+
+#[test]
+fn admin_lists_a_component_stream_kicks_it_with_the_chosen_error_and_audits_its_traffic() {
+    let setup = Setup::start("");
+    let mut c = setup.authenticated_component();
+    // A stanza each way: a version query to the server, its answer back.
+    c.send_raw(format!(
+        "<iq type='get' id='v1' from='{COMPONENT}' to='example.test'>\
+         <query xmlns='jabber:iq:version'/></iq>"
+    ));
+    let answer = c.read_element();
+    assert_eq!(
+        xml::root_attr(&answer, "id").as_deref(),
+        Some("v1"),
+        "{answer}"
+    );
+
+    let listed = setup.sessions("");
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let s = &listed[0];
+    assert_eq!(s["front"], json!("component"), "{s}");
+    assert_eq!(s["domains"], json!([COMPONENT]), "{s}");
+    assert_eq!(s["to"], json!(COMPONENT), "{s}");
+    assert_eq!(s["jid"], Value::Null, "{s}");
+    // The handshake and the query each way.
+    assert!(s["stanzas_from_client"].as_u64() >= Some(2), "{s}");
+    assert!(s["stanzas_to_client"].as_u64() >= Some(2), "{s}");
+    assert!(s["bytes_from_client"].as_u64() > Some(0), "{s}");
+    let id = s["id"].as_u64().expect("id");
+    // Every filter that applies finds it; one that does not, nothing.
+    assert_eq!(setup.sessions(&format!("?domain={COMPONENT}")).len(), 1);
+    assert_eq!(setup.sessions(&format!("?jid={COMPONENT}")).len(), 1);
+    assert_eq!(setup.sessions("?ip=127.0.0.0/8").len(), 1);
+    assert_eq!(setup.sessions("?domain=other.example.test").len(), 0);
+    assert_eq!(setup.sessions("?ip=192.0.2.1").len(), 0);
+
+    let scrape = setup.scrape();
+    assert_eq!(
+        metric(&scrape, r#"xmppwall_sessions_live{front="component"}"#),
+        1.0
+    );
+    assert_eq!(
+        metric(&scrape, r#"xmppwall_connections_open{front="component"}"#),
+        1.0
+    );
+    assert_eq!(
+        metric(&scrape, r#"xmppwall_sessions_live{front="c2s"}"#),
+        0.0
+    );
+    assert_eq!(
+        metric(&scrape, r#"xmppwall_connections_open{front="c2s"}"#),
+        0.0
+    );
+
+    let kicked = request(
+        setup.admin,
+        "POST",
+        &format!("/v1/sessions/{id}/kick"),
+        Some(TOKEN),
+        Some(r#"{"condition":"conflict","text":"replaced by the operator"}"#),
+    );
+    assert_eq!(kicked.status, 200, "{}", kicked.body);
+    // RFC 6120 §4.9.1.1: the stream error, then the closing tag, and nothing after.
+    let rest = c.read_until_closed();
+    assert_eq!(
+        rest,
+        "<stream:error><conflict xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>\
+         <text xmlns='urn:ietf:params:xml:ns:xmpp-streams' xml:lang='en'>replaced by the operator</text>\
+         </stream:error></stream:stream>"
+    );
+
+    // Counted once the connection has ended (after it left the registry).
+    let series = r#"xmppwall_connections_total{front="component",outcome="stream_error"}"#;
+    let scrape = wait_until(IO_TIMEOUT, "the kicked stream counted as ended", || {
+        let scrape = setup.scrape();
+        (metric(&scrape, series) == 1.0).then_some(scrape)
+    });
+    assert!(setup.sessions("").is_empty());
+    assert_eq!(
+        metric(&scrape, r#"xmppwall_sessions_live{front="component"}"#),
+        0.0
+    );
+    assert_eq!(
+        metric(&scrape, r#"xmppwall_connections_open{front="component"}"#),
+        0.0
+    );
+
+    // (The harness's readiness probe left a row of its own, without a domain.)
+    let audit = wait_until(IO_TIMEOUT, "the connection's audit row", || {
+        let r = rows(
+            &setup.db,
+            "SELECT jid, front, bytes_from_client > 0, bytes_to_client > 0, \
+             stanzas_to_server >= 2, stanzas_to_client >= 2, end_reason FROM connections \
+             WHERE jid IS NOT NULL",
+        );
+        (!r.is_empty()).then_some(r)
+    });
+    assert_eq!(
+        audit,
+        [[COMPONENT, "component", "1", "1", "1", "1", "conflict"]]
     );
 }

@@ -5,7 +5,8 @@
 //! spoofs its `from` after authenticating with a real dialback key, and the egress
 //! finding the remote server by static route, by SRV records from a real DNS server
 //! (dnsmasq), or through a SOCKS5 proxy, each asserted on the wire; and ejabberd
-//! federating with Prosody, both behind xmppwall in both directions.
+//! federating with Prosody, both behind xmppwall in both directions. The admin API
+//! lists s2s streams by their authenticated domain and kicks them.
 
 mod support;
 
@@ -14,6 +15,7 @@ use std::process::Command;
 
 use support::client::{tls_client_config, TestClient, TlsVersions};
 use support::ejabberd::EjabberdOptions;
+use support::http::request;
 use support::ports::free_loopback_addr;
 use support::xml;
 use support::{Ejabberd, Prosody, ProsodyOptions, TestCert, Xmppwall, ALICE, BOB, DOMAIN};
@@ -171,7 +173,11 @@ default = {{ cert = "{cert}", key = "{key}" }}
     /// A raw remote server on the s2s front, past STARTTLS, with the features
     /// relayed from the local server; returns it and the stream id to sign.
     fn raw_peer(&self, from: &str) -> (TestClient, String) {
-        let mut c = TestClient::connect(self.front);
+        self.raw_peer_on(TestClient::connect(self.front), from)
+    }
+
+    /// [`Self::raw_peer`] on a connection the caller made (e.g. from a chosen address).
+    fn raw_peer_on(&self, mut c: TestClient, from: &str) -> (TestClient, String) {
         c.send_raw(s2s_header(from));
         let header = c.read_stream_header();
         assert!(
@@ -1485,5 +1491,238 @@ fn real_remote_server_keeps_its_stream_when_a_stanza_is_refused() {
         assert!(!log.contains("Received[s2sout]: <message"), "{log}");
         assert!(!log.contains("not-authorized"), "{log}");
         assert_refused_by(&f, "peer_distinct_recipients");
+    });
+}
+
+const ADMIN_TOKEN: &str = "s2s-admin-token-0123456789abcdef";
+
+/// `[admin]` on a free loopback port, with [`ADMIN_TOKEN`].
+fn admin_section() -> (SocketAddr, String) {
+    let admin = free_loopback_addr();
+    (
+        admin,
+        format!("[admin]\nlisten = \"{admin}\"\ntoken = \"{ADMIN_TOKEN}\"\n"),
+    )
+}
+
+/// The live sessions the admin API lists for `query` (e.g. `?domain=x`).
+fn sessions(admin: SocketAddr, query: &str) -> Vec<serde_json::Value> {
+    let a = request(
+        admin,
+        "GET",
+        &format!("/v1/sessions{query}"),
+        Some(ADMIN_TOKEN),
+        None,
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    a.json()["sessions"].as_array().expect("sessions").clone()
+}
+
+/// One series' value in a Prometheus scrape.
+fn metric(scrape: &str, series: &str) -> f64 {
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("no series {series} in the scrape:\n{scrape}"))
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("{series}: {e}"))
+}
+
+#[test]
+fn admin_lists_an_inbound_s2s_stream_by_its_authenticated_domain_and_kicks_it_on_the_wire() {
+    let (admin, section) = admin_section();
+    let f = Federation::start(Peer::DialbackOnly, "", &section);
+    // From its own address, so the filters tell it from the real remote server's
+    // streams (which dialback may open meanwhile).
+    let source: std::net::IpAddr = "127.0.0.57".parse().expect("address");
+    let (mut raw, id) = f.raw_peer_on(TestClient::connect_from(source, f.front), REMOTE);
+    // Relayed but not yet authenticated: listed, with no domain.
+    let before = sessions(admin, "?ip=127.0.0.57");
+    assert_eq!(before.len(), 1, "{before:?}");
+    assert_eq!(before[0]["front"], serde_json::json!("s2s"), "{before:?}");
+    assert_eq!(before[0]["domains"], serde_json::json!([]), "{before:?}");
+    assert!(sessions(admin, &format!("?ip=127.0.0.57&domain={REMOTE}")).is_empty());
+    raw.send_raw(format!(
+        "<db:result from='{REMOTE}' to='{DOMAIN}'>{}</db:result>",
+        dialback_key(&id)
+    ));
+    let verdict = raw.read_element();
+    assert_eq!(
+        xml::root_attr(&verdict, "type").as_deref(),
+        Some("valid"),
+        "{verdict}"
+    );
+    // Authenticated: the remote domain is the session's, and filters find it.
+    let listed = sessions(admin, &format!("?ip=127.0.0.57&domain={REMOTE}"));
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["front"], serde_json::json!("s2s"), "{listed:?}");
+    assert_eq!(
+        listed[0]["domains"],
+        serde_json::json!([REMOTE]),
+        "{listed:?}"
+    );
+    assert_eq!(listed[0]["to"], serde_json::json!(DOMAIN), "{listed:?}");
+    assert!(
+        listed[0]["stanzas_to_client"].as_u64() >= Some(1),
+        "{listed:?}"
+    );
+    assert_eq!(
+        sessions(admin, &format!("?ip=127.0.0.57&jid={REMOTE}")).len(),
+        1
+    );
+    assert!(sessions(admin, "?domain=elsewhere.test").is_empty());
+
+    // A kick by address and domain: the remote server gets exactly the chosen
+    // stream error, then the end of the stream (RFC 6120 §4.9.1.1).
+    let kicked = request(
+        admin,
+        "POST",
+        "/v1/sessions/kick",
+        Some(ADMIN_TOKEN),
+        Some(&format!(
+            r#"{{"ip":"127.0.0.57","domain":"{REMOTE}","condition":"reset"}}"#
+        )),
+    );
+    assert_eq!(kicked.status, 200, "{}", kicked.body);
+    assert_eq!(
+        kicked.json()["kicked"],
+        serde_json::json!([listed[0]["id"]]),
+        "{}",
+        kicked.body
+    );
+    let rest = raw.read_until_closed();
+    assert_eq!(
+        rest,
+        "<stream:error><reset xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>\
+         </stream:stream>"
+    );
+}
+
+#[test]
+fn kicked_s2s_stream_is_reopened_by_the_remote_server_and_counted_by_front() {
+    let (admin, section) = admin_section();
+    let state = tempfile::Builder::new()
+        .prefix("xmppwall-test-state-")
+        .tempdir()
+        .expect("a state directory");
+    let db = state.path().join("xmppwall.db");
+    let tables = format!("{section}\n[store]\npath = \"{}\"\n", db.display());
+    // Both directions through xmppwall: the remote server's stream on the s2s
+    // front, the local server's own on the s2s-egress front.
+    let f = Federation::start_with(Peer::Certificate, "", &tables, true);
+    f.explain_on_failure(|| {
+        let mut bob = login(&f.local, DOMAIN, BOB);
+        let mut alice = login(&f.remote, REMOTE, ALICE);
+        let say = |alice: &mut TestClient, bob: &mut TestClient, body: &str| {
+            alice.send_raw(format!(
+                "<message type='chat' to='bob@{DOMAIN}'><body>{body}</body></message>"
+            ));
+            let got =
+                bob.read_element_matching(|e| xml::root_name(e) == "message" && e.contains(body));
+            assert!(got.contains(&format!("alice@{REMOTE}")), "{got}");
+        };
+        say(&mut alice, &mut bob, "before the kick");
+
+        let listed = sessions(admin, &format!("?domain={REMOTE}"));
+        let inbound: Vec<_> = listed.iter().filter(|s| s["front"] == "s2s").collect();
+        assert!(!inbound.is_empty(), "{listed:?}");
+        assert!(
+            inbound
+                .iter()
+                .all(|s| s["domains"] == serde_json::json!([REMOTE])),
+            "{listed:?}"
+        );
+        let from_remote: u64 = inbound
+            .iter()
+            .map(|s| s["stanzas_from_client"].as_u64().unwrap_or(0))
+            .sum();
+        assert!(from_remote >= 1, "{listed:?}");
+        let egress: Vec<_> = listed
+            .iter()
+            .filter(|s| s["front"] == "s2s-egress")
+            .collect();
+        assert!(!egress.is_empty(), "{listed:?}");
+        assert!(
+            egress
+                .iter()
+                .all(|s| s["domains"] == serde_json::json!([REMOTE])
+                    && s["to"] == serde_json::json!(REMOTE)),
+            "{listed:?}"
+        );
+        // The gauges by front agree with the registry.
+        let all = sessions(admin, "");
+        let scrape = request(admin, "GET", "/metrics", Some(ADMIN_TOKEN), None).body;
+        for front in ["c2s", "s2s", "s2s-egress", "component"] {
+            let live = all.iter().filter(|s| s["front"] == front).count() as f64;
+            assert_eq!(
+                metric(
+                    &scrape,
+                    &format!("xmppwall_sessions_live{{front=\"{front}\"}}")
+                ),
+                live,
+                "{front}: {all:?}"
+            );
+        }
+        assert_eq!(
+            metric(&scrape, r#"xmppwall_connections_open{front="c2s"}"#),
+            0.0
+        );
+
+        let ids: Vec<u64> = inbound.iter().filter_map(|s| s["id"].as_u64()).collect();
+        for id in &ids {
+            let kicked = request(
+                admin,
+                "POST",
+                &format!("/v1/sessions/{id}/kick"),
+                Some(ADMIN_TOKEN),
+                Some(r#"{"condition":"reset"}"#),
+            );
+            assert_eq!(kicked.status, 200, "{}", kicked.body);
+        }
+        support::process::wait_until(support::IO_TIMEOUT, "the kicked streams end", || {
+            let gone = sessions(admin, "")
+                .iter()
+                .all(|s| !ids.iter().any(|id| s["id"] == *id));
+            gone.then_some(())
+        });
+        // What an operator expects: the remote server opens a new stream and
+        // messages flow again.
+        say(&mut alice, &mut bob, "after the kick");
+        let again = sessions(admin, &format!("?domain={REMOTE}"));
+        assert!(
+            again.iter().any(|s| s["front"] == "s2s"
+                && !ids.iter().any(|id| s["id"] == *id)
+                && s["domains"] == serde_json::json!([REMOTE])),
+            "{again:?}"
+        );
+        let scrape = request(admin, "GET", "/metrics", Some(ADMIN_TOKEN), None).body;
+        assert!(
+            metric(
+                &scrape,
+                r#"xmppwall_connections_total{front="s2s",outcome="stream_error"}"#
+            ) >= 1.0,
+            "{scrape}"
+        );
+        // The audit row of the kicked stream: its domain, traffic and why it ended.
+        let audit = support::process::wait_until(support::IO_TIMEOUT, "the audit row", || {
+            let r = support::sqlite::rows(
+                &db,
+                "SELECT jid, bytes_from_client > 0, bytes_to_client > 0, stanzas_to_server > 0, \
+                 stanzas_to_client > 0, end_reason FROM connections \
+                 WHERE front = 's2s' AND end_reason = 'reset'",
+            );
+            (!r.is_empty()).then_some(r)
+        });
+        // Every kicked stream is recorded with its domain and the reason; the one
+        // that carried the messages with its traffic.
+        assert!(
+            audit.iter().all(|r| r[0] == REMOTE && r[5] == "reset"),
+            "{audit:?}"
+        );
+        assert!(
+            audit.iter().any(|r| r[1..5] == ["1", "1", "1", "1"]),
+            "{audit:?}"
+        );
     });
 }

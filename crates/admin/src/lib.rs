@@ -28,7 +28,7 @@ use tokio::net::TcpListener;
 use tracing::{info, warn};
 use xmppwall_policy::bans::{jid_domain, Ban, BanTarget};
 use xmppwall_policy::stanza::bare_jid;
-use xmppwall_proxy::config::Admin;
+use xmppwall_proxy::config::{Admin, Front};
 use xmppwall_proxy::server::{ReloadError, Shared};
 use xmppwall_proxy::sessions::LiveSession;
 use xmppwall_proxy::stats::Stats;
@@ -212,9 +212,14 @@ async fn stats(State(state): State<AppState>) -> Json<Value> {
         "uptime_seconds": state.started.elapsed().map(|d| d.as_secs()).unwrap_or(0),
         "config": config.source.display().to_string(),
         "connections": {
-            "accepted": n(&s.connections_accepted),
+            "accepted": s.accepted_total(),
             "open": s.open_connections(),
             "sessions": shared.sessions.len(),
+            "by_front": Front::ALL.iter().map(|f| (f.name().to_owned(), json!({
+                "accepted": n(&s.connections_accepted[f.index()]),
+                "open": s.open_on(*f),
+                "sessions": shared.sessions.count_front(f.name()),
+            }))).collect::<serde_json::Map<String, Value>>(),
         },
         "sasl": { "successes": n(&s.sasl_successes), "failures": n(&s.sasl_failures) },
         "stanzas": {
@@ -285,7 +290,10 @@ impl SessionFilter {
 }
 
 impl Matcher {
+    /// On server-to-server and component streams the peer domains stand for the
+    /// JID (a domain is a JID, RFC 7622 §3.2): `jid` and `domain` match one of them.
     fn matches(&self, s: &LiveSession) -> bool {
+        let domains = s.domains();
         let jid = s.jid().map(|j| j.to_ascii_lowercase());
         if let Some(net) = &self.net {
             if !net.contains(&s.peer.ip().to_canonical()) {
@@ -293,6 +301,9 @@ impl Matcher {
             }
         }
         if let Some(wanted) = &self.jid {
+            if domains.iter().any(|d| d.eq_ignore_ascii_case(wanted)) {
+                return self.domain_matches(s, jid.as_deref(), &domains);
+            }
             let Some(jid) = &jid else { return false };
             // A bare JID matches every resource of the account.
             let same = if wanted.contains('/') {
@@ -304,14 +315,19 @@ impl Matcher {
                 return false;
             }
         }
-        if let Some(domain) = &self.domain {
-            let of_jid = jid.as_deref().map(jid_domain);
-            let of_stream = s.to.as_deref().map(str::to_ascii_lowercase);
-            if of_jid != Some(domain.as_str()) && of_stream.as_deref() != Some(domain.as_str()) {
-                return false;
-            }
-        }
-        true
+        self.domain_matches(s, jid.as_deref(), &domains)
+    }
+
+    /// The domain of the JID, the stream's `to`, or a peer domain.
+    fn domain_matches(&self, s: &LiveSession, jid: Option<&str>, domains: &[String]) -> bool {
+        let Some(domain) = &self.domain else {
+            return true;
+        };
+        let of_jid = jid.map(jid_domain);
+        let of_stream = s.to.as_deref().map(str::to_ascii_lowercase);
+        of_jid == Some(domain.as_str())
+            || of_stream.as_deref() == Some(domain.as_str())
+            || domains.iter().any(|d| d.eq_ignore_ascii_case(domain))
     }
 }
 
@@ -323,6 +339,7 @@ fn session_json(s: &LiveSession) -> Value {
         "front": s.front,
         "to": s.to,
         "jid": s.jid(),
+        "domains": s.domains(),
         "started": rfc3339(s.started),
         "duration_seconds": s.started.elapsed().map(|d| d.as_secs()).unwrap_or(0),
         "bytes_from_client": LiveSession::count(&s.bytes_from_client),

@@ -16,6 +16,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 use std::sync::Arc;
 use xmppwall_policy::bans::BAN_KINDS;
+use xmppwall_proxy::config::Front;
 use xmppwall_proxy::server::Shared;
 use xmppwall_proxy::stats::{Outcome, Stats, PROCESSING_BUCKETS_NS};
 
@@ -96,33 +97,48 @@ impl Collector for ProxyCollector {
         let s = &shared.stats;
         let n = Stats::get;
 
-        let outcomes: Vec<(Labels<'_>, u64)> = Outcome::ALL
+        let outcomes: Vec<(Labels<'_>, u64)> = Front::ALL
             .iter()
-            .map(|o| {
-                (
-                    vec![("front", "c2s"), ("outcome", o.name())],
-                    n(&s.outcomes[*o as usize]),
-                )
+            .flat_map(|f| {
+                Outcome::ALL.iter().map(move |o| {
+                    (
+                        vec![("front", f.name()), ("outcome", o.name())],
+                        n(&s.outcomes[f.index()][*o as usize]),
+                    )
+                })
             })
             .collect();
         counter(
             &mut e,
             "xmppwall_connections",
-            "Client connections that ended, by front and how they ended.",
+            "Connections that ended, by front and how they ended (on s2s, s2s-egress and component, client is the remote server or the component).",
             None,
             &outcomes,
         )?;
+        let open: Vec<(Labels<'_>, i64)> = Front::ALL
+            .iter()
+            .map(|f| (vec![("front", f.name())], s.open_on(*f) as i64))
+            .collect();
         gauge(
             &mut e,
             "xmppwall_connections_open",
-            "Client connections open now (accepted, not yet ended).",
-            &[(vec![("front", "c2s")], s.open_connections() as i64)],
+            "Connections open now (accepted, not yet ended), by front.",
+            &open,
         )?;
+        let live: Vec<(Labels<'_>, i64)> = Front::ALL
+            .iter()
+            .map(|f| {
+                (
+                    vec![("front", f.name())],
+                    count(shared.sessions.count_front(f.name())),
+                )
+            })
+            .collect();
         gauge(
             &mut e,
             "xmppwall_sessions_live",
-            "Relayed client streams in the session registry.",
-            &[(vec![("front", "c2s")], count(shared.sessions.len()))],
+            "Relayed streams in the session registry, by front.",
+            &live,
         )?;
         counter(
             &mut e,

@@ -59,7 +59,7 @@ impl GroupBy {
 /// One talker: a connection, an account or an address.
 #[derive(Debug, Clone, Serialize)]
 pub struct Talker {
-    /// The session id, the bare JID, or the address.
+    /// The session id, the bare JID (a peer stream's domains), or the address.
     pub key: String,
     pub sessions: u64,
     /// Stanzas and bytes the client sent within the window.
@@ -125,9 +125,11 @@ impl Talkers {
             let bytes = now_counts.bytes.saturating_sub(before.bytes);
             let key = match by {
                 GroupBy::Connection => s.id.to_string(),
+                // A server-to-server or component stream speaks for its domains.
                 GroupBy::Account => s
                     .jid()
                     .map(|j| xmppwall_policy::stanza::bare_jid(&j))
+                    .or_else(|| Some(s.domains().join(" ")).filter(|d| !d.is_empty()))
                     .unwrap_or_else(|| "(not authenticated)".into()),
                 GroupBy::Address => s.peer.ip().to_canonical().to_string(),
             };

@@ -123,7 +123,7 @@ pub async fn serve(
     listener: Listener,
     admission: Admission,
 ) {
-    Stats::add(&shared.stats.connections_accepted, 1);
+    shared.stats.accepted(listener.front);
     let started = SystemTime::now();
     let traffic = Arc::new(Traffic::default());
     let record = |end: &str, traffic: &Traffic| {
@@ -159,9 +159,8 @@ pub async fn serve(
             rule.as_deref().unwrap_or(""),
             "refuse",
         );
-        Stats::add(&shared.stats.connections_closed, 1);
         record("refused by the connect chain", &traffic);
-        shared.stats.ended(Outcome::RuleRefused);
+        shared.stats.closed(listener.front, Outcome::RuleRefused);
         return;
     }
     let _ = tcp.set_nodelay(true);
@@ -180,10 +179,10 @@ pub async fn serve(
         traffic: traffic.clone(),
     };
     let tcp = Counted::new(tcp, traffic.bytes.clone());
+    let front = listener.front;
     let end = conn.run(tcp, listener.tls).await;
-    Stats::add(&shared.stats.connections_closed, 1);
     record(end.reason(), &traffic);
-    shared.stats.ended(end.outcome());
+    shared.stats.closed(front, end.outcome());
     let elapsed_ms = accepted.elapsed().as_millis() as u64;
     match &end {
         End::ClientIo(e) | End::ServerIo(e) => {
@@ -1265,7 +1264,7 @@ impl Connection {
 
 /// Resolves with the kick's stream error once the operator kicks the session;
 /// never if the registry entry is gone.
-async fn kicked_error(kicked: &mut watch::Receiver<Option<StreamError>>) -> StreamError {
+pub(crate) async fn kicked_error(kicked: &mut watch::Receiver<Option<StreamError>>) -> StreamError {
     loop {
         if kicked.changed().await.is_err() {
             std::future::pending::<()>().await;

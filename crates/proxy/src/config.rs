@@ -152,6 +152,13 @@ impl Front {
 }
 
 impl Front {
+    pub const ALL: [Front; 4] = [Front::C2s, Front::S2s, Front::S2sEgress, Front::Component];
+
+    /// The front's place in [`Front::ALL`] (per-front counters).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// As written in the configuration.
     pub fn name(self) -> &'static str {
         match self {

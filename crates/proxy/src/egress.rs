@@ -174,6 +174,22 @@ impl PeerSession for EgressSession {
         !self.authenticated.is_empty()
     }
 
+    fn peer_domain_count(&self) -> usize {
+        self.authenticated.len()
+    }
+
+    /// The remote domain the stream was opened to, and any other remote domain
+    /// the remote server accepted the server for (XEP-0220 §8 multiplexing).
+    fn peer_domains(&self) -> Vec<String> {
+        let mut domains = vec![self.remote.clone()];
+        for (_, remote) in &self.authenticated {
+            if !domains.contains(remote) {
+                domains.push(remote.clone());
+            }
+        }
+        domains
+    }
+
     fn peer_error_bytes(&self, error: &StreamError) -> Vec<u8> {
         error_bytes(error, false, SERVER_NS, None, self.remote_prefix.as_deref())
     }

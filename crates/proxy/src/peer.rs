@@ -73,6 +73,15 @@ pub trait PeerSession: Send {
     fn take_server_restart(&mut self) -> bool {
         false
     }
+    /// How many peer domains are authenticated on the stream so far (read after
+    /// every read; the registry copies [`Self::peer_domains`] when it changes).
+    fn peer_domain_count(&self) -> usize {
+        0
+    }
+    /// The remote domains authenticated on the stream, for the session registry.
+    fn peer_domains(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// What a peer stream's policy checks need, whatever the front.

@@ -7,7 +7,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -29,7 +29,8 @@ use crate::peer::{
 };
 use crate::proxy_header;
 use crate::server::Shared;
-use crate::stats::Stats;
+use crate::sessions::{LiveSession, Registration};
+use crate::stats::{Outcome, Stats};
 use crate::stream::{framing_error, release_consumed, FrameReader, ReadOutcome};
 use crate::stream_error::{StreamCondition, StreamError};
 use crate::tls::describe_handshake_error;
@@ -49,6 +50,18 @@ pub(crate) enum End {
 }
 
 impl End {
+    /// For the connection counters: "client" is the peer, as in [`Outcome`].
+    fn outcome(&self) -> Outcome {
+        match self {
+            End::PeerClosed => Outcome::ClientClosed,
+            End::ServerClosed => Outcome::ServerClosed,
+            End::Refused(_) => Outcome::StreamError,
+            End::Shutdown => Outcome::Shutdown,
+            End::PeerIo(_) => Outcome::ClientIoError,
+            End::ServerIo(_) => Outcome::ServerIoError,
+        }
+    }
+
     fn reason(&self) -> &'static str {
         match self {
             End::PeerClosed => "peer closed",
@@ -64,12 +77,14 @@ impl End {
 /// Serves one connection accepted on a component, s2s or s2s-egress listener.
 pub async fn serve(
     shared: Arc<Shared>,
+    id: u64,
     tcp: TcpStream,
     peer: SocketAddr,
     listener: Listener,
     admission: Admission,
 ) {
-    Stats::add(&shared.stats.connections_accepted, 1);
+    let front = listener.front;
+    shared.stats.accepted(front);
     let config = shared.config.load_full();
     let policy = shared.policy.load_full();
     if let Some(rule) =
@@ -83,15 +98,17 @@ pub async fn serve(
             rule.as_deref().unwrap_or(""),
             "refuse",
         );
-        Stats::add(&shared.stats.connections_closed, 1);
+        shared.stats.closed(front, Outcome::RuleRefused);
         return;
     }
     let _ = tcp.set_nodelay(true);
     let local = tcp.local_addr().unwrap_or(listener.address);
     let accepted = Instant::now();
     let started = std::time::SystemTime::now();
-    let front = listener.front.name();
+    let live = Arc::new(OnceLock::new());
     let conn = PeerConnection {
+        id,
+        live: live.clone(),
         preauth_deadline: accepted + config.timeouts.preauth,
         shutdown: shared.shutdown_signal(),
         shared: shared.clone(),
@@ -102,20 +119,28 @@ pub async fn serve(
         admission,
     };
     let end = conn.run(tcp).await;
-    Stats::add(&shared.stats.connections_closed, 1);
-    // Byte and stanza counts are kept for c2s connections only (docs/state.md).
+    shared.stats.closed(front, end.outcome());
+    // What the relay counted (nothing when the stream ended before it): bytes
+    // read from the peer and from the server, stanzas forwarded each way; the
+    // peer domains stand where a client's JID would.
+    let live = live.get();
+    let count = |c: fn(&LiveSession) -> &std::sync::atomic::AtomicU64| {
+        live.map_or(0, |l| LiveSession::count(c(l)))
+    };
     shared
         .store
         .record_connection(xmppwall_store::ConnectionRecord {
             address: peer.ip().to_canonical(),
-            jid: None,
-            front: front.to_owned(),
+            jid: live
+                .map(|l| l.domains().join(" "))
+                .filter(|d| !d.is_empty()),
+            front: front.name().to_owned(),
             started,
             ended: std::time::SystemTime::now(),
-            bytes_from_client: 0,
-            bytes_to_client: 0,
-            stanzas_to_server: 0,
-            stanzas_to_client: 0,
+            bytes_from_client: count(|l| &l.bytes_from_client),
+            bytes_to_client: count(|l| &l.bytes_to_client),
+            stanzas_to_server: count(|l| &l.stanzas_from_client),
+            stanzas_to_client: count(|l| &l.stanzas_to_client),
             end_reason: end.reason().to_owned(),
         });
     let elapsed_ms = accepted.elapsed().as_millis() as u64;
@@ -128,6 +153,10 @@ pub async fn serve(
 }
 
 pub(crate) struct PeerConnection {
+    /// The connection's id, its id in the session registry too.
+    pub(crate) id: u64,
+    /// The registry entry once the relay starts, kept for the audit record.
+    pub(crate) live: Arc<OnceLock<Arc<LiveSession>>>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) config: Arc<Config>,
     pub(crate) listener: Listener,
@@ -228,8 +257,9 @@ impl PeerConnection {
             return End::ServerIo(e);
         }
         info!(component = %domain, checks_secret = secret.is_some(), "component stream");
+        let live = (Some(domain.clone()), vec![domain.clone()]);
         let session = ComponentSession::new(self.context(), domain, secret);
-        self.relay(io, server, reader, None, Mutex::new(session))
+        self.relay(io, server, reader, None, Mutex::new(session), live)
             .await
     }
 
@@ -395,8 +425,16 @@ impl PeerConnection {
             if tls {
                 session = session.with_upstream_certificate(&from);
             }
+            let live = (header.to.clone(), Vec::new());
             return self
-                .relay(io, server, reader, Some(server_reader), Mutex::new(session))
+                .relay(
+                    io,
+                    server,
+                    reader,
+                    Some(server_reader),
+                    Mutex::new(session),
+                    live,
+                )
                 .await;
         }
         let mut server = match self.connect_server().await {
@@ -418,6 +456,7 @@ impl PeerConnection {
         if let Err(e) = server.write_all(&first).await {
             return End::ServerIo(e);
         }
+        let live = (header.to.clone(), Vec::new());
         let session = crate::s2s::S2sInboundSession::new(
             self.context(),
             self.config.s2s.clone(),
@@ -425,7 +464,7 @@ impl PeerConnection {
             header.to.clone(),
             cert,
         );
-        self.relay(io, server, reader, None, Mutex::new(session))
+        self.relay(io, server, reader, None, Mutex::new(session), live)
             .await
     }
 
@@ -489,6 +528,7 @@ impl PeerConnection {
             return End::ServerIo(e);
         }
         info!(remote = %remote, via = %opened.via, tls = opened.tls, how = opened.auth.name(), "outgoing stream open");
+        let live = (Some(remote.clone()), vec![remote.clone()]);
         let session =
             crate::egress::EgressSession::new(self.context(), remote, opened.auth, &opened.header);
         self.relay(
@@ -497,6 +537,7 @@ impl PeerConnection {
             opened.reader,
             Some(server_reader),
             Mutex::new(session),
+            live,
         )
         .await
     }
@@ -1061,7 +1102,8 @@ impl PeerConnection {
 
     /// Relays both directions until either ends; `reader` holds what the peer sent
     /// after its header, `server_reader` (when xmppwall read the server's header
-    /// itself) what the server sent after it.
+    /// itself) what the server sent after it. The stream is in the session registry
+    /// meanwhile, under `live`: the stream's `to` and its peer domains so far.
     pub(crate) async fn relay<S: PeerSession>(
         &self,
         peer_io: BoxIo,
@@ -1069,15 +1111,29 @@ impl PeerConnection {
         reader: FrameReader,
         server_reader: Option<FrameReader>,
         session: Mutex<S>,
+        live: (Option<String>, Vec<String>),
     ) -> End {
+        let (to, domains) = live;
+        let registration =
+            self.shared
+                .sessions
+                .register(self.id, self.peer, self.listener.front.name(), to);
+        registration.session.set_domains(domains);
+        let _ = self.live.set(registration.session.clone());
         let (peer_rd, peer_wr) = tokio::io::split(peer_io);
         let (server_rd, server_wr) = tokio::io::split(server_io);
         let writers = Writers {
             peer: AsyncMutex::new(peer_wr),
             server: AsyncMutex::new(server_wr),
         };
-        let inbound = self.peer_to_server(peer_rd, reader, &session, &writers);
-        let outbound = self.server_to_peer(server_rd, server_reader, &session, &writers);
+        let inbound = self.peer_to_server(peer_rd, reader, &session, &writers, &registration);
+        let outbound = self.server_to_peer(
+            server_rd,
+            server_reader,
+            &session,
+            &writers,
+            &registration.session,
+        );
         tokio::pin!(inbound, outbound);
         let grace = self.config.timeouts.shutdown_grace;
         let end = tokio::select! {
@@ -1102,14 +1158,19 @@ impl PeerConnection {
         reader: FrameReader,
         session: &Mutex<S>,
         w: &Writers,
+        registration: &Registration<'_>,
     ) -> End {
         let budgets = self.config.limits.framer_budgets();
+        let stats = &self.shared.stats;
+        let live = &*registration.session;
+        let mut kicked = registration.kicked.clone();
         let FrameReader {
             mut framer,
             mut buf,
         } = reader;
         let mut shutdown = self.shutdown.clone();
         let mut after_limits = false;
+        let mut domains_seen = 0;
         loop {
             // After SASL success the peer's next bytes open a new stream (RFC 6120
             // §6.4.6); it may send them only once it has the server's <success/>,
@@ -1119,6 +1180,7 @@ impl PeerConnection {
             }
             let mut pos = 0;
             let mut run_start = 0;
+            let mut stanzas = 0u64;
             loop {
                 let frame = match framer.next(&buf[pos..]) {
                     Ok(Some(f)) => f,
@@ -1133,10 +1195,9 @@ impl PeerConnection {
                     &buf[pos..pos + frame.len],
                     Instant::now().into_std(),
                 );
-                if frame.token == Token::Element {
-                    Stats::add(&self.shared.stats.stanzas_to_server, 1);
-                }
+                let element = frame.token == Token::Element;
                 if action == PeerAction::Forward {
+                    stanzas += u64::from(element);
                     pos += frame.len;
                     continue;
                 }
@@ -1146,27 +1207,39 @@ impl PeerConnection {
                 pos += frame.len;
                 run_start = pos;
                 match action {
-                    PeerAction::Forward | PeerAction::Drop => {}
+                    PeerAction::Forward => {}
+                    PeerAction::Drop => {
+                        if element {
+                            Stats::add(&stats.to_server_dropped, 1);
+                        }
+                    }
                     PeerAction::Rewrite(bytes) => {
+                        stanzas += u64::from(element);
                         if let Err(e) = w.to_server(&bytes).await {
                             return End::ServerIo(e);
                         }
                     }
                     PeerAction::Reply(bytes) => {
-                        Stats::add(&self.shared.stats.stanzas_bounced, 1);
+                        Stats::add(&stats.stanzas_bounced, 1);
                         if let Err(e) = w.to_peer(&bytes).await {
                             return End::PeerIo(e);
                         }
                     }
                     PeerAction::Close(error) => {
+                        Stats::add(&stats.to_server_closed, u64::from(element));
+                        Stats::add(&stats.stanzas_to_server, stanzas);
+                        LiveSession::add(&live.stanzas_from_client, stanzas);
                         return self.close_both(session, w, error).await;
                     }
                 }
             }
+            Stats::add(&stats.stanzas_to_server, stanzas);
+            LiveSession::add(&live.stanzas_from_client, stanzas);
             if let Err(e) = w.to_server(&buf[run_start..pos]).await {
                 return End::ServerIo(e);
             }
             release_consumed(&mut buf, pos);
+            refresh_domains(session, live, &mut domains_seen);
             let authenticated = lock(session).is_authenticated();
             if authenticated && !after_limits {
                 framer.set_limits(budgets.after);
@@ -1179,6 +1252,14 @@ impl PeerConnection {
             };
             let read = tokio::select! {
                 r = tokio::time::timeout_at(deadline, read_into(&mut rd, &mut buf)) => r,
+                // An operator's kick (admin API): the peer gets the chosen stream
+                // error and the end of the stream (RFC 6120 §4.9.1.1), the server
+                // the end of its stream. Between whole frames: nothing partial is
+                // pending towards the server.
+                error = crate::c2s::kicked_error(&mut kicked) => {
+                    info!(condition = error.condition.name(), "stream kicked by the operator");
+                    return self.close_both(session, w, error).await;
+                }
                 _ = shutdown.changed() => {
                     let error = StreamError::new(StreamCondition::SystemShutdown);
                     let _ = self.close_both(session, w, error).await;
@@ -1190,7 +1271,10 @@ impl PeerConnection {
                     let _ = w.server.lock().await.shutdown().await;
                     return End::PeerClosed;
                 }
-                Ok(Ok(_)) => {}
+                Ok(Ok(n)) => {
+                    Stats::add(&stats.bytes_from_client, n as u64);
+                    LiveSession::add(&live.bytes_from_client, n as u64);
+                }
                 Ok(Err(e)) => {
                     let _ = w.server.lock().await.shutdown().await;
                     return End::PeerIo(e);
@@ -1216,7 +1300,10 @@ impl PeerConnection {
         reader: Option<FrameReader>,
         session: &Mutex<S>,
         w: &Writers,
+        live: &LiveSession,
     ) -> End {
+        let stats = &self.shared.stats;
+        let mut domains_seen = 0;
         let budgets = self.config.limits.framer_budgets();
         let limits = xmppwall_xml::Limits {
             max_element_bytes: budgets.after.max_element_bytes.max(SERVER_ELEMENT_BYTES),
@@ -1238,7 +1325,10 @@ impl PeerConnection {
                         let _ = w.peer.lock().await.shutdown().await;
                         return End::ServerClosed;
                     }
-                    Ok(_) => {}
+                    Ok(n) => {
+                        Stats::add(&stats.bytes_from_server, n as u64);
+                        LiveSession::add(&live.bytes_to_client, n as u64);
+                    }
                     Err(e) => {
                         let error = StreamError::new(StreamCondition::RemoteConnectionFailed);
                         let bytes = lock(session).peer_error_bytes(&error);
@@ -1249,6 +1339,7 @@ impl PeerConnection {
             }
             let mut pos = 0;
             let mut run_start = 0;
+            let mut stanzas = 0u64;
             loop {
                 let frame = match framer.next(&buf[pos..]) {
                     Ok(Some(f)) => f,
@@ -1273,10 +1364,9 @@ impl PeerConnection {
                     // What follows is the server's new stream (RFC 6120 §6.4.6).
                     framer.reset();
                 }
-                if frame.token == Token::Element {
-                    Stats::add(&self.shared.stats.stanzas_to_client, 1);
-                }
+                let element = frame.token == Token::Element;
                 if action == PeerAction::Forward {
+                    stanzas += u64::from(element);
                     pos += frame.len;
                     continue;
                 }
@@ -1286,27 +1376,39 @@ impl PeerConnection {
                 pos += frame.len;
                 run_start = pos;
                 match action {
-                    PeerAction::Forward | PeerAction::Drop => {}
+                    PeerAction::Forward => {}
+                    PeerAction::Drop => {
+                        if element {
+                            Stats::add(&stats.to_client_dropped, 1);
+                        }
+                    }
                     PeerAction::Rewrite(bytes) => {
+                        stanzas += u64::from(element);
                         if let Err(e) = w.to_peer(&bytes).await {
                             return End::PeerIo(e);
                         }
                     }
                     PeerAction::Reply(bytes) => {
-                        Stats::add(&self.shared.stats.stanzas_bounced, 1);
+                        Stats::add(&stats.stanzas_bounced, 1);
                         if let Err(e) = w.to_server(&bytes).await {
                             return End::ServerIo(e);
                         }
                     }
                     PeerAction::Close(error) => {
+                        Stats::add(&stats.to_client_closed, u64::from(element));
+                        Stats::add(&stats.stanzas_to_client, stanzas);
+                        LiveSession::add(&live.stanzas_to_client, stanzas);
                         return self.close_both(session, w, error).await;
                     }
                 }
             }
+            Stats::add(&stats.stanzas_to_client, stanzas);
+            LiveSession::add(&live.stanzas_to_client, stanzas);
             if let Err(e) = w.to_peer(&buf[run_start..pos]).await {
                 return End::PeerIo(e);
             }
             release_consumed(&mut buf, pos);
+            refresh_domains(session, live, &mut domains_seen);
         }
     }
 
@@ -1417,6 +1519,19 @@ pub(crate) async fn refuse<W: AsyncWrite + Unpin>(
     })
     .await;
     End::Refused(condition)
+}
+
+/// Copies the session's peer domains to its registry entry when their number
+/// changed (a domain authenticated): a lock-free count most of the time.
+fn refresh_domains<S: PeerSession>(session: &Mutex<S>, live: &LiveSession, seen: &mut usize) {
+    let s = lock(session);
+    let n = s.peer_domain_count();
+    if n != *seen {
+        *seen = n;
+        let domains = s.peer_domains();
+        drop(s);
+        live.set_domains(domains);
+    }
 }
 
 /// The session lock is held for a few instructions, never across an await.

@@ -477,6 +477,20 @@ impl PeerSession for S2sInboundSession {
         std::mem::take(&mut self.reset_server_framer)
     }
 
+    fn peer_domain_count(&self) -> usize {
+        self.authenticated.len()
+    }
+
+    fn peer_domains(&self) -> Vec<String> {
+        let mut domains: Vec<String> = Vec::new();
+        for pair in &self.authenticated {
+            if !domains.contains(&pair.remote) {
+                domains.push(pair.remote.clone());
+            }
+        }
+        domains
+    }
+
     fn peer_error_bytes(&self, error: &StreamError) -> Vec<u8> {
         error_bytes(
             error,

@@ -710,7 +710,7 @@ pub async fn serve(
                     GateDecision::Refuse(limit) => {
                         debug!(peer = %peer, limit = limit.name(), "connection refused at the gate");
                         shared.audit_refusal(peer.ip(), Hook::Connect, VerdictSource::Limit, limit.name(), "refuse");
-                        shared.stats.ended(crate::stats::Outcome::GateRefused);
+                        shared.stats.ended(listener.front, crate::stats::Outcome::GateRefused);
                         drop(tcp);
                         continue;
                     }
@@ -756,7 +756,7 @@ pub async fn serve(
                         match listener.front {
                             Front::C2s => c2s::serve(shared, id, tcp, peer, listener, admission).await,
                             Front::S2s | Front::S2sEgress | Front::Component => {
-                                crate::relay::serve(shared, tcp, peer, listener, admission).await
+                                crate::relay::serve(shared, id, tcp, peer, listener, admission).await
                             }
                         }
                     }

@@ -1,7 +1,9 @@
-//! The registry of live client streams: who is connected, what they sent, and the
-//! control channel to end one stream with a chosen stream error.
+//! The registry of live streams of every front: who is connected, what they sent,
+//! and the control channel to end one stream with a chosen stream error.
 //!
-//! Owns one [`LiveSession`] per relayed connection, registered when the relay starts
+//! Owns one [`LiveSession`] per relayed connection (a client on `c2s`; a remote
+//! server on `s2s`; one of the server's own outgoing streams on `s2s-egress`; an
+//! external component on `component`), registered when the relay starts
 //! and removed when the connection task ends ([`Registration`]'s drop). The relay
 //! updates counters with relaxed atomic adds once per read, never under a lock; the
 //! registry's lock is taken only to register, unregister and list. It must not
@@ -17,20 +19,27 @@ use tokio::sync::watch;
 
 use crate::stream_error::StreamError;
 
-/// One live client stream.
+/// One live stream.
+///
+/// On the peer fronts "client" means the far side xmppwall relays for (the remote
+/// server, the component); "server" the server behind xmppwall.
 #[derive(Debug)]
 pub struct LiveSession {
     pub id: u64,
+    /// The address that connected to xmppwall (on `s2s-egress`: the server's own).
     pub peer: SocketAddr,
-    /// `c2s`.
+    /// `c2s`, `s2s`, `s2s-egress` or `component`.
     pub front: &'static str,
-    /// The stream header's `to`.
+    /// The stream header's `to` (on `s2s-egress`: the remote domain).
     pub to: Option<String>,
     pub started: SystemTime,
     /// The account, once SASL succeeded (bare JID), then the full JID once bound.
     jid: Mutex<Option<String>>,
     /// Set once a JID is known, so the relay checks without locking.
     jid_known: OnceLock<()>,
+    /// The peer domains of a server-to-server or component stream: the remote
+    /// domains authenticated on it (`s2s`, `s2s-egress`), the component's domain.
+    domains: Mutex<Vec<String>>,
     pub bytes_from_client: AtomicU64,
     pub bytes_to_client: AtomicU64,
     pub stanzas_from_client: AtomicU64,
@@ -54,6 +63,19 @@ impl LiveSession {
         if full {
             let _ = self.jid_known.set(());
         }
+    }
+
+    /// The peer domains (see the field); empty on `c2s`.
+    pub fn domains(&self) -> Vec<String> {
+        self.domains
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Records the peer domains (once per change, never per stanza).
+    pub fn set_domains(&self, domains: Vec<String>) {
+        *self.domains.lock().unwrap_or_else(|p| p.into_inner()) = domains;
     }
 
     pub fn add(counter: &AtomicU64, n: u64) {
@@ -113,6 +135,7 @@ impl Registry {
             started: SystemTime::now(),
             jid: Mutex::new(None),
             jid_known: OnceLock::new(),
+            domains: Mutex::new(Vec::new()),
             bytes_from_client: AtomicU64::new(0),
             bytes_to_client: AtomicU64::new(0),
             stanzas_from_client: AtomicU64::new(0),
@@ -140,6 +163,11 @@ impl Registry {
 
     pub fn len(&self) -> usize {
         self.lock().len()
+    }
+
+    /// Live sessions on `front` (a front's name).
+    pub fn count_front(&self, front: &str) -> usize {
+        self.lock().values().filter(|s| s.front == front).count()
     }
 
     pub fn is_empty(&self) -> bool {

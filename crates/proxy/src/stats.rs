@@ -9,10 +9,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
+use crate::config::Front;
+
 #[derive(Debug, Default)]
 pub struct Stats {
-    pub connections_accepted: AtomicU64,
-    pub connections_closed: AtomicU64,
+    /// Connections accepted, by front ([`Front::index`]).
+    pub connections_accepted: [AtomicU64; Front::ALL.len()],
+    /// Connections ended after being accepted, by front.
+    pub connections_closed: [AtomicU64; Front::ALL.len()],
     pub sasl_successes: AtomicU64,
     pub sasl_failures: AtomicU64,
     /// Stanzas forwarded to the server (rewritten ones included).
@@ -26,8 +30,8 @@ pub struct Stats {
     /// connection existed (`[upstream] defer_connect`).
     pub streams_answered_before_connect: AtomicU64,
     pub tls_handshake_failures: AtomicU64,
-    /// How connections ended, indexed by [`Outcome`].
-    pub outcomes: [AtomicU64; Outcome::ALL.len()],
+    /// How connections ended, by front, then by [`Outcome`].
+    pub outcomes: [[AtomicU64; Outcome::ALL.len()]; Front::ALL.len()],
     /// Stanzas from the client not forwarded: dropped, bounced, stream closed.
     pub to_server_dropped: AtomicU64,
     pub to_server_closed: AtomicU64,
@@ -53,18 +57,44 @@ impl Stats {
         counter.load(Ordering::Relaxed)
     }
 
-    pub fn open_connections(&self) -> u64 {
-        self.connections_accepted
-            .load(Ordering::Relaxed)
-            .saturating_sub(self.connections_closed.load(Ordering::Relaxed))
+    /// Connections accepted on every front.
+    pub fn accepted_total(&self) -> u64 {
+        self.connections_accepted.iter().map(Self::get).sum()
     }
 
-    pub fn ended(&self, outcome: Outcome) {
-        self.outcomes[outcome as usize].fetch_add(1, Ordering::Relaxed);
+    /// Connections open on every front.
+    pub fn open_connections(&self) -> u64 {
+        Front::ALL.iter().map(|f| self.open_on(*f)).sum()
+    }
+
+    /// Connections accepted on `front` and not yet ended.
+    pub fn open_on(&self, front: Front) -> u64 {
+        Self::get(&self.connections_accepted[front.index()])
+            .saturating_sub(Self::get(&self.connections_closed[front.index()]))
+    }
+
+    /// A connection was accepted on `front`.
+    pub fn accepted(&self, front: Front) {
+        Self::add(&self.connections_accepted[front.index()], 1);
+    }
+
+    /// An accepted connection on `front` ended with `outcome`.
+    pub fn closed(&self, front: Front, outcome: Outcome) {
+        Self::add(&self.connections_closed[front.index()], 1);
+        self.ended(front, outcome);
+    }
+
+    /// A connection on `front` ended with `outcome` (refused at the gate: never
+    /// counted as accepted).
+    pub fn ended(&self, front: Front, outcome: Outcome) {
+        self.outcomes[front.index()][outcome as usize].fetch_add(1, Ordering::Relaxed);
     }
 }
 
-/// How a client connection ended (`xmppwall_connections_total{outcome=...}`).
+/// How a connection ended (`xmppwall_connections_total{front=...,outcome=...}`).
+/// On the peer fronts "client" is the far side xmppwall relays for: the remote
+/// server (`s2s`, `s2s-egress`) or the component; "server" the server behind
+/// xmppwall.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// Refused at the gate (deny list, limits) before a byte was read.
