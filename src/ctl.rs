@@ -107,6 +107,11 @@ enum CtlCommand {
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },
+    /// The policy's lists (name, kind, size, where from), or one list's entries.
+    Lists {
+        /// A list's name: print its entries.
+        name: Option<String>,
+    },
     /// The Prometheus exposition, as served.
     Metrics,
 }
@@ -348,6 +353,13 @@ pub fn run(ctl: Ctl) -> anyhow::Result<()> {
             }
             (client.json("GET", "/v1/reports", &q, None)?, reports_table)
         }
+        CtlCommand::Lists { name: None } => {
+            (client.json("GET", "/v1/lists", &[], None)?, lists_table)
+        }
+        CtlCommand::Lists { name: Some(name) } => {
+            let path = format!("/v1/lists/{}", percent_encode(name));
+            (client.json("GET", &path, &[], None)?, list_table)
+        }
         CtlCommand::Reputation { subject, limit } => {
             let mut q = vec![("limit", limit.to_string())];
             if let Some(subject) = subject {
@@ -517,6 +529,57 @@ fn sessions_table(v: &Value) -> String {
         ],
         &rows,
     )
+}
+
+fn lists_table(v: &Value) -> String {
+    let rows: Vec<Vec<String>> = list(v, "lists")
+        .iter()
+        .map(|x| {
+            vec![
+                s(&x["name"]),
+                s(&x["kind"]),
+                s(&x["size"]),
+                match &x["file"] {
+                    Value::Null => "inline".into(),
+                    file => s(file),
+                },
+                s(&x["loaded"]),
+            ]
+        })
+        .collect();
+    table(&["NAME", "KIND", "SIZE", "SOURCE", "LOADED"], &rows)
+}
+
+/// One list: a header line, then one entry per line.
+fn list_table(v: &Value) -> String {
+    let from = match &v["file"] {
+        Value::Null => "inline".into(),
+        file => s(file),
+    };
+    let mut out = format!(
+        "# {} ({}, {} entries, {from}, loaded {})\n",
+        s(&v["name"]),
+        s(&v["kind"]),
+        s(&v["size"]),
+        s(&v["loaded"])
+    );
+    for e in list(v, "entries") {
+        out.push_str(&s(e));
+        out.push('\n');
+    }
+    out
+}
+
+/// A path segment with everything but unreserved characters percent-encoded.
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 fn kick_table(v: &Value) -> String {

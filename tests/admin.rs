@@ -41,6 +41,8 @@ const REQUESTS: &[(&str, &str, Option<&str>)] = &[
     ("GET", "/v1/talkers?seconds=60", None),
     ("GET", "/v1/reports", None),
     ("GET", "/v1/reputation", None),
+    ("GET", "/v1/lists", None),
+    ("GET", "/v1/lists/no-such-list", None),
 ];
 
 struct Setup {
@@ -157,7 +159,8 @@ fn every_endpoint_refuses_without_the_token_and_answers_with_it() {
                     || (path.contains("{id}")
                         && p.starts_with("/v1/sessions/")
                         && p.ends_with("/kick")
-                        && p != "/v1/sessions/kick"))
+                        && p != "/v1/sessions/kick")
+                    || (path == "/v1/lists/{name}" && p.starts_with("/v1/lists/")))
         });
         assert!(covered, "no request in this test exercises {method} {path}");
     }
@@ -176,7 +179,7 @@ fn every_endpoint_refuses_without_the_token_and_answers_with_it() {
         }
         let a = request(s.admin, method, path, Some(TOKEN), *body);
         let expected = match *path {
-            "/v1/sessions/999999/kick" => 404,
+            "/v1/sessions/999999/kick" | "/v1/lists/no-such-list" => 404,
             "/v1/bans" if *method == "POST" => 201,
             _ => 200,
         };
@@ -985,4 +988,201 @@ fn operator_bans_survive_kill_9_and_restart_and_reports_reputation_and_verdicts_
     assert_eq!(v["by"], json!("rule"), "{v}");
     assert_eq!(v["hook"], json!("to-server"), "{v}");
     drop(state);
+}
+
+/// The hex SHA-256 of `text`, by `sha256sum`: independent of xmppwall.
+fn sha256_hex(text: &str) -> String {
+    use std::io::Write;
+    let mut child = Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("running sha256sum");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("writing to sha256sum");
+    let out = child.wait_with_output().expect("sha256sum's output");
+    String::from_utf8_lossy(&out.stdout)
+        .chars()
+        .take(64)
+        .collect()
+}
+
+#[test]
+fn lists_show_inline_file_and_hashed_lists_with_their_entries_and_ctl_prints_them() {
+    let dir = tempfile::Builder::new()
+        .prefix("xmppwall-test-lists-")
+        .tempdir()
+        .expect("a directory");
+    let file = dir.path().join("blocked.txt");
+    std::fs::write(
+        &file,
+        "# spammers\nspammer@example.net\nBot@Example.NET/res\n",
+    )
+    .expect("list file");
+    let hash = sha256_hex("hidden@example.net");
+    let s = Setup::start_with(
+        "",
+        &format!(
+            r#"
+[lists.friends]
+domains = ["Friends.example", "pals.example"]
+
+[lists.blocked]
+file = "{file}"
+kind = "jids"
+
+[lists.hashed]
+hashed_jids = ["{hash}"]
+
+[lists.nets]
+cidrs = ["192.0.2.0/25", "192.0.2.128/25", "198.51.100.7"]
+
+[[rule]]
+name = "block-listed"
+action = "drop"
+[rule.match]
+from = "list:blocked"
+"#,
+            file = file.display()
+        ),
+    );
+
+    let all = s.get("/v1/lists");
+    let lists = all["lists"].as_array().expect("lists");
+    let names: Vec<&str> = lists.iter().filter_map(|l| l["name"].as_str()).collect();
+    assert_eq!(names, ["blocked", "friends", "hashed", "nets"], "{all}");
+    let by = |name: &str| {
+        lists
+            .iter()
+            .find(|l| l["name"] == name)
+            .expect(name)
+            .clone()
+    };
+    let blocked = by("blocked");
+    assert_eq!(blocked["kind"], json!("jids"), "{blocked}");
+    assert_eq!(blocked["size"], json!(2), "{blocked}");
+    assert_eq!(blocked["source"], json!("file"), "{blocked}");
+    assert_eq!(
+        blocked["file"],
+        json!(file.display().to_string()),
+        "{blocked}"
+    );
+    assert!(
+        blocked["loaded"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("20")),
+        "{blocked}"
+    );
+    let friends = by("friends");
+    assert_eq!(
+        (
+            &friends["kind"],
+            &friends["size"],
+            &friends["source"],
+            &friends["file"]
+        ),
+        (&json!("domains"), &json!(2), &json!("inline"), &Value::Null),
+        "{friends}"
+    );
+    let hashed = by("hashed");
+    assert_eq!(
+        (&hashed["kind"], &hashed["size"]),
+        (&json!("hashed_jids"), &json!(1)),
+        "{hashed}"
+    );
+    let nets = by("nets");
+    assert_eq!(
+        (&nets["kind"], &nets["size"]),
+        (&json!("cidrs"), &json!(2)),
+        "{nets}"
+    );
+
+    // Entries as matched: bare, lower-cased JIDs; hashes; merged ranges.
+    assert_eq!(
+        s.get("/v1/lists/blocked")["entries"],
+        json!(["bot@example.net", "spammer@example.net"])
+    );
+    assert_eq!(
+        s.get("/v1/lists/friends")["entries"],
+        json!(["friends.example", "pals.example"])
+    );
+    assert_eq!(s.get("/v1/lists/hashed")["entries"], json!([hash]));
+    assert_eq!(
+        s.get("/v1/lists/nets")["entries"],
+        json!(["192.0.2.0/24", "198.51.100.7/32"])
+    );
+    let missing = s.api("GET", "/v1/lists/nothing-here", None);
+    assert_eq!(missing.status, 404, "{}", missing.body);
+    assert!(
+        missing.json()["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("nothing-here")),
+        "{}",
+        missing.body
+    );
+    let anonymous = request(s.admin, "GET", "/v1/lists/blocked", None, None);
+    assert_eq!(anonymous.status, 401, "{}", anonymous.body);
+    assert!(!anonymous.body.contains("spammer"), "{}", anonymous.body);
+
+    // A changed file is read again on reload: the API shows the new entries.
+    std::fs::write(
+        &file,
+        "spammer@example.net\nbot@example.net\nthird@example.net\n",
+    )
+    .expect("list file");
+    assert_eq!(s.post("/v1/reload", json!({})).status, 200);
+    assert_eq!(
+        s.get("/v1/lists/blocked")["entries"],
+        json!([
+            "bot@example.net",
+            "spammer@example.net",
+            "third@example.net"
+        ])
+    );
+
+    let ok = |args: &[&str]| -> String {
+        let out = s.ctl(args);
+        assert!(
+            out.status.success(),
+            "xmppwall ctl {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let table = ok(&["lists"]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(
+        lines[0].starts_with("NAME ") && lines[0].contains("SOURCE"),
+        "{table}"
+    );
+    assert!(
+        lines[1].starts_with("blocked ")
+            && lines[1].contains(" jids ")
+            && lines[1].contains(" 3 ")
+            && lines[1].contains(&file.display().to_string()),
+        "{table}"
+    );
+    assert!(
+        lines[2].starts_with("friends ") && lines[2].contains("inline"),
+        "{table}"
+    );
+    let one = ok(&["lists", "hashed"]);
+    assert!(
+        one.starts_with("# hashed (hashed_jids, 1 entries, inline"),
+        "{one}"
+    );
+    assert_eq!(one.lines().nth(1), Some(hash.as_str()), "{one}");
+    let json_out: Value = serde_json::from_str(&ok(&["--json", "lists", "nets"])).expect("json");
+    assert_eq!(
+        json_out["entries"],
+        json!(["192.0.2.0/24", "198.51.100.7/32"])
+    );
+    let out = s.ctl(&["lists", "nothing-here"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing-here"));
 }

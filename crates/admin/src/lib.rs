@@ -27,6 +27,7 @@ use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 use xmppwall_policy::bans::{jid_domain, Ban, BanTarget};
+use xmppwall_policy::rules::config::ListInfo;
 use xmppwall_policy::stanza::bare_jid;
 use xmppwall_proxy::config::{Admin, Front};
 use xmppwall_proxy::server::{ReloadError, Shared};
@@ -54,6 +55,8 @@ fn routes() -> Vec<(&'static str, &'static str, MethodRouter<AppState>)> {
         ("get", "/v1/talkers", get(talkers)),
         ("get", "/v1/reports", get(reports)),
         ("get", "/v1/reputation", get(reputation)),
+        ("get", "/v1/lists", get(lists)),
+        ("get", "/v1/lists/{name}", get(list_entries)),
     ]
 }
 
@@ -457,6 +460,35 @@ fn kick_where(state: &AdminState, matcher: &Matcher, e: &StreamError) -> Vec<u64
         info!(sessions = ?kicked, condition = e.condition.name(), "sessions kicked");
     }
     kicked
+}
+
+/// One `[lists.NAME]` of the running policy, without its entries.
+fn list_json(list: &ListInfo) -> Value {
+    json!({
+        "name": list.name,
+        "kind": list.kind,
+        "size": list.len(),
+        "source": if list.file.is_some() { "file" } else { "inline" },
+        "file": list.file.as_ref().map(|p| p.display().to_string()),
+        "inline_entries": list.inline_entries,
+        "loaded": rfc3339(list.loaded),
+    })
+}
+
+async fn lists(State(state): State<AppState>) -> Json<Value> {
+    let policy = state.shared.policy.load();
+    let lists: Vec<Value> = policy.lists.iter().map(list_json).collect();
+    Json(json!({ "lists": lists }))
+}
+
+async fn list_entries(State(state): State<AppState>, Path(name): Path<String>) -> Response {
+    let policy = state.shared.policy.load();
+    let Some(list) = policy.lists.iter().find(|l| l.name == name) else {
+        return error(StatusCode::NOT_FOUND, format!("no list named {name:?}"));
+    };
+    let mut v = list_json(list);
+    v["entries"] = json!(list.entries());
+    Json(v).into_response()
 }
 
 fn ban_json(ban: &Ban, source: &str) -> Value {

@@ -121,6 +121,19 @@ impl CidrList {
     pub fn len(&self) -> usize {
         self.v4.len() + self.v6.len()
     }
+
+    /// The set as CIDR ranges, smallest number of them, IPv4 first (overlapping
+    /// and adjacent entries appear merged).
+    pub fn nets(&self) -> Vec<IpNet> {
+        let mut out = Vec::new();
+        for &(start, end) in &self.v4 {
+            out.extend(ipnet::Ipv4Subnets::new(start.into(), end.into(), 0).map(IpNet::V4));
+        }
+        for &(start, end) in &self.v6 {
+            out.extend(ipnet::Ipv6Subnets::new(start.into(), end.into(), 0).map(IpNet::V6));
+        }
+        out
+    }
 }
 
 fn merge<T: Ord + Copy + num_step::Step>(mut ranges: Vec<(T, T)>) -> Vec<(T, T)> {

@@ -238,6 +238,8 @@ pub struct Policy {
     pub regexes: conditions::PolicyRegexes,
     /// The list files the policy was built from: a change to one reloads it.
     pub files: Vec<std::path::PathBuf>,
+    /// The `[lists.*]` of the policy, by name (the admin API lists them).
+    pub lists: Vec<config::ListInfo>,
 }
 
 /// What evaluation needs beyond the stanza.

@@ -6,9 +6,9 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use regex::RegexSetBuilder;
 use serde::Deserialize;
@@ -235,6 +235,62 @@ impl List {
     }
 }
 
+/// One `[lists.NAME]` as compiled, for the admin API: shares the compiled set
+/// with the rules (nothing is copied), its entries listed on demand.
+#[derive(Debug, Clone)]
+pub struct ListInfo {
+    pub name: String,
+    /// `keywords`, `domains`, `jids`, `hashed_jids` or `cidrs`.
+    pub kind: &'static str,
+    /// The file its entries were read from (absent: inline only).
+    pub file: Option<PathBuf>,
+    /// How many entries were written inline in the configuration.
+    pub inline_entries: usize,
+    /// When this policy, and the list with it, was compiled (at start, at every
+    /// reload and every change of a list file).
+    pub loaded: SystemTime,
+    list: List,
+    /// A hashed list's kind is `jids` inside; this tells which set to show.
+    hashed: bool,
+}
+
+impl ListInfo {
+    /// How many entries the list holds (distinct, normalised; CIDR ranges merged).
+    pub fn len(&self) -> usize {
+        match &self.list {
+            List::Keywords(k) => k.len(),
+            List::Domains(d) => d.len(),
+            List::Jids(j) if self.hashed => j.hashed.len(),
+            List::Jids(j) => j.plain.len(),
+            List::Cidrs(c) => c.nets().len(),
+            List::Dynamic(_) => 0,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The entries, sorted: as matched (lower-cased domains and bare JIDs; hashed
+    /// JIDs as lower-case hex SHA-256 digests; CIDR ranges merged).
+    pub fn entries(&self) -> Vec<String> {
+        let mut out: Vec<String> = match &self.list {
+            List::Keywords(k) => k.clone(),
+            List::Domains(d) => d.iter().map(str::to_owned).collect(),
+            List::Jids(j) if self.hashed => j
+                .hashed
+                .iter()
+                .map(|h| h.iter().map(|b| format!("{b:02x}")).collect())
+                .collect(),
+            List::Jids(j) => j.plain.iter().cloned().collect(),
+            List::Cidrs(c) => return c.nets().iter().map(ToString::to_string).collect(),
+            List::Dynamic(_) => Vec::new(),
+        };
+        out.sort();
+        out
+    }
+}
+
 /// One file's share of the policy: the main configuration or an included file.
 pub struct Source<'a> {
     /// An index the caller maps back to the file, passed to the report.
@@ -254,13 +310,41 @@ pub type SourceReport<'a> = dyn FnMut(usize, Range<usize>, String) + 'a;
 pub fn compile_sources(sources: &[Source<'_>], report: &mut SourceReport<'_>) -> Policy {
     let mut compiled_lists = HashMap::new();
     let mut files = Vec::new();
+    let mut infos = Vec::new();
+    let loaded = SystemTime::now();
     for source in sources {
         for (name, raw) in source.lists {
-            if let Some(file) = &raw.get_ref().file {
-                files.push(source.base.join(file.get_ref()));
+            let path = raw
+                .get_ref()
+                .file
+                .as_ref()
+                .map(|file| source.base.join(file.get_ref()));
+            if let Some(path) = &path {
+                files.push(path.clone());
             }
             let mut r = |span: Range<usize>, m: String| report(source.file, span, m);
             if let Some(list) = compile_list(raw, source.base, &mut r) {
+                let r = raw.get_ref();
+                let (kind, inline) = match (&r.keywords, &r.domains, &r.jids, &r.hashed_jids) {
+                    (Some(k), ..) => ("keywords", k.len()),
+                    (_, Some(d), ..) => ("domains", d.len()),
+                    (_, _, Some(j), _) => ("jids", j.len()),
+                    (.., Some(h)) => ("hashed_jids", h.len()),
+                    _ => match (&r.cidrs, r.kind.as_ref().map(|k| k.get_ref().as_str())) {
+                        (Some(c), _) => ("cidrs", c.len()),
+                        (None, Some("hashed_jids")) => ("hashed_jids", 0),
+                        _ => (list.kind(), 0),
+                    },
+                };
+                infos.push(ListInfo {
+                    name: name.clone(),
+                    kind,
+                    file: path,
+                    inline_entries: inline,
+                    loaded,
+                    list: list.clone(),
+                    hashed: kind == "hashed_jids",
+                });
                 if compiled_lists.insert(name.clone(), list).is_some() {
                     report(
                         source.file,
@@ -364,12 +448,14 @@ pub fn compile_sources(sources: &[Source<'_>], report: &mut SourceReport<'_>) ->
     }
     // `Hook::ALL` lists the hooks in declaration order, and their chains come first.
     let hooks = std::array::from_fn(|i| (!chains[i].rules.is_empty()).then_some(i));
+    infos.sort_by(|a, b| a.name.cmp(&b.name));
     Policy {
         chains,
         hooks,
         shadow,
         regexes,
         files,
+        lists: infos,
     }
 }
 

@@ -777,3 +777,41 @@ fn hooks_are_listed_in_declaration_order() {
         assert_eq!(*hook as usize, i, "{hook:?}");
     }
 }
+
+#[test]
+fn compiled_lists_are_listed_with_kind_size_and_entries_as_matched() {
+    let digest = "AB".repeat(32);
+    let p = policy(&format!(
+        r#"
+[lists.words]
+keywords = ["casino", "pills"]
+[lists.peers]
+domains = ["B.example", "a.example.", "*.a.example"]
+[lists.people]
+jids = ["Alice@Example.org/phone", "bob@example.org"]
+[lists.hidden]
+hashed_jids = ["{digest}"]
+[lists.nets]
+cidrs = ["10.0.0.0/9", "10.128.0.0/9", "2001:db8::1"]
+"#
+    ));
+    let names: Vec<&str> = p.lists.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(names, ["hidden", "nets", "peers", "people", "words"]);
+    let get = |name: &str| p.lists.iter().find(|l| l.name == name).unwrap();
+    assert_eq!(get("words").kind, "keywords");
+    assert_eq!(get("words").entries(), ["casino", "pills"]);
+    assert_eq!(get("peers").kind, "domains");
+    assert_eq!(get("peers").inline_entries, 3);
+    assert_eq!(get("peers").entries(), ["a.example", "b.example"]);
+    assert_eq!(get("peers").len(), 2);
+    assert_eq!(
+        get("people").entries(),
+        ["alice@example.org", "bob@example.org"]
+    );
+    assert_eq!(get("hidden").kind, "hashed_jids");
+    assert_eq!(get("hidden").entries(), ["ab".repeat(32)]);
+    // Adjacent ranges merged; a bare address is its /128.
+    assert_eq!(get("nets").entries(), ["10.0.0.0/8", "2001:db8::1/128"]);
+    assert_eq!(get("nets").len(), 2);
+    assert!(p.lists.iter().all(|l| l.file.is_none()));
+}
