@@ -603,10 +603,7 @@ impl Inner {
         }
         let result: redis::RedisResult<()> = pipe.query_async(c).await;
         if result.is_err() {
-            let mut out = self.shared_out.lock().unwrap_or_else(|p| p.into_inner());
-            let newer = std::mem::replace(&mut *out, batch);
-            out.extend(newer);
-            out.truncate(PENDING_SHARED);
+            requeue(&self.shared_out, batch, PENDING_SHARED);
         }
         result
     }
@@ -788,11 +785,7 @@ impl Inner {
         }
         let result: redis::RedisResult<()> = pipe.query_async(c).await;
         if result.is_err() {
-            // Put them back in front of anything queued meanwhile.
-            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-            let newer = std::mem::replace(&mut *pending, batch);
-            pending.extend(newer);
-            pending.truncate(PENDING_BANS);
+            requeue(&self.pending, batch, PENDING_BANS);
         }
         result
     }
@@ -1026,6 +1019,15 @@ impl Inner {
 }
 
 /// A report or reputation change from the shared stream.
+/// Puts a batch that could not be sent back in front of whatever was queued meanwhile,
+/// keeping at most `cap` entries (the oldest first, so the order of events holds).
+fn requeue<T>(queue: &Mutex<Vec<T>>, batch: Vec<T>, cap: usize) {
+    let mut queue = queue.lock().unwrap_or_else(|p| p.into_inner());
+    let newer = std::mem::replace(&mut *queue, batch);
+    queue.extend(newer);
+    queue.truncate(cap);
+}
+
 /// Every key matching `pattern` (at most about a million), by `SCAN`, which never
 /// blocks Redis the way `KEYS` would.
 async fn scan_keys(
