@@ -46,6 +46,12 @@ enum Command {
     Report { results: PathBuf },
     /// Prints COUNT distinct free TCP ports on 127.0.0.1, one a line.
     FreePorts { count: usize },
+    /// Writes the throughput test's stanza mix (the first COUNT stanzas) to standard
+    /// output, for profiling the framer on it (`frame_traffic --file`).
+    Workload {
+        #[arg(long, default_value_t = 20_000)]
+        count: usize,
+    },
 }
 
 /// Binds all the ports at once before releasing them, so they are distinct. Another
@@ -83,6 +89,11 @@ fn main() -> std::process::ExitCode {
             Command::Attack(args) => attack::run(args).await,
             Command::Report { results } => report::print(&results),
             Command::FreePorts { count } => free_ports(count),
+            Command::Workload { count } => {
+                use std::io::Write;
+                let w = workload::generate(run::WORKLOAD_SEED, count);
+                std::io::stdout().write_all(&w.bytes).map_err(Into::into)
+            }
         }
     });
     match result {

@@ -18,6 +18,9 @@ use crate::record::Record;
 use crate::workload::{self, Workload};
 use crate::xmpp::{self, Framed, DOMAIN};
 
+/// The seed of the stanza mix every throughput case sends.
+pub const WORKLOAD_SEED: u64 = 0x786d_7070;
+
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 pub type BoxIo = Box<dyn Io>;
@@ -187,7 +190,7 @@ struct Sent {
 
 pub async fn throughput(args: ThroughputArgs) -> anyhow::Result<()> {
     let target = Arc::new(Target::new(&args.target)?);
-    let workload = Arc::new(workload::generate(0x786d_7070, 4096));
+    let workload = Arc::new(workload::generate(WORKLOAD_SEED, 4096));
     // Every connection is established before the clock starts: this measures the
     // relay, not logins.
     let conns = target

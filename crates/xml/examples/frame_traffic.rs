@@ -1,6 +1,9 @@
 //! Frames generated mixed traffic in 4 KiB reads and prints the throughput:
-//! `cargo run --release -p xmppwall-xml --example frame_traffic [MiB] [rounds]`.
+//! `cargo run --release -p xmppwall-xml --example frame_traffic [MiB] [rounds] [FILE]`.
 //! For profiling (`perf record`) and quick comparisons without criterion.
+//!
+//! With FILE, the traffic is that file's stanzas (repeated up to MiB) inside a stream
+//! header instead: `xmppwall-bench workload > mix.xml` gives the relay benchmark's mix.
 
 use std::time::Instant;
 use xmppwall_xml::{Framer, Limits};
@@ -21,7 +24,18 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let mib: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(8);
     let rounds: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(20);
-    let input = traffic::stream(7, mib << 20);
+    let input = match args.next() {
+        Some(path) => {
+            let stanzas = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+            let mut input = traffic::HEADER.as_bytes().to_vec();
+            while input.len() < mib << 20 {
+                input.extend_from_slice(&stanzas);
+            }
+            input.extend_from_slice(b"</stream:stream>");
+            input
+        }
+        None => traffic::stream(7, mib << 20),
+    };
     let mut best = f64::MAX;
     for _ in 0..rounds {
         let started = Instant::now();

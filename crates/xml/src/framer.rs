@@ -938,6 +938,14 @@ impl Framer {
                 b'\t' | b'\n' | b'\r' => pos += 1,
                 c if c < 0x80 => return Err(FORBIDDEN_CONTROL),
                 _ => {
+                    // Most often one character of another script in ASCII text
+                    // ("café"): stepped over here, without a call.
+                    if let Some(len) = chars::valid_char_len(&b[pos..]) {
+                        if b.get(pos + len).is_some_and(|&c| c < 0x80) {
+                            pos += len;
+                            continue;
+                        }
+                    }
                     let (p, complete) = skip_non_ascii(b, pos, b.len())?;
                     pos = p;
                     if !complete {
@@ -1470,9 +1478,26 @@ fn value_whole(b: &[u8], mut p: usize, quote: u8) -> Option<(usize, bool)> {
 #[inline]
 fn reference_whole(b: &[u8], p: usize) -> Option<usize> {
     let rest = b.get(p..)?;
-    for entity in [&b"amp;"[..], b"lt;", b"gt;", b"quot;", b"apos;"] {
-        if rest.starts_with(entity) {
-            return Some(p + entity.len());
+    // The five predefined entities, each compared as one word.
+    if let Some(word) = rest.get(..4) {
+        let word = u32::from_le_bytes(word.try_into().expect("4 bytes"));
+        let three = word & 0x00FF_FFFF;
+        if word == u32::from_le_bytes(*b"amp;")
+            || three == u32::from_le_bytes(*b"lt;\0")
+            || three == u32::from_le_bytes(*b"gt;\0")
+        {
+            return Some(
+                p + if word == u32::from_le_bytes(*b"amp;") {
+                    4
+                } else {
+                    3
+                },
+            );
+        }
+        if rest.get(4) == Some(&b';')
+            && (word == u32::from_le_bytes(*b"apos") || word == u32::from_le_bytes(*b"quot"))
+        {
+            return Some(p + 5);
         }
     }
     let mut reference = Reference::START;
