@@ -333,7 +333,9 @@ def plots(rows, out):
     import matplotlib.pyplot as plt
 
     attacks = [a for a in dict.fromkeys(r["attack"] for r in rows)]
-    labels = ["prosody", "xmppwall+prosody"]
+    # Every set-up in the results, in the order they ran (pinned runs carry it in
+    # their label).
+    labels = list(dict.fromkeys(r["label"] for r in rows))
     by = {(r["attack"], r["label"]): r for r in rows}
 
     def series(key, transform=lambda r, v: v):
@@ -348,10 +350,11 @@ def plots(rows, out):
     ]
     for name, title, data, scale in charts:
         fig, ax = plt.subplots(figsize=(11, 4.2))
-        width = 0.38
+        width = 0.8 / len(labels)
         xs = range(len(attacks))
         for i, l in enumerate(labels):
-            ax.bar([x + (i - 0.5) * width for x in xs], data[l], width, label=l)
+            offset = (i - (len(labels) - 1) / 2) * width
+            ax.bar([x + offset for x in xs], data[l], width, label=l)
         ax.set_xticks(list(xs))
         ax.set_xticklabels(attacks, rotation=30, ha="right")
         ax.set_title(title)
