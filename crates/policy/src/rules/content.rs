@@ -183,6 +183,9 @@ pub fn host_in_domain(host: &str, domain: &str) -> bool {
 /// passes the Luhn check (ISO/IEC 7812-1).
 pub fn has_card_number(text: &str) -> bool {
     let bytes = text.as_bytes();
+    if ascii_digits(bytes) < 13 {
+        return false;
+    }
     let mut i = 0;
     while i < bytes.len() {
         if !bytes[i].is_ascii_digit() || (i > 0 && bytes[i - 1].is_ascii_digit()) {
@@ -215,6 +218,12 @@ pub fn has_card_number(text: &str) -> bool {
     false
 }
 
+/// How many ASCII digits `bytes` holds: a vectorised count, the cheap test that
+/// lets text without enough digits skip the card and IBAN scans.
+fn ascii_digits(bytes: &[u8]) -> usize {
+    bytes.iter().filter(|b| b.is_ascii_digit()).count()
+}
+
 fn luhn(digits: &[u8]) -> bool {
     let sum: u32 = digits
         .iter()
@@ -241,6 +250,10 @@ fn luhn(digits: &[u8]) -> bool {
 /// groups of four) whose mod-97 check (ISO 7064) holds.
 pub fn has_iban(text: &str) -> bool {
     let bytes = text.as_bytes();
+    // The two check digits at least; most chat text has none.
+    if ascii_digits(bytes) < 2 {
+        return false;
+    }
     let mut i = 0;
     while i + 4 <= bytes.len() {
         let starts = bytes[i].is_ascii_alphabetic()
