@@ -205,6 +205,25 @@ struct Connection {
     traffic: Arc<Traffic>,
 }
 
+/// What the handshake hands the relay: both streams, their framers with what they
+/// read beyond the headers, the session and the client's header.
+struct Ready {
+    client: BoxIo,
+    server: BoxIo,
+    reader: FrameReader,
+    server_reader: FrameReader,
+    session: C2sSession,
+    header: ClientHeader,
+}
+
+impl Ready {
+    /// Moves the parts out and frees the box at once (`*ready` in the caller would
+    /// keep the allocation until the caller's future ends).
+    fn unbox(ready: Box<Ready>) -> Ready {
+        *ready
+    }
+}
+
 impl Connection {
     fn domain<'a>(&'a self, header: Option<&'a ClientHeader>) -> Option<&'a str> {
         header
@@ -246,27 +265,40 @@ impl Connection {
     }
 
     async fn run(mut self, tcp: ClientTcp, tls: ListenerTls) -> End {
+        // Two phases, so that an idle connection carries only what relaying needs:
+        // the handshake's future (TLS, headers, the server's answer) lives in a box
+        // of its own that is freed once it is done.
+        match Box::pin(self.open(tcp, tls)).await {
+            Ok(ready) => self.relay_ready(ready).await,
+            Err(end) => end,
+        }
+    }
+
+    /// TLS and the stream headers, up to the moment both streams are ready to relay.
+    async fn open(&mut self, tcp: ClientTcp, tls: ListenerTls) -> Result<Box<Ready>, End> {
         let budgets = self.config.limits.framer_budgets();
         match tls {
             ListenerTls::None => self.after_tls(Box::new(tcp), tls).await,
-            ListenerTls::Direct => match self
-                .accept_tls(Rewind::new(BytesMut::new(), tcp), None)
-                .await
-            {
-                Ok(io) => self.after_tls(io, tls).await,
-                Err(end) => end,
-            },
+            ListenerTls::Direct => {
+                match self
+                    .accept_tls(Rewind::new(BytesMut::new(), tcp), None)
+                    .await
+                {
+                    Ok(io) => self.after_tls(io, tls).await,
+                    Err(end) => Err(end),
+                }
+            }
             ListenerTls::Starttls => {
                 let mut tcp = tcp;
                 let mut reader = FrameReader::new(budgets.before);
                 let header = match self.read_header(&mut tcp, &mut reader, false).await {
                     Ok((header, _)) => header,
-                    Err(end) => return end,
+                    Err(end) => return Err(end),
                 };
                 if let Some(error) = self.admission.banned.take() {
-                    return self
+                    return Err(self
                         .refuse_before_header(&mut tcp, Some(&header), error)
-                        .await;
+                        .await);
                 }
                 // RFC 6120 §5.3.1: xmppwall answers the stream itself and offers only
                 // STARTTLS, as mandatory-to-negotiate.
@@ -274,7 +306,7 @@ impl Connection {
                     session::response_header(self.domain(Some(&header)), &session::new_stream_id());
                 out.extend_from_slice(session::STARTTLS_FEATURES);
                 if let Err(e) = tcp.write_all(&out).await {
-                    return End::ClientIo(e);
+                    return Err(End::ClientIo(e));
                 }
                 loop {
                     match reader
@@ -289,19 +321,21 @@ impl Connection {
                                 Ok(()) => break,
                                 Err(error) => {
                                     let bytes = error.to_bytes(Some("stream"));
-                                    return self.refuse(&mut tcp, bytes, error.condition).await;
+                                    return Err(self
+                                        .refuse(&mut tcp, bytes, error.condition)
+                                        .await);
                                 }
                             }
                         }
                         ReadOutcome::Frame(_, _) | ReadOutcome::Closed => {
                             let _ = tcp.write_all(b"</stream:stream>").await;
-                            return End::ClientClosed;
+                            return Err(End::ClientClosed);
                         }
-                        other => return self.end_before_relay(&mut tcp, other, true).await,
+                        other => return Err(self.end_before_relay(&mut tcp, other, true).await),
                     }
                 }
                 if let Err(e) = tcp.write_all(session::STARTTLS_PROCEED).await {
-                    return End::ClientIo(e);
+                    return Err(End::ClientIo(e));
                 }
                 // Whatever the client sent after <starttls/> is the start of its TLS
                 // handshake (RFC 6120 §5.4.3.3).
@@ -311,7 +345,7 @@ impl Connection {
                     .await
                 {
                     Ok(io) => self.after_tls(io, tls).await,
-                    Err(end) => end,
+                    Err(end) => Err(end),
                 }
             }
         }
@@ -429,18 +463,18 @@ impl Connection {
         }
     }
 
-    /// From the client's (post-TLS) stream header on.
-    async fn after_tls(mut self, mut client: BoxIo, tls: ListenerTls) -> End {
+    /// From the client's (post-TLS) stream header to the server's stream, open.
+    async fn after_tls(&mut self, mut client: BoxIo, tls: ListenerTls) -> Result<Box<Ready>, End> {
         let budgets = self.config.limits.framer_budgets();
         let mut reader = FrameReader::new(budgets.before);
         let (header, header_len) = match self.read_header(&mut client, &mut reader, true).await {
             Ok(h) => h,
-            Err(end) => return end,
+            Err(end) => return Err(end),
         };
         if let Some(error) = self.admission.banned.take() {
-            return self
+            return Err(self
                 .refuse_before_header(&mut client, Some(&header), error)
-                .await;
+                .await);
         }
         debug!(to = ?header.to, version = ?header.version, "client stream header");
         let header_bytes = reader.buf.split_to(header_len);
@@ -485,7 +519,7 @@ impl Connection {
                 .await
             {
                 Ok(element) => first_element = Some(element),
-                Err(end) => return end,
+                Err(end) => return Err(end),
             }
         }
         let answered = first_element.is_some();
@@ -499,11 +533,11 @@ impl Connection {
                     .with_text("the server is not reachable");
                 if answered {
                     let bytes = session.stream_error_bytes(&error, domain.as_deref());
-                    return self.refuse(&mut client, bytes, error.condition).await;
+                    return Err(self.refuse(&mut client, bytes, error.condition).await);
                 }
-                return self
+                return Err(self
                     .refuse_before_header(&mut client, Some(&header), error)
-                    .await;
+                    .await);
             }
         };
         let mut first =
@@ -519,7 +553,7 @@ impl Connection {
                     .refuse_before_header(&mut client, Some(&header), error)
                     .await;
             }
-            return End::ServerIo(e);
+            return Err(End::ServerIo(e));
         }
         let mut server_reader = FrameReader::new(server_limits(&budgets));
         if let Some(element) = first_element {
@@ -538,47 +572,33 @@ impl Connection {
                 Ok(Some(unexpected)) => {
                     let _ = client.write_all(&unexpected).await;
                     let _ = client.shutdown().await;
-                    return End::ServerClosed;
+                    return Err(End::ServerClosed);
                 }
                 Err(end) => {
                     let error = StreamError::new(StreamCondition::RemoteConnectionFailed)
                         .with_text("the server did not answer the stream");
                     let bytes = session.stream_error_bytes(&error, domain.as_deref());
                     let _ = self.refuse(&mut client, bytes, error.condition).await;
-                    return end;
+                    return Err(end);
                 }
             }
             if let Err(e) = server.write_all(&element).await {
                 let error = StreamError::new(StreamCondition::RemoteConnectionFailed);
                 let bytes = session.stream_error_bytes(&error, domain.as_deref());
                 let _ = self.refuse(&mut client, bytes, error.condition).await;
-                return End::ServerIo(e);
+                return Err(End::ServerIo(e));
             }
             Stats::add(&self.shared.stats.stanzas_to_server, 1);
         }
 
-        let session = Mutex::new(session);
-        let registration =
-            self.shared
-                .sessions
-                .register(self.id, self.peer, "c2s", header.to.clone());
-        let end = self
-            .relay(
-                client,
-                server,
-                reader,
-                server_reader,
-                &session,
-                header,
-                registration,
-            )
-            .await;
-        *self
-            .traffic
-            .identity
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = lock(&session).identity().map(str::to_owned);
-        end
+        Ok(Box::new(Ready {
+            client,
+            server,
+            reader,
+            server_reader,
+            session,
+            header,
+        }))
     }
 
     /// Answers the client's stream header without the server (RFC 6120 §4.3.2: a
@@ -782,43 +802,52 @@ impl Connection {
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))?
     }
 
-    #[allow(clippy::too_many_arguments)] // both sides with their readers, the session's parts
-    async fn relay(
-        &self,
-        client: BoxIo,
-        server: BoxIo,
-        client_reader: FrameReader,
-        server_reader: FrameReader,
-        session: &Mutex<C2sSession>,
-        header: ClientHeader,
-        registration: Registration<'_>,
-    ) -> End {
+    /// Relays both directions until the connection ends.
+    ///
+    /// What an idle connection holds is this future and the two directions' futures:
+    /// `ready` comes boxed and each direction's future is boxed as soon as it is made,
+    /// so the streams and framers are stored once, in the direction that uses them,
+    /// rather than once more in every future they pass through (async functions keep
+    /// their arguments).
+    async fn relay_ready(&self, ready: Box<Ready>) -> End {
+        let Ready {
+            client,
+            server,
+            reader,
+            server_reader,
+            session,
+            header,
+        } = Ready::unbox(ready);
+        let session = Mutex::new(session);
+        let registration =
+            self.shared
+                .sessions
+                .register(self.id, self.peer, "c2s", header.to.clone());
         let (client_rd, client_wr) = tokio::io::split(client);
         let (server_rd, server_wr) = tokio::io::split(server);
         let (to_client, from_c2s) = mpsc::channel(TO_CLIENT_QUEUE);
         let (to_server, from_s2c) = mpsc::channel(TO_SERVER_QUEUE);
-        let c2s = self.client_to_server(
+        let mut c2s = Box::pin(self.client_to_server(
             client_rd,
             server_wr,
-            client_reader,
-            session,
+            reader,
+            &session,
             to_client,
             from_s2c,
             &registration,
-        );
-        let s2c = self.server_to_client(
+        ));
+        let mut s2c = Box::pin(self.server_to_client(
             server_rd,
             client_wr,
             server_reader,
-            session,
+            &session,
             from_c2s,
             to_server,
             &header,
             &registration.session,
-        );
-        tokio::pin!(c2s, s2c);
+        ));
         let grace = self.config.timeouts.shutdown_grace;
-        tokio::select! {
+        let end = tokio::select! {
             end = &mut c2s => {
                 let _ = tokio::time::timeout(grace, &mut s2c).await;
                 end
@@ -827,7 +856,14 @@ impl Connection {
                 let _ = tokio::time::timeout(grace, &mut c2s).await;
                 end
             }
-        }
+        };
+        drop((c2s, s2c));
+        *self
+            .traffic
+            .identity
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = lock(&session).identity().map(str::to_owned);
+        end
     }
 
     /// The client → server direction: frames, checks, forwards.
@@ -839,20 +875,16 @@ impl Connection {
         &self,
         mut rd: ReadHalf<BoxIo>,
         mut wr: WriteHalf<BoxIo>,
-        reader: FrameReader,
+        mut reader: FrameReader,
         session: &Mutex<C2sSession>,
         to_client: mpsc::Sender<ToClient>,
-        mut from_s2c: mpsc::Receiver<Vec<u8>>,
+        mut from_s2c: mpsc::Receiver<Box<[u8]>>,
         registration: &Registration<'_>,
     ) -> End {
         let budgets = self.config.limits.framer_budgets();
         let stats = &self.shared.stats;
         let live = &*registration.session;
         let mut kicked = registration.kicked.clone();
-        let FrameReader {
-            mut framer,
-            mut buf,
-        } = reader;
         let mut shutdown = self.shutdown.clone();
         let mut throttle_pause = Duration::ZERO;
         let mut frames = 0u64;
@@ -865,19 +897,19 @@ impl Connection {
             // client can only do so once it has read that success, so whatever was
             // buffered before this read still belongs to the old stream.
             if lock(session).take_client_restart() {
-                framer.reset();
-                framer.set_limits(budgets.after);
+                reader.framer.reset();
+                reader.framer.set_limits(budgets.after);
             }
             loop {
-                let frame = match framer.next(&buf[pos..]) {
+                let frame = match reader.framer.next(&reader.buf[pos..]) {
                     Ok(Some(f)) => f,
                     Ok(None) => break,
                     Err(e) => {
-                        let _ = wr.write_all(&buf[run_start..pos]).await;
-                        return close_both(&mut wr, &to_client, framing_error(e)).await;
+                        let _ = wr.write_all(&reader.buf[run_start..pos]).await;
+                        return Box::pin(close_both(&mut wr, &to_client, framing_error(e))).await;
                     }
                 };
-                let bytes = &buf[pos..pos + frame.len];
+                let bytes = &reader.buf[pos..pos + frame.len];
                 frames += 1;
                 let action = if frames % PROCESSING_SAMPLE_EVERY == 0 {
                     // Sampled: two clock reads for one frame in PROCESSING_SAMPLE_EVERY.
@@ -893,7 +925,7 @@ impl Connection {
                     stanzas += u64::from(frame.token == Token::Element);
                     continue;
                 }
-                if let Err(e) = wr.write_all(&buf[run_start..pos]).await {
+                if let Err(e) = wr.write_all(&reader.buf[run_start..pos]).await {
                     return End::ServerIo(e);
                 }
                 pos += frame.len;
@@ -909,30 +941,40 @@ impl Connection {
                     }
                     ClientAction::Reply(reply) => {
                         Stats::add(&stats.stanzas_bounced, 1);
-                        if to_client.send(ToClient::Bytes(reply)).await.is_err() {
+                        if to_client
+                            .send(ToClient::Bytes(reply.into_boxed_slice()))
+                            .await
+                            .is_err()
+                        {
                             return End::ClientClosed;
                         }
                     }
                     ClientAction::Drop => {}
                     ClientAction::Close(error) => {
-                        return close_both(&mut wr, &to_client, error).await;
+                        return Box::pin(close_both(&mut wr, &to_client, error)).await;
                     }
                     ClientAction::CloseWith(bytes) => {
                         let _ = wr.write_all(b"</stream:stream>").await;
-                        let _ = to_client.send(ToClient::CloseWith(bytes)).await;
+                        let _ = to_client
+                            .send(ToClient::CloseWith(bytes.into_boxed_slice()))
+                            .await;
                         return End::RefusedOther;
                     }
                     ClientAction::ReserveResource { account, max } => {
                         // Once per session (a bind request), never per stanza: one
                         // round trip to Redis, bounded by `redis_timeout`.
                         let refused = match self.shared.cluster.get() {
-                            Some(cluster) => match cluster.reserve_resource(&account, max).await {
-                                Ok(ticket) => {
-                                    lock(session).shared_resource_reserved(ticket);
-                                    None
+                            Some(cluster) => {
+                                match Box::pin(cluster.reserve_resource(&account, max)).await {
+                                    Ok(ticket) => {
+                                        lock(session).shared_resource_reserved(ticket);
+                                        None
+                                    }
+                                    Err(()) => {
+                                        Some(lock(session).shared_resource_refused(bytes, max))
+                                    }
                                 }
-                                Err(()) => Some(lock(session).shared_resource_refused(bytes, max)),
-                            },
+                            }
                             None => None,
                         };
                         match refused {
@@ -946,7 +988,11 @@ impl Connection {
                                 self.note_refusal(live, "to_server", &action);
                                 if let ClientAction::Reply(reply) = action {
                                     Stats::add(&stats.stanzas_bounced, 1);
-                                    if to_client.send(ToClient::Bytes(reply)).await.is_err() {
+                                    if to_client
+                                        .send(ToClient::Bytes(reply.into_boxed_slice()))
+                                        .await
+                                        .is_err()
+                                    {
                                         return End::ClientClosed;
                                     }
                                 }
@@ -958,14 +1004,14 @@ impl Connection {
             Stats::add(&stats.stanzas_to_server, stanzas);
             Stats::add(&self.traffic.stanzas_to_server, stanzas);
             LiveSession::add(&live.stanzas_from_client, stanzas);
-            if let Err(e) = wr.write_all(&buf[run_start..pos]).await {
+            if let Err(e) = wr.write_all(&reader.buf[run_start..pos]).await {
                 return End::ServerIo(e);
             }
-            release_consumed(&mut buf, pos);
+            release_consumed(&mut reader.buf, pos);
             if !throttle_pause.is_zero() {
                 tokio::select! {
                     _ = tokio::time::sleep(std::mem::take(&mut throttle_pause)) => {}
-                    error = kicked_error(&mut kicked) => return close_both(&mut wr, &to_client, error).await,
+                    error = kicked_error(&mut kicked) => return Box::pin(close_both(&mut wr, &to_client, error)).await,
                     _ = shutdown.changed() => {
                         let _ = wr.write_all(b"</stream:stream>").await;
                         let _ = wr.shutdown().await;
@@ -981,7 +1027,7 @@ impl Connection {
                     .min(Instant::now() + self.config.timeouts.idle)
             };
             let read = tokio::select! {
-                r = tokio::time::timeout_at(deadline, read_into(&mut rd, &mut buf)) => r,
+                r = tokio::time::timeout_at(deadline, read_into(&mut rd, &mut reader.buf)) => r,
                 // Written between whole client stanzas: nothing partial is pending.
                 Some(answer) = from_s2c.recv() => {
                     if let Err(e) = wr.write_all(&answer).await {
@@ -993,7 +1039,7 @@ impl Connection {
                 // server the end of the stream.
                 error = kicked_error(&mut kicked) => {
                     info!(condition = error.condition.name(), "session kicked by the operator");
-                    return close_both(&mut wr, &to_client, error).await;
+                    return Box::pin(close_both(&mut wr, &to_client, error)).await;
                 }
                 _ = shutdown.changed() => {
                     // The server direction tells the client; the server hears the
@@ -1018,7 +1064,7 @@ impl Connection {
                         Throttle::Continue => {}
                         Throttle::Pause(pause) => throttle_pause = pause,
                         Throttle::Close(error) => {
-                            return close_both(&mut wr, &to_client, error).await;
+                            return Box::pin(close_both(&mut wr, &to_client, error)).await;
                         }
                     }
                 }
@@ -1034,7 +1080,7 @@ impl Connection {
                     };
                     let error =
                         StreamError::new(StreamCondition::ConnectionTimeout).with_text(text);
-                    return close_both(&mut wr, &to_client, error).await;
+                    return Box::pin(close_both(&mut wr, &to_client, error)).await;
                 }
             }
         }
@@ -1047,20 +1093,16 @@ impl Connection {
         &self,
         mut rd: ReadHalf<BoxIo>,
         mut wr: WriteHalf<BoxIo>,
-        reader: FrameReader,
+        mut reader: FrameReader,
         session: &Mutex<C2sSession>,
         mut from_c2s: mpsc::Receiver<ToClient>,
-        to_server: mpsc::Sender<Vec<u8>>,
+        to_server: mpsc::Sender<Box<[u8]>>,
         header: &ClientHeader,
         live: &LiveSession,
     ) -> End {
         let stats = &self.shared.stats;
-        let FrameReader {
-            mut framer,
-            mut buf,
-        } = reader;
         // Bytes the server sent after its features, read before the relay started.
-        let mut buffered = !buf.is_empty();
+        let mut buffered = !reader.buf.is_empty();
         let mut template_seen = false;
         let mut shutdown = self.shutdown.clone();
         let mut c2s_done = false;
@@ -1075,7 +1117,7 @@ impl Connection {
                     let error = StreamError::new(StreamCondition::SystemShutdown)
                         .with_text("the server is shutting down");
                     let bytes = lock(session).stream_error_bytes(&error, self.domain(Some(header)));
-                    let _ = self.refuse(&mut wr, bytes, StreamCondition::SystemShutdown).await;
+                    let _ = Box::pin(self.refuse(&mut wr, bytes, StreamCondition::SystemShutdown)).await;
                     return End::Shutdown;
                 }
                 message = from_c2s.recv(), if !c2s_done => {
@@ -1088,10 +1130,10 @@ impl Connection {
                         Some(ToClient::Close(error)) => {
                             let condition = error.condition;
                             let bytes = lock(session).stream_error_bytes(&error, self.domain(Some(header)));
-                            return self.refuse(&mut wr, bytes, condition).await;
+                            return Box::pin(self.refuse(&mut wr, bytes, condition)).await;
                         }
                         Some(ToClient::CloseWith(bytes)) => {
-                            let _ = self.refuse(&mut wr, bytes, StreamCondition::UndefinedCondition).await;
+                            let _ = Box::pin(self.refuse(&mut wr, bytes.into_vec(), StreamCondition::UndefinedCondition)).await;
                             return End::RefusedOther;
                         }
                         // The client direction ended; keep relaying what the server
@@ -1103,7 +1145,7 @@ impl Connection {
                     if std::mem::take(&mut buffered) {
                         Ok(None)
                     } else {
-                        read_into(&mut rd, &mut buf).await.map(Some)
+                        read_into(&mut rd, &mut reader.buf).await.map(Some)
                     }
                 } => {
                     match read {
@@ -1129,12 +1171,12 @@ impl Connection {
                     let mut pos = 0;
                     let mut run_start = 0;
                     loop {
-                        let frame = match framer.next(&buf[pos..]) {
+                        let frame = match reader.framer.next(&reader.buf[pos..]) {
                             Ok(Some(f)) => f,
                             Ok(None) => break,
                             Err(e) => {
                                 warn!(error = %e, "the server sent XML xmppwall cannot frame");
-                                let _ = wr.write_all(&buf[run_start..pos]).await;
+                                let _ = wr.write_all(&reader.buf[run_start..pos]).await;
                                 let error = StreamError::new(StreamCondition::InternalServerError);
                                 let bytes = lock(session).stream_error_bytes(&error, self.domain(Some(header)));
                                 let _ = wr.write_all(&bytes).await;
@@ -1142,7 +1184,7 @@ impl Connection {
                                 return End::ServerIo(io::Error::other(e));
                             }
                         };
-                        let bytes = &buf[pos..pos + frame.len];
+                        let bytes = &reader.buf[pos..pos + frame.len];
                         if !template_seen && frame.token == Token::Element && is_stream_features(bytes) {
                             // The features of a first stream: what the next client
                             // is answered with before its server connection exists.
@@ -1166,7 +1208,7 @@ impl Connection {
                             if !failure.tarpit.is_zero() {
                                 // Tarpit: the failure reaches the client late, which
                                 // slows a password guesser down (XEP-0205 §2.3).
-                                if let Err(e) = wr.write_all(&buf[run_start..pos]).await {
+                                if let Err(e) = wr.write_all(&reader.buf[run_start..pos]).await {
                                     return End::ClientIo(e);
                                 }
                                 run_start = pos;
@@ -1181,48 +1223,48 @@ impl Connection {
                                     LimitKind::AuthFailureBan.name(),
                                     "ban",
                                 );
-                                let _ = wr.write_all(&buf[run_start..pos + frame.len]).await;
+                                let _ = wr.write_all(&reader.buf[run_start..pos + frame.len]).await;
                                 let error = auth_banned_error(until);
                                 let bytes = lock(session).stream_error_bytes(&error, self.domain(Some(header)));
-                                return self.refuse(&mut wr, bytes, StreamCondition::PolicyViolation).await;
+                                return Box::pin(self.refuse(&mut wr, bytes, StreamCondition::PolicyViolation)).await;
                             }
                         }
                         match action {
                             ServerAction::Forward => pos += frame.len,
                             ServerAction::ReplaceThenClose(replacement, error) => {
-                                let _ = wr.write_all(&buf[run_start..pos]).await;
+                                let _ = wr.write_all(&reader.buf[run_start..pos]).await;
                                 let _ = wr.write_all(&replacement).await;
                                 let bytes = lock(session).stream_error_bytes(&error, self.domain(Some(header)));
-                                return self.refuse(&mut wr, bytes, error.condition).await;
+                                return Box::pin(self.refuse(&mut wr, bytes, error.condition)).await;
                             }
                             ServerAction::ForwardThenClose(error) => {
-                                let _ = wr.write_all(&buf[run_start..pos + frame.len]).await;
+                                let _ = wr.write_all(&reader.buf[run_start..pos + frame.len]).await;
                                 let bytes = lock(session).stream_error_bytes(&error, self.domain(Some(header)));
-                                return self.refuse(&mut wr, bytes, error.condition).await;
+                                return Box::pin(self.refuse(&mut wr, bytes, error.condition)).await;
                             }
                             ServerAction::Drop => {
                                 Stats::add(&stats.to_client_dropped, 1);
                                 self.note_refusal(live, "to_client", &ClientAction::Drop);
-                                if let Err(e) = wr.write_all(&buf[run_start..pos]).await {
+                                if let Err(e) = wr.write_all(&reader.buf[run_start..pos]).await {
                                     return End::ClientIo(e);
                                 }
                                 pos += frame.len;
                                 run_start = pos;
                             }
                             ServerAction::Answer(answer) => {
-                                if let Err(e) = wr.write_all(&buf[run_start..pos]).await {
+                                if let Err(e) = wr.write_all(&reader.buf[run_start..pos]).await {
                                     return End::ClientIo(e);
                                 }
                                 pos += frame.len;
                                 run_start = pos;
                                 // Never waits: a full queue loses the answer, not the stream.
-                                if to_server.try_send(answer).is_err() {
+                                if to_server.try_send(answer.into_boxed_slice()).is_err() {
                                     debug!("answer to the server dropped: queue full");
                                 }
                             }
                             ServerAction::Rewrite(rewritten) => {
                                 let written = async {
-                                    wr.write_all(&buf[run_start..pos]).await?;
+                                    wr.write_all(&reader.buf[run_start..pos]).await?;
                                     wr.write_all(&rewritten).await
                                 };
                                 if let Err(e) = written.await {
@@ -1241,7 +1283,7 @@ impl Connection {
                             info!(auth = ?lock(session).auth(), address_successes = successes, address_failures = failures, "authenticated");
                         }
                         if restart {
-                            framer.reset();
+                            reader.framer.reset();
                         }
                     }
                     Stats::add(&stats.stanzas_to_client, stanzas);
@@ -1252,10 +1294,10 @@ impl Connection {
                             live.set_jid(jid, true);
                         }
                     }
-                    if let Err(e) = wr.write_all(&buf[run_start..pos]).await {
+                    if let Err(e) = wr.write_all(&reader.buf[run_start..pos]).await {
                         return End::ClientIo(e);
                     }
-                    release_consumed(&mut buf, pos);
+                    release_consumed(&mut reader.buf, pos);
                 }
             }
         }
@@ -1297,12 +1339,14 @@ fn starttls_request(element: &[u8]) -> Result<(), StreamError> {
 
 /// What the client direction asks the client writer to send.
 enum ToClient {
-    /// A stanza (e.g. an error reply).
-    Bytes(Vec<u8>),
+    /// A stanza (e.g. an error reply). Boxed slices rather than vectors, and the
+    /// stream error boxed: the queue's slots are as large as its largest message,
+    /// and every connection holds a block of them.
+    Bytes(Box<[u8]>),
     /// A stream error; then the connection closes.
-    Close(StreamError),
+    Close(Box<StreamError>),
     /// Raw bytes that end the stream; then the connection closes.
-    CloseWith(Vec<u8>),
+    CloseWith(Box<[u8]>),
 }
 
 /// Ends both streams: the client gets `error`, the server the end of its stream.
@@ -1312,7 +1356,7 @@ async fn close_both(
     error: StreamError,
 ) -> End {
     let condition = error.condition;
-    let _ = to_client.send(ToClient::Close(error)).await;
+    let _ = to_client.send(ToClient::Close(Box::new(error))).await;
     let _ = server.write_all(b"</stream:stream>").await;
     let _ = server.shutdown().await;
     End::Refused(condition)

@@ -742,7 +742,7 @@ pub async fn serve(
                         // The shared gate (several instances): one Redis round trip at most,
                         // off the accept loop.
                         if admission.banned.is_none() && !admission.ticket.trusted_address {
-                            match shared.shared_admission(peer.ip()).await {
+                            match Box::pin(shared.shared_admission(peer.ip())).await {
                                 Ok(ticket) => admission.cluster = ticket,
                                 Err(kind) => {
                                     debug!(limit = kind.name(), "connection refused by the shared gate");
@@ -754,9 +754,11 @@ pub async fn serve(
                             }
                         }
                         match listener.front {
-                            Front::C2s => c2s::serve(shared, id, tcp, peer, listener, admission).await,
+                            // Each boxed: the task then holds only the future of its own
+                            // front (sizes differ by kilobytes), not the largest of all.
+                            Front::C2s => Box::pin(c2s::serve(shared, id, tcp, peer, listener, admission)).await,
                             Front::S2s | Front::S2sEgress | Front::Component => {
-                                crate::relay::serve(shared, id, tcp, peer, listener, admission).await
+                                Box::pin(crate::relay::serve(shared, id, tcp, peer, listener, admission)).await
                             }
                         }
                     }
