@@ -5,7 +5,10 @@
 //! Every detector is linear in the text and allocates nothing unless it finds
 //! something; regular expressions are compiled by the rules into one `RegexSet`.
 
+use std::sync::LazyLock;
+
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use memchr::memmem::Finder;
 use rustc_hash::FxHashSet;
 
 /// A keyword list matched case-insensitively on whole words.
@@ -129,8 +132,13 @@ fn is_word_byte(b: u8) -> bool {
 /// Candidates are found with two substring searches (`://` and `www.`, SIMD-fast), so
 /// text without links costs two scans and no allocation.
 pub fn url_hosts(text: &str) -> impl Iterator<Item = String> + '_ {
+    // The searchers are built once: building one costs about as much as a search
+    // through a chat message.
+    static SCHEME: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new("://"));
+    static WWW: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new("www."));
+    static WWW_UPPER: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new("WWW."));
     let bytes = text.as_bytes();
-    let scheme = memchr::memmem::find_iter(bytes, b"://").filter_map(move |i| {
+    let scheme = SCHEME.find_iter(bytes).filter_map(move |i| {
         // Which scheme ends here: http, https or ftp, any case, at a word start.
         let before = &bytes[..i];
         let name_start = before
@@ -143,8 +151,9 @@ pub fn url_hosts(text: &str) -> impl Iterator<Item = String> + '_ {
             .any(|s| name.eq_ignore_ascii_case(s));
         known.then_some((name_start, i + 3))
     });
-    let www = memchr::memmem::find_iter(bytes, b"www.")
-        .chain(memchr::memmem::find_iter(bytes, b"WWW."))
+    let www = WWW
+        .find_iter(bytes)
+        .chain(WWW_UPPER.find_iter(bytes))
         .filter(move |&i| {
             // At a word start, and not the host of a URL with a scheme.
             (i == 0 || !is_word_byte(bytes[i - 1])) && !(i >= 3 && &bytes[i - 3..i] == b"://")
