@@ -15,7 +15,11 @@ PAIRS senders each writing RATE chat messages a second to a partner, bodies of a
                      Prosody without mod_firewall.
 
 Reported per set-up: messages delivered per second, latency, and the CPU Prosody and
-xmppwall spent per delivered message. Results: DIR/policy.tsv (raw lines),
+xmppwall spent per delivered message. After each measurement a canary checks that the
+rules act: an ordinary message, one with a listed keyword, one matching a pattern and
+an ordinary one again, from one account to another; the rule set-ups must stop the
+middle two and deliver the others, the baseline deliver all four (DIR/policy-canary.md;
+the script fails otherwise). Results: DIR/policy.tsv (raw lines),
 DIR/policy.md (the table, with ratios to the baseline). Needs prosody and
 prosody-modules (Debian): installs what is missing, as bench/attacks/run.py does.
 
@@ -50,8 +54,11 @@ Loopback only; the traffic is bounded by --seconds and --rate.
 """
 
 import argparse
+import base64
 import os
 import random
+import socket
+import time
 import subprocess
 import sys
 import tempfile
@@ -82,7 +89,8 @@ ORDINARY = {"hello", "how", "are", "you", "today", "see", "the", "meeting", "at"
 
 
 def policy(d):
-    """Writes the lists and both rule files into `d`; returns (firewall script, xmppwall rules)."""
+    """Writes the lists and both rule files into `d`; returns what the canary needs to
+    make each kind of content rule match: a keyword of the list and a regex's two words."""
     rng = random.Random(0x2545F491)
     keywords = words(rng, 10_000, ORDINARY)
     pairs = [(a, b) for a, b in zip(words(rng, 50, ORDINARY), words(rng, 50, ORDINARY))]
@@ -147,6 +155,7 @@ def policy(d):
     assert count == 200, count
     (d / "rules.pfw").write_text("\n".join(fw) + "\n")
     (d / "rules.toml").write_text("\n".join(wall) + "\n")
+    return {"keyword": keywords[0], "pair": pairs[0]}
 
 
 def prosody_config(d, port, firewall):
@@ -213,7 +222,7 @@ class Setup:
         self.dir = Path(tempfile.mkdtemp(prefix="xmppwall-policy-"))
         self.procs = {}
         pin_argv = ["taskset", "-c", "1"] if pin else []
-        policy(self.dir)
+        self.probes = policy(self.dir)
         accounts = self.dir / "data" / DOMAIN / "accounts"
         accounts.mkdir(parents=True)
         for i in range(2 * 50):
@@ -256,6 +265,70 @@ class Setup:
             attacks.say(f"kept {self.dir}")
         else:
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Client:
+    """Just enough of an XMPP client for the canary: plaintext stream, SASL PLAIN, bind."""
+
+    HEADER = ("<?xml version='1.0'?><stream:stream to='localhost' version='1.0' "
+              "xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>")
+
+    def __init__(self, port, user):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.buf = b""
+        self.send(self.HEADER)
+        self.read_until(b"</stream:features>")
+        token = base64.b64encode(f"\0{user}\0{PASSWORD}".encode()).decode()
+        self.send(f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{token}</auth>")
+        got = self.read_until(b"</success>", b"/>", b"</failure>")
+        if b"<success" not in got:
+            raise SystemExit(f"canary: {user} could not log in: {got[-200:]!r}")
+        self.send(self.HEADER)
+        self.read_until(b"</stream:features>")
+        self.send("<iq type='set' id='bind'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
+                  "<resource>canary</resource></bind></iq>")
+        self.read_until(b"</iq>")
+        self.send("<presence/>")
+
+    def send(self, text):
+        self.sock.sendall(text.encode())
+
+    def read_until(self, *markers, timeout=10.0):
+        """Everything read up to and including the first of `markers`."""
+        deadline = time.time() + timeout
+        while True:
+            hits = [(self.buf.find(m), m) for m in markers if self.buf.find(m) >= 0]
+            if hits:
+                at, m = min(hits)
+                out, self.buf = self.buf[:at + len(m)], self.buf[at + len(m):]
+                return out
+            if time.time() > deadline:
+                raise SystemExit(f"canary: timed out waiting for {markers}; read {self.buf[-300:]!r}")
+            self.sock.settimeout(max(0.1, deadline - time.time()))
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise SystemExit(f"canary: stream closed; read {self.buf[-300:]!r}")
+            self.buf += chunk
+
+
+def canary(setup):
+    """Checks that the rules act: one message per kind of content rule (a keyword of the
+    list, bounced; a pattern, dropped) between two ordinary messages, from legit98 to
+    legit99. The last ordinary message arriving proves that anything missing before it
+    was stopped (one sender's messages to one recipient stay in order). Returns, per
+    probe, whether the recipient got it."""
+    a, b = setup.probes["pair"]
+    probes = [("first", "hello how are you"),
+              ("keyword", f"hello {setup.probes['keyword']} today"),
+              ("pattern", f"see {a} {b} later"),
+              ("last", "thanks see you")]
+    receiver = Client(setup.port, "legit99")
+    sender = Client(setup.port, "legit98")
+    time.sleep(0.5)  # both available before the first message
+    for pid, body in probes:
+        sender.send(f"<message to='legit99@{DOMAIN}' type='chat' id='canary-{pid}'><body>{body}</body></message>")
+    got = receiver.read_until(b"canary-last")
+    return {pid: f"canary-{pid}".encode() in got for pid, _ in probes}
 
 
 SETUPS = ["prosody", "prosody+firewall", "xmppwall+prosody"]
@@ -316,6 +389,7 @@ def main():
     if not args.report_only:
         attacks.ensure_tools(build=not args.no_build)
         results.unlink(missing_ok=True)
+        canaries = []
         subprocess.run(["uptime"])
         for name in args.setups.split(","):
             if name not in SETUPS:
@@ -333,12 +407,32 @@ def main():
                 done = subprocess.run(argv, timeout=args.seconds + 120)
                 if done.returncode != 0:
                     attacks.say(f"{name} failed (exit {done.returncode})")
+                seen = canary(setup)
+                expected = {"first": True, "keyword": name == "prosody", "pattern": name == "prosody",
+                            "last": True}
+                verdict = "as expected" if seen == expected else "NOT AS EXPECTED"
+                attacks.say(f"canary {name}: delivered {seen}: {verdict}")
+                canaries.append((name, seen, verdict))
             finally:
                 setup.stop(keep=args.keep)
         subprocess.run(["uptime"])
+        lines = ["", "Canary after the measurement (a message per kind of content rule, between two "
+                 "ordinary ones; delivered or not):", "",
+                 "| set-up | ordinary | keyword | pattern | ordinary | verdict |", "|---|---|---|---|---|---|"]
+        for name, seen, verdict in canaries:
+            yes = {True: "delivered", False: "stopped"}
+            lines.append(f"| {name} | {yes[seen['first']]} | {yes[seen['keyword']]} | {yes[seen['pattern']]} "
+                         f"| {yes[seen['last']]} | {verdict} |")
+        (out / "policy-canary.md").write_text("\n".join(lines) + "\n")
     rows = attacks.read_results(results)
-    (out / "policy.md").write_text(table(rows))
-    print(table(rows))
+    report = table(rows)
+    canary_file = out / "policy-canary.md"
+    if canary_file.exists():
+        report += canary_file.read_text()
+    (out / "policy.md").write_text(report)
+    print(report)
+    if not args.report_only and any(v != "as expected" for _, _, v in canaries):
+        raise SystemExit("a canary was not handled as the rules say: see above")
 
 
 if __name__ == "__main__":
