@@ -89,12 +89,16 @@ impl ContactBook {
     /// The user wrote to `jid` (a bare JID): a contact from now on, once a roster
     /// was seen.
     pub fn wrote_to(&self, account: &str, jid: &str) {
+        self.wrote_to_with(account, || jid.to_owned());
+    }
+
+    /// Like [`Self::wrote_to`] for the hot path (every message a user sends): the
+    /// account is looked up without a copy, and `jid` (the bare JID, which costs a
+    /// lowercased copy) is made only when the account's contacts are being kept.
+    pub fn wrote_to_with(&self, account: &str, jid: impl FnOnce() -> String) {
         let mut t = self.lock();
-        if let Some(contacts) = t
-            .get_mut(&account.to_owned())
-            .and_then(|a| a.contacts.as_mut())
-        {
-            contacts.entry(jid.to_owned(), || ());
+        if let Some(contacts) = t.get_mut(account).and_then(|a| a.contacts.as_mut()) {
+            contacts.entry(jid(), || ());
         }
     }
 

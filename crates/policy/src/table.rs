@@ -95,7 +95,12 @@ impl<K: Hash + Eq, V> BoundedTable<K, V> {
             .expect("the entry was found just above, under the same borrow")
     }
 
-    pub fn get_mut(&mut self, key: &K) -> Option<&mut V> {
+    /// By a borrowed key (`&str` for a `String` key): a lookup allocates nothing.
+    pub fn get_mut<Q>(&mut self, key: &Q) -> Option<&mut V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         self.entries.get_mut(key)
     }
 

@@ -800,14 +800,18 @@ impl C2sSession {
         let Some(to) = stanza.to() else {
             return;
         };
-        let Some(account) = self.contacts_account() else {
+        if self.contacts_of.is_none() && self.contacts_account().is_none() {
+            return;
+        }
+        // The fields, not `contacts_account()`: no copy of the account per stanza.
+        let Some(account) = self.contacts_of.as_deref() else {
             return;
         };
         self.limiter
             .load()
             .state
             .contacts
-            .wrote_to(&account, &bare_jid(&to));
+            .wrote_to_with(account, || bare_jid(&to));
     }
 
     /// Whether the other party of `stanza` is outside the observed contacts; `None`
@@ -846,6 +850,11 @@ impl C2sSession {
     /// quarantined, messages and subscription requests to non-contacts are held
     /// back; throttled, they are limited to the configured rate.
     fn reputation_to_server(&mut self, stanza: &Stanza<'_>, now: Instant) -> Option<ClientAction> {
+        // Without `[reputation]` only a spam report (an iq) is of interest here: every
+        // other stanza leaves at once, before any copy.
+        if stanza.kind != Kind::Iq && self.limiter.load().antispam.reputation.is_none() {
+            return None;
+        }
         let limiter = self.limiter.load_full();
         let account = self.conn.account.clone()?;
         if stanza.kind == Kind::Iq
