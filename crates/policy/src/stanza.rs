@@ -48,6 +48,59 @@ pub struct Stanza<'a> {
     ty: Option<&'a [u8]>,
 }
 
+/// The attributes of a start tag that tell what an element is and, for a stanza,
+/// where it goes: read in one pass, before it is known whether it is a stanza.
+#[derive(Debug, Clone, Copy)]
+pub struct Head<'a> {
+    pub start: StartTag<'a>,
+    /// The raw value of the first `xmlns` attribute.
+    xmlns: Option<&'a [u8]>,
+    /// Whether every `xmlns` attribute is `jabber:client` or `jabber:server`.
+    stanza_ns: bool,
+    /// The raw (as written) values of the first `to`, `from` and `type`.
+    to: Option<&'a [u8]>,
+    from: Option<&'a [u8]>,
+    ty: Option<&'a [u8]>,
+}
+
+impl<'a> Head<'a> {
+    pub fn read(start: StartTag<'a>) -> Head<'a> {
+        let mut head = Head {
+            start,
+            xmlns: None,
+            stanza_ns: true,
+            to: None,
+            from: None,
+            ty: None,
+        };
+        for (name, raw) in start.attributes() {
+            match name {
+                b"to" => head.to = head.to.or(Some(raw)),
+                b"from" => head.from = head.from.or(Some(raw)),
+                b"type" => head.ty = head.ty.or(Some(raw)),
+                b"xmlns" => {
+                    head.xmlns = head.xmlns.or(Some(raw));
+                    let ns = view::attribute_value(raw);
+                    if ns != "jabber:client" && ns != "jabber:server" {
+                        head.stanza_ns = false;
+                    }
+                }
+                _ => {}
+            }
+        }
+        head
+    }
+
+    /// The value of the (first) `xmlns` attribute, as [`StartTag::attribute`] reads it.
+    pub fn xmlns(&self) -> Option<Cow<'a, str>> {
+        self.xmlns.map(view::attribute_value)
+    }
+
+    pub fn stanza_type(&self) -> Option<Cow<'a, str>> {
+        self.ty.map(view::attribute_value)
+    }
+}
+
 impl<'a> Stanza<'a> {
     /// `None` for anything that is not a `jabber:client`/`jabber:server` stanza.
     pub fn parse(bytes: &'a [u8]) -> Option<Stanza<'a>> {
@@ -56,34 +109,28 @@ impl<'a> Stanza<'a> {
 
     /// For a caller that has read the start tag already (it is not read again).
     pub fn with_start(start: StartTag<'a>, bytes: &'a [u8]) -> Option<Stanza<'a>> {
-        let kind = match start.name {
+        Stanza::with_head(Head::read(start), bytes)
+    }
+
+    /// For a caller that has read the start tag's attributes already (they are not
+    /// read again).
+    pub fn with_head(head: Head<'a>, bytes: &'a [u8]) -> Option<Stanza<'a>> {
+        let kind = match head.start.name {
             b"message" => Kind::Message,
             b"presence" => Kind::Presence,
             b"iq" => Kind::Iq,
             _ => return None,
         };
-        let (mut to, mut from, mut ty) = (None, None, None);
-        for (name, raw) in start.attributes() {
-            match name {
-                b"to" => to = to.or(Some(raw)),
-                b"from" => from = from.or(Some(raw)),
-                b"type" => ty = ty.or(Some(raw)),
-                b"xmlns" => {
-                    let ns = view::attribute_value(raw);
-                    if ns != "jabber:client" && ns != "jabber:server" {
-                        return None;
-                    }
-                }
-                _ => {}
-            }
+        if !head.stanza_ns {
+            return None;
         }
         Some(Stanza {
             kind,
             bytes,
-            start,
-            to,
-            from,
-            ty,
+            start: head.start,
+            to: head.to,
+            from: head.from,
+            ty: head.ty,
         })
     }
 

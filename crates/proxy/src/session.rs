@@ -23,7 +23,7 @@ use xmppwall_policy::bans::{
 };
 use xmppwall_policy::reputation::Standing;
 use xmppwall_policy::rules::{self, Hook, Marks, Policy, StreamFront, Subject};
-use xmppwall_policy::stanza::{bare_jid, Kind, Stanza};
+use xmppwall_policy::stanza::{bare_jid, Head, Kind, Stanza};
 use xmppwall_policy::{ConnectionLimits, LimitKind, Limiter, Throttle, Verdict};
 use xmppwall_store::{StanzaSummary, Store, VerdictRecord, VerdictSource};
 use xmppwall_xml::view::{self, StartTag};
@@ -394,7 +394,13 @@ impl C2sSession {
         let Some(tag) = StartTag::parse(bytes) else {
             return ClientAction::Close(StreamError::new(StreamCondition::NotWellFormed));
         };
-        let ns = namespace(&tag, CLIENT_NS);
+        // One pass over the attributes: the namespace here, and `to`, `from` and
+        // `type` for the stanza below.
+        let head = Head::read(tag);
+        let ns = match prefix(tag.name) {
+            None => head.xmlns().unwrap_or(Cow::Borrowed(CLIENT_NS)),
+            Some(_) => namespace(&tag, CLIENT_NS),
+        };
         let name = tag.local_name();
         let is_stanza = ns == CLIENT_NS && matches!(name, b"message" | b"presence" | b"iq");
 
@@ -485,7 +491,7 @@ impl C2sSession {
         if !is_stanza {
             return ClientAction::Forward;
         }
-        if name == b"iq" && tag.attribute(b"type").as_deref() == Some("set") {
+        if name == b"iq" && head.stanza_type().as_deref() == Some("set") {
             let binds = view::children(bytes).any(|c| {
                 c.start.local_name() == b"bind" && namespace(&c.start, CLIENT_NS) == BIND_NS
             });
@@ -521,7 +527,7 @@ impl C2sSession {
                 return ClientAction::ForwardRewritten(rewritten);
             }
         }
-        let Some(stanza) = Stanza::with_start(tag, bytes) else {
+        let Some(stanza) = Stanza::with_head(head, bytes) else {
             return ClientAction::Forward;
         };
         if let Some(ban) = self.domain_ban(stanza.to().as_deref()) {
