@@ -155,7 +155,7 @@ impl<'a> Stanza<'a> {
     /// Each first-level child with its namespace and where it lies in the stanza.
     pub fn children(&self) -> impl Iterator<Item = Payload<'a>> + 'a {
         let stanza = self.start;
-        view::children(self.bytes).map(move |c| {
+        view::children_after(self.bytes, &stanza).map(move |c| {
             let ns = match c.start.prefix() {
                 // `<a:query xmlns:a='…'/>`: the prefix is declared on the child or,
                 // failing that, on the stanza.

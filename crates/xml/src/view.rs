@@ -165,6 +165,17 @@ pub fn children(element: &[u8]) -> Children<'_> {
     Children { element, pos: 0 }
 }
 
+/// Like [`children`] for a caller that has read `element`'s start tag already (it
+/// is not read again).
+pub fn children_after<'a>(element: &'a [u8], start: &StartTag<'_>) -> Children<'a> {
+    let pos = if start.self_closing {
+        element.len()
+    } else {
+        start.len
+    };
+    Children { element, pos }
+}
+
 pub struct Children<'a> {
     element: &'a [u8],
     /// Where reading goes on; 0 before the parent's start tag was read.

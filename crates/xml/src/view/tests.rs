@@ -110,6 +110,24 @@ fn children_skip_text_and_cdata() {
 }
 
 #[test]
+fn children_after_a_read_start_tag_are_the_same_children() {
+    for element in [
+        MESSAGE,
+        &b"<a>text<![CDATA[<fake/>]]><b/>more<c>x</c></a>"[..],
+        b"<a/>",
+        b"<a></a>",
+        b"<a x='>'><b y=\"/>\"/></a>",
+    ] {
+        let start = StartTag::parse(element).unwrap();
+        let after: Vec<_> = children_after(element, &start)
+            .map(|c| (c.start.name, c.range))
+            .collect();
+        let all: Vec<_> = children(element).map(|c| (c.start.name, c.range)).collect();
+        assert_eq!(after, all);
+    }
+}
+
+#[test]
 fn children_of_empty_or_self_closing_elements_are_none() {
     assert_eq!(children(b"<a/>").count(), 0);
     assert_eq!(children(b"<a></a>").count(), 0);
