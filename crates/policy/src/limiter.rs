@@ -1214,7 +1214,8 @@ fn distinct_recipient_in(
     to: &str,
     now: Instant,
 ) -> Result<(), StanzaError> {
-    let to = bare_jid(to);
+    // Copied only when it becomes a new entry.
+    let to = crate::stanza::bare_jid_ref(to);
     // The account itself and bare domains (the server, its components) are not
     // recipients a spammer gains anything from.
     if to == account || !to.contains('@') {
@@ -1223,12 +1224,12 @@ fn distinct_recipient_in(
     let recipients =
         recipients_slot.get_or_insert_with(|| BoundedTable::new("recipients", RECIPIENTS_HARD_CAP));
     recipients.trim_idle(|&t| now.saturating_duration_since(t) >= limit.period);
-    if let Some(t) = recipients.get_mut(&to) {
+    if let Some(t) = recipients.get_mut(to.as_ref()) {
         *t = now;
         return Ok(());
     }
     let replied = correspondents
-        .and_then(|c| c.peek(&to))
+        .and_then(|c| c.peek(to.as_ref()))
         .is_some_and(|&t| now.saturating_duration_since(t) < limit.period);
     if replied {
         return Ok(());
@@ -1249,7 +1250,7 @@ fn distinct_recipient_in(
             )),
         });
     }
-    recipients.entry(to, || now);
+    recipients.entry(to.into_owned(), || now);
     Ok(())
 }
 

@@ -194,6 +194,17 @@ pub fn bare_jid(jid: &str) -> String {
     bare.to_ascii_lowercase()
 }
 
+/// [`bare_jid`] without a copy when the bare JID has no ASCII capital in it (the
+/// usual spelling).
+pub fn bare_jid_ref(jid: &str) -> Cow<'_, str> {
+    let bare = jid.split_once('/').map_or(jid, |(b, _)| b);
+    if bare.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(bare.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(bare)
+    }
+}
+
 /// The domain part of a JID.
 pub fn domain_of(jid: &str) -> &str {
     let bare = jid.split_once('/').map_or(jid, |(b, _)| b);
@@ -243,6 +254,14 @@ mod tests {
     fn bare_jid_drops_the_resource_and_lowercases() {
         assert_eq!(bare_jid("Alice@Example.org/Phone/x"), "alice@example.org");
         assert_eq!(bare_jid("example.org"), "example.org");
+        assert_eq!(
+            bare_jid_ref("Alice@Example.org/Phone/x"),
+            "alice@example.org"
+        );
+        assert!(matches!(
+            bare_jid_ref("alice@example.org/Phone"),
+            Cow::Borrowed("alice@example.org")
+        ));
         assert_eq!(domain_of("alice@example.org/res@x"), "example.org");
     }
 }

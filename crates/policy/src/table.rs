@@ -104,7 +104,11 @@ impl<K: Hash + Eq, V> BoundedTable<K, V> {
         self.entries.get_mut(key)
     }
 
-    pub fn peek(&self, key: &K) -> Option<&V> {
+    pub fn peek<Q>(&self, key: &Q) -> Option<&V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         self.entries.peek(key)
     }
 

@@ -530,7 +530,7 @@ impl C2sSession {
         let Some(stanza) = Stanza::with_head(head, bytes) else {
             return ClientAction::Forward;
         };
-        if let Some(ban) = self.domain_ban(stanza.to().as_deref()) {
+        if let Some(ban) = self.domain_ban(|| stanza.to()) {
             return match domain_banned_error(&ban)
                 .reply_to(&stanza.start, self.bound_jid.as_deref())
             {
@@ -1135,15 +1135,15 @@ impl C2sSession {
 
     /// The operator's ban on the domain of `jid`, if any (one atomic load while no
     /// domain is banned).
-    fn domain_ban(&self, jid: Option<&str>) -> Option<Ban> {
+    fn domain_ban<'a>(&self, jid: impl FnOnce() -> Option<Cow<'a, str>>) -> Option<Ban> {
         let bans = self.bans.as_ref().filter(|b| b.has_domains())?;
-        bans.domain_of(jid?)
+        bans.domain_of(&jid()?)
     }
 
     /// Limits, then rules, for a stanza the server sends the client.
     fn server_stanza(&mut self, stanza: &Stanza<'_>, now: Instant) -> ServerAction {
         // A stanza from a banned domain is dropped: its sender is beyond the server.
-        if self.domain_ban(stanza.from().as_deref()).is_some() {
+        if self.domain_ban(|| stanza.from()).is_some() {
             return ServerAction::Drop;
         }
         let verdict = self.limiter.load().check_to_client(&self.conn, stanza, now);
