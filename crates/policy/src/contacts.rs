@@ -105,7 +105,7 @@ impl ContactBook {
     /// Whether a roster was seen for `account`.
     pub fn known(&self, account: &str) -> bool {
         self.lock()
-            .peek(&account.to_owned())
+            .peek(account)
             .is_some_and(|a| a.contacts.is_some())
     }
 

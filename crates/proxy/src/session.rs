@@ -792,8 +792,12 @@ impl C2sSession {
 
     /// Whether a roster of the account was seen (on any of its streams).
     fn contacts_known(&mut self) -> bool {
-        match self.contacts_account() {
-            Some(account) => self.limiter.load().state.contacts.known(&account),
+        if self.contacts_of.is_none() && self.contacts_account().is_none() {
+            return false;
+        }
+        // The field, not `contacts_account()`: no copy of the account per stanza.
+        match self.contacts_of.as_deref() {
+            Some(account) => self.limiter.load().state.contacts.known(account),
             None => false,
         }
     }
