@@ -403,3 +403,57 @@ pub(crate) fn skip_text(s: &[u8], mut i: usize) -> usize {
     }
     i
 }
+
+/// How many bytes [`find_byte`] and [`find_byte3`] look at one by one before handing
+/// the rest to `memchr`. Setting up a library search costs about as much as looping over
+/// this many bytes, and the names, attribute values and end tags of a stanza are mostly
+/// shorter.
+const SHORT_SCAN: usize = 24;
+
+/// The position of the first `needle` in `hay`.
+#[inline]
+pub(crate) fn find_byte(needle: u8, hay: &[u8]) -> Option<usize> {
+    let (head, tail) = hay.split_at(hay.len().min(SHORT_SCAN));
+    match head.iter().position(|&b| b == needle) {
+        Some(i) => Some(i),
+        None if tail.is_empty() => None,
+        None => memchr::memchr(needle, tail).map(|i| i + SHORT_SCAN),
+    }
+}
+
+/// The position of the first of three bytes in `hay`.
+#[inline]
+pub(crate) fn find_byte3(a: u8, b: u8, c: u8, hay: &[u8]) -> Option<usize> {
+    let (head, tail) = hay.split_at(hay.len().min(SHORT_SCAN));
+    match head.iter().position(|&x| x == a || x == b || x == c) {
+        Some(i) => Some(i),
+        None if tail.is_empty() => None,
+        None => memchr::memchr3(a, b, c, tail).map(|i| i + SHORT_SCAN),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_scans_agree_with_memchr_at_every_length_and_position() {
+        for len in 0..80 {
+            for at in 0..=len {
+                let mut hay = vec![b'x'; len];
+                if at < len {
+                    hay[at] = b'>';
+                }
+                if at + 3 < len {
+                    hay[at + 3] = b'>';
+                }
+                assert_eq!(find_byte(b'>', &hay), memchr::memchr(b'>', &hay));
+                assert_eq!(
+                    find_byte3(b'"', b'>', b'\'', &hay),
+                    memchr::memchr3(b'"', b'>', b'\'', &hay)
+                );
+                assert_eq!(find_byte(b'<', &hay), None);
+            }
+        }
+    }
+}

@@ -10,7 +10,7 @@ use std::ops::Range;
 
 use memchr::memmem;
 
-use crate::chars::is_ws;
+use crate::chars::{find_byte, find_byte3, is_ws};
 use crate::escape;
 
 /// The start tag of an element.
@@ -40,7 +40,7 @@ impl<'a> StartTag<'a> {
         let mut i = attributes_start;
         loop {
             // Quoted values may hold '>' (never '<'): skip them whole.
-            let at = i + memchr::memchr3(b'>', b'"', b'\'', element.get(i..)?)?;
+            let at = i + find_byte3(b'>', b'"', b'\'', element.get(i..)?)?;
             match element[at] {
                 b'>' => {
                     let self_closing = at > attributes_start && element[at - 1] == b'/';
@@ -52,14 +52,14 @@ impl<'a> StartTag<'a> {
                         len: at + 1,
                     });
                 }
-                quote => i = at + 1 + memchr::memchr(quote, element.get(at + 1..)?)? + 1,
+                quote => i = at + 1 + find_byte(quote, element.get(at + 1..)?)? + 1,
             }
         }
     }
 
     /// The local part of the name (after any `prefix:`).
     pub fn local_name(&self) -> &'a [u8] {
-        match memchr::memchr(b':', self.name) {
+        match self.name.iter().position(|&b| b == b':') {
             Some(i) => &self.name[i + 1..],
             None => self.name,
         }
@@ -67,7 +67,10 @@ impl<'a> StartTag<'a> {
 
     /// The prefix of the name (before `:`), if it has one.
     pub fn prefix(&self) -> Option<&'a [u8]> {
-        memchr::memchr(b':', self.name).map(|i| &self.name[..i])
+        self.name
+            .iter()
+            .position(|&b| b == b':')
+            .map(|i| &self.name[..i])
     }
 
     /// The value of the attribute with this qualified name, unescaped.
@@ -149,7 +152,7 @@ fn parse_attribute(s: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
     }
     let open = skip_ws(s, eq + 1);
     let quote = *s.get(open).filter(|&&q| q == b'"' || q == b'\'')?;
-    let close = open + 1 + memchr::memchr(quote, s.get(open + 1..)?)?;
+    let close = open + 1 + find_byte(quote, s.get(open + 1..)?)?;
     Some((name, &s[open + 1..close], &s[close + 1..]))
 }
 
@@ -195,7 +198,7 @@ enum Markup<'a> {
 fn markup_at(element: &[u8], lt: usize) -> Option<Markup<'_>> {
     let rest = element.get(lt..)?;
     match rest.get(1)? {
-        b'/' => Some(Markup::End(lt + memchr::memchr(b'>', rest)? + 1)),
+        b'/' => Some(Markup::End(lt + find_byte(b'>', rest)? + 1)),
         // The framer lets no comment or processing instruction through: `<!` is CDATA.
         b'!' => {
             let close = lt + memmem::find(rest, b"]]>")?;
@@ -224,7 +227,7 @@ impl<'a> Iterator for Children<'a> {
         loop {
             let Some(lt) = element
                 .get(self.pos..)
-                .and_then(|r| memchr::memchr(b'<', r))
+                .and_then(|r| find_byte(b'<', r))
                 .map(|i| self.pos + i)
             else {
                 self.pos = element.len();
@@ -284,7 +287,7 @@ pub fn text(element: &[u8]) -> Cow<'_, str> {
     let mut depth = 0usize;
     while let Some(lt) = element
         .get(pos..)
-        .and_then(|r| memchr::memchr(b'<', r))
+        .and_then(|r| find_byte(b'<', r))
         .map(|i| pos + i)
     {
         if depth == 0 {
