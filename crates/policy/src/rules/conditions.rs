@@ -303,17 +303,28 @@ pub struct Address<'a> {
 
 impl<'a> Address<'a> {
     /// ASCII-lowercases `jid`, copying it only when it has an upper-case letter.
+    ///
+    /// One pass over the bytes finds the upper-case letters, the first `/` (where the
+    /// resource starts) and the last `@` before it (where the domain starts): JIDs are
+    /// short, and three library searches cost more than the one loop.
     fn lowercased(jid: Cow<'a, str>) -> Address<'a> {
-        if jid.bytes().any(|b| b.is_ascii_uppercase()) {
-            Address::new(Cow::Owned(jid.to_ascii_lowercase()))
-        } else {
-            Address::new(jid)
+        let bytes = jid.as_bytes();
+        let mut bare_len = bytes.len();
+        let mut domain_start = 0;
+        let mut upper = false;
+        for (i, &b) in bytes.iter().enumerate() {
+            upper |= b.is_ascii_uppercase();
+            if b == b'/' && bare_len == bytes.len() {
+                bare_len = i;
+            } else if b == b'@' && bare_len == bytes.len() {
+                domain_start = i + 1;
+            }
         }
-    }
-
-    fn new(full: Cow<'a, str>) -> Address<'a> {
-        let bare_len = full.find('/').unwrap_or(full.len());
-        let domain_start = full[..bare_len].rfind('@').map_or(0, |i| i + 1);
+        let full = if upper {
+            Cow::Owned(jid.to_ascii_lowercase())
+        } else {
+            jid
+        };
         Address {
             full,
             bare_len,
@@ -718,6 +729,36 @@ mod tests {
         assert!(JidGlob::new("*/evil*").matches("a@b/evil-client"));
         assert!(!JidGlob::new("*/evil*").matches("a@b/good"));
         assert!(JidGlob::new("*").matches("anything@at.all"));
+    }
+
+    #[test]
+    fn addresses_split_into_bare_jid_and_domain_lowercased() {
+        let cases = [
+            (
+                "Alice@Example.org/Phone@x/y",
+                "alice@example.org",
+                "example.org",
+            ),
+            ("alice@example.org", "alice@example.org", "example.org"),
+            ("example.org/res@x", "example.org", "example.org"),
+            ("EXAMPLE.ORG", "example.org", "example.org"),
+            ("a@b@c.test", "a@b@c.test", "c.test"),
+            ("", "", ""),
+        ];
+        for (jid, bare, domain) in cases {
+            let a = Address::lowercased(Cow::Borrowed(jid));
+            assert_eq!((a.bare(), a.domain()), (bare, domain), "{jid}");
+            assert_eq!(&*a.full, jid.to_ascii_lowercase(), "{jid}");
+        }
+        // Only an upper-case letter makes a copy.
+        assert!(matches!(
+            Address::lowercased(Cow::Borrowed("a@b/C")).full,
+            Cow::Owned(_)
+        ));
+        assert!(matches!(
+            Address::lowercased(Cow::Borrowed("a@b/c")).full,
+            Cow::Borrowed(_)
+        ));
     }
 
     #[test]
