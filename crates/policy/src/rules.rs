@@ -216,6 +216,9 @@ pub struct Rule {
     pub rate: Option<RuleRate>,
     pub hits: AtomicU64,
     pub shadow_hits: AtomicU64,
+    /// How many of the first `conditions` the chain's index enforces exactly: a rule
+    /// the index offers as a candidate holds them, so they are not checked again.
+    pub indexed: usize,
 }
 
 #[derive(Debug)]
@@ -443,7 +446,12 @@ impl Policy {
         };
         for i in order {
             let rule = &c.rules[i];
-            if !rule.matches(facts, now) {
+            let skip = if candidates.is_some() {
+                rule.indexed
+            } else {
+                0
+            };
+            if !rule.matches(facts, now, skip) {
                 continue;
             }
             let shadow = self.shadow || c.shadow || rule.shadow;
@@ -510,8 +518,9 @@ impl Policy {
 }
 
 impl Rule {
-    fn matches(&self, facts: &mut Facts<'_, '_>, now: Instant) -> bool {
-        if !self.conditions.iter().all(|c| c.holds(facts)) {
+    /// Whether the rule applies, its first `skip` conditions taken as holding.
+    fn matches(&self, facts: &mut Facts<'_, '_>, now: Instant, skip: usize) -> bool {
+        if !self.conditions[skip..].iter().all(|c| c.holds(facts)) {
             return false;
         }
         if !self.unless.is_empty() && self.unless.iter().all(|c| c.holds(facts)) {

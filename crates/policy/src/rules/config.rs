@@ -444,7 +444,10 @@ pub fn compile_sources(sources: &[Source<'_>], report: &mut SourceReport<'_>) ->
     }
     for chain in &mut chains {
         let index = super::index::ChainIndex::build(&chain.rules);
-        chain.index = index.is_useful().then_some(index);
+        if index.is_useful() {
+            index.settle(&mut chain.rules);
+            chain.index = Some(index);
+        }
     }
     // `Hook::ALL` lists the hooks in declaration order, and their chains come first.
     let hooks = std::array::from_fn(|i| (!chains[i].rules.is_empty()).then_some(i));
@@ -1084,6 +1087,7 @@ impl Compiler<'_, '_> {
             rate,
             hits: Default::default(),
             shadow_hits: Default::default(),
+            indexed: 0,
         })
     }
 }

@@ -46,31 +46,70 @@ impl RuleSet {
         self.words[i / 64] |= 1 << (i % 64);
     }
 
-    fn union_with(&mut self, other: &RuleSet) {
-        for (a, b) in self.words.iter_mut().zip(&other.words) {
-            *a |= b;
+    /// A copy (a word copy: the derived `Clone` of a `SmallVec` goes element by element).
+    fn copy(&self) -> RuleSet {
+        RuleSet {
+            words: SmallVec::from_slice(&self.words),
         }
     }
 
-    fn intersect_with(&mut self, other: &RuleSet) {
-        for (a, b) in self.words.iter_mut().zip(&other.words) {
-            *a &= b;
+    /// Keeps only the rules some of `admitted` (a dimension's free rules and the rules
+    /// of each value the stanza has on it) hold: `self &= a1 | a2 | ...`, in place.
+    fn restrict(&mut self, admitted: &[&RuleSet]) {
+        let Some((first, rest)) = admitted.split_first() else {
+            return;
+        };
+        // Slices throughout: indexing a `SmallVec` checks where it lives every time.
+        let mut admit: SmallVec<[u64; 4]> = SmallVec::from_slice(&first.words);
+        for set in rest {
+            for (a, b) in admit.iter_mut().zip(set.words.iter()) {
+                *a |= b;
+            }
         }
+        for (word, a) in self.words.iter_mut().zip(admit.iter()) {
+            *word &= a;
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.words.iter().all(|&w| w == 0)
     }
 
     /// The positions in the set, in increasing order.
-    pub fn iter(&self) -> impl Iterator<Item = usize> + '_ {
-        self.words.iter().enumerate().flat_map(|(w, &word)| {
-            let mut bits = word;
-            std::iter::from_fn(move || {
-                if bits == 0 {
-                    return None;
-                }
-                let b = bits.trailing_zeros() as usize;
-                bits &= bits - 1;
-                Some(w * 64 + b)
-            })
-        })
+    pub fn iter(&self) -> RuleSetIter<'_> {
+        RuleSetIter {
+            words: &self.words,
+            bits: 0,
+            base: 0,
+            next_base: 0,
+        }
+    }
+}
+
+/// The positions of a [`RuleSet`], in increasing order.
+pub struct RuleSetIter<'a> {
+    /// The words not yet started.
+    words: &'a [u64],
+    /// What is left of the current word, and the position of its bit 0.
+    bits: u64,
+    base: usize,
+    /// The position of bit 0 of the next word.
+    next_base: usize,
+}
+
+impl Iterator for RuleSetIter<'_> {
+    type Item = usize;
+    fn next(&mut self) -> Option<usize> {
+        while self.bits == 0 {
+            let (&first, rest) = self.words.split_first()?;
+            self.words = rest;
+            self.bits = first;
+            self.base = self.next_base;
+            self.next_base += 64;
+        }
+        let b = self.bits.trailing_zeros() as usize;
+        self.bits &= self.bits - 1;
+        Some(self.base + b)
     }
 }
 
@@ -111,30 +150,31 @@ impl DomainIndex {
         any.then_some(DomainIndex { free, by_domain })
     }
 
-    /// The rules that could match a stanza carrying these keys (namespaces, marks).
-    fn candidates_any<'k>(&self, keys: impl Iterator<Item = &'k str>) -> RuleSet {
-        let mut set = self.free.clone();
-        for k in keys {
-            if let Some(rules) = self.by_domain.get(k) {
-                set.union_with(rules);
-            }
-        }
-        set
+    /// The rule sets that admit a stanza carrying these keys (namespaces, marks): the
+    /// free rules and those of each key.
+    fn admitted_any<'k>(&self, keys: impl Iterator<Item = &'k str>) -> Admitted<'_> {
+        let mut admitted: Admitted<'_> = smallvec::smallvec![&self.free];
+        admitted.extend(keys.filter_map(|k| self.by_domain.get(k)));
+        admitted
     }
 
-    /// The rules that could match a stanza whose domain on this dimension is `domain`.
-    fn candidates(&self, domain: Option<&str>) -> RuleSet {
-        let mut set = self.free.clone();
+    /// The rule sets that admit a stanza whose domain on this dimension is `domain`:
+    /// the free rules and those of the domain and each of its parents.
+    fn admitted(&self, domain: Option<&str>) -> Admitted<'_> {
+        let mut admitted: Admitted<'_> = smallvec::smallvec![&self.free];
         let mut rest = domain.map(|d| d.trim_end_matches('.'));
         while let Some(d) = rest {
             if let Some(rules) = self.by_domain.get(d) {
-                set.union_with(rules);
+                admitted.push(rules);
             }
             rest = d.split_once('.').map(|(_, parent)| parent);
         }
-        set
+        admitted
     }
 }
+
+/// The rule sets one dimension admits for a stanza (their union is what it admits).
+type Admitted<'i> = SmallVec<[&'i RuleSet; 4]>;
 
 /// Rules by the connection's address (`address` conditions): the address space cut
 /// into the pieces no range boundary crosses, each with the rules that admit it.
@@ -192,16 +232,16 @@ impl AddressIndex {
         Some(AddressIndex { free, pieces })
     }
 
-    fn candidates(&self, ip: std::net::IpAddr) -> RuleSet {
-        let mut set = self.free.clone();
+    fn admitted(&self, ip: std::net::IpAddr) -> Admitted<'_> {
+        let mut admitted: Admitted<'_> = smallvec::smallvec![&self.free];
         let key = crate::address::CidrList::key(ip);
         let i = self.pieces.partition_point(|p| p.0 <= key);
         if let Some((_, last, rules)) = i.checked_sub(1).map(|i| &self.pieces[i]) {
             if key <= *last {
-                set.union_with(rules);
+                admitted.push(rules);
             }
         }
-        set
+        admitted
     }
 }
 
@@ -297,6 +337,34 @@ impl ChainIndex {
         }
     }
 
+    /// Moves to the front of each rule's conditions those the index enforces exactly
+    /// (the rule is a candidate only when they hold) and records how many there are:
+    /// the rule's `kind`, and the `payload`, `address` or `mark` condition the index
+    /// filed it under. Domain conditions stay: their index is a superset (subdomains,
+    /// globs).
+    pub fn settle(&self, rules: &mut [Rule]) {
+        for rule in rules {
+            let mut exact = [false; 4];
+            let mut moved = 0;
+            for k in 0..rule.conditions.len() {
+                let slot = match &rule.conditions[k] {
+                    Condition::Kind(_) if self.kinds.is_ok() => 0,
+                    Condition::Payload(_) if self.payload.is_some() => 1,
+                    Condition::Address(_) if self.address.is_some() => 2,
+                    Condition::Mark(_) if self.marks.is_some() => 3,
+                    _ => continue,
+                };
+                // Only the first of each: it is the one the index was built from.
+                if std::mem::replace(&mut exact[slot], true) {
+                    continue;
+                }
+                rule.conditions[moved..=k].rotate_right(1);
+                moved += 1;
+            }
+            rule.indexed = moved;
+        }
+    }
+
     pub fn needs_payloads(&self) -> bool {
         self.payload.is_some()
     }
@@ -324,26 +392,37 @@ impl ChainIndex {
     }
 
     /// The rules that could match, in order.
+    ///
+    /// The stanza's kind picks a set, which each other dimension then narrows in
+    /// place; once nothing is left the remaining dimensions are not read.
     pub fn candidates(&self, keys: &Keys<'_>) -> RuleSet {
         let mut set = match &self.kinds {
-            Ok(kinds) => kinds[keys.kind.min(3)].clone(),
-            Err(all) => all.clone(),
+            Ok(kinds) => kinds[keys.kind.min(3)].copy(),
+            Err(all) => all.copy(),
         };
         if let Some(to) = &self.to {
-            set.intersect_with(&to.candidates(keys.to_domain));
+            set.restrict(&to.admitted(keys.to_domain));
         }
         if let Some(from) = &self.from {
-            set.intersect_with(&from.candidates(keys.from_domain));
+            if !set.is_empty() {
+                set.restrict(&from.admitted(keys.from_domain));
+            }
         }
         if let Some(payload) = &self.payload {
-            set.intersect_with(&payload.candidates_any(keys.payloads.iter().map(|p| &*p.ns)));
+            if !set.is_empty() {
+                set.restrict(&payload.admitted_any(keys.payloads.iter().map(|p| &*p.ns)));
+            }
         }
         if let Some(marks) = &self.marks {
-            let in_force = keys.marks.into_iter().flat_map(|(m, now)| m.in_force(now));
-            set.intersect_with(&marks.candidates_any(in_force));
+            if !set.is_empty() {
+                let in_force = keys.marks.into_iter().flat_map(|(m, now)| m.in_force(now));
+                set.restrict(&marks.admitted_any(in_force));
+            }
         }
         if let Some(address) = &self.address {
-            set.intersect_with(&address.candidates(keys.ip));
+            if !set.is_empty() {
+                set.restrict(&address.admitted(keys.ip));
+            }
         }
         set
     }
