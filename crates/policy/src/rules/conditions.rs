@@ -9,11 +9,10 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use regex::RegexSet;
 use sha2::{Digest, Sha256};
 use xmppwall_xml::view;
 
-use super::content::{self, Keywords};
+use super::content::{self, Keywords, Patterns};
 use super::{PeerAuth, RateKey, StreamFront, Subject};
 use crate::address::CidrList;
 use crate::blocklist::BlockList;
@@ -346,7 +345,7 @@ impl<'a> Address<'a> {
 #[derive(Debug, Default)]
 pub struct PolicyRegexes {
     /// Indexed by [`TextField::index`].
-    pub sets: [Option<RegexSet>; 3],
+    pub sets: [Option<Patterns>; 3],
 }
 
 impl TextField {
@@ -488,7 +487,7 @@ impl<'s, 'a> Facts<'s, 'a> {
                 // Most texts match nothing: the yes/no search stops early and needs
                 // no overlapping scan, so ask which patterns only when some did.
                 if set.is_match(text) {
-                    matched.extend(set.matches(text).iter());
+                    matched.extend(set.matches(text));
                 }
             }
             self.regex_matches[i] = Some(matched);

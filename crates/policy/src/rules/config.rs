@@ -10,12 +10,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use regex::RegexSetBuilder;
 use serde::Deserialize;
 use toml::Spanned;
 
 use super::conditions::{Condition, DomainSet, JidGlob, JidSet, TextField, TimeWindow};
-use super::content::Keywords;
+use super::content::{Keywords, Patterns};
 use super::{
     Action, Chain, Effects, Hook, LogPayload, MarkScope, MarkSpec, PeerAuth, Policy, RateKey, Rule,
     RuleRate, StreamFront,
@@ -434,7 +433,7 @@ pub fn compile_sources(sources: &[Source<'_>], report: &mut SourceReport<'_>) ->
             continue;
         }
         // Each pattern compiled alone above; together they may exceed the size limit.
-        match RegexSetBuilder::new(patterns).size_limit(64 << 20).build() {
+        match Patterns::new(patterns, 64 << 20) {
             Ok(set) => regexes.sets[i] = Some(set),
             Err(e) => c.problem(
                 0..0,
@@ -797,7 +796,7 @@ impl Compiler<'_, '_> {
         if let Some(v) = &raw.regex {
             // Checked alone here (to report a bad pattern at its rule), then matched
             // with every other rule's patterns in one set per text field.
-            match RegexSetBuilder::new(v.get_ref())
+            match regex::RegexSetBuilder::new(v.get_ref())
                 .size_limit(10 << 20)
                 .build()
             {
