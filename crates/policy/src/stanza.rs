@@ -31,6 +31,9 @@ pub struct Payload<'a> {
     pub ns: Cow<'a, str>,
     /// Where it lies in the stanza's bytes.
     pub range: std::ops::Range<usize>,
+    /// Where its content begins, from the start of `range` (its start tag's length;
+    /// the whole range when it is self-closing).
+    pub content: usize,
 }
 
 /// A lazily read stanza.
@@ -176,6 +179,11 @@ impl<'a> Stanza<'a> {
             Payload {
                 local: c.start.local_name(),
                 ns,
+                content: if c.start.self_closing {
+                    c.range.len()
+                } else {
+                    c.start.len
+                },
                 range: c.range,
             }
         })

@@ -280,10 +280,16 @@ impl<'a> Iterator for Children<'a> {
 /// (predefined entities, character references and CDATA sections resolved).
 /// Line ends are normalized to LF (XML 1.0 §2.11).
 pub fn text(element: &[u8]) -> Cow<'_, str> {
+    match content_start(element) {
+        Some(pos) => text_from(element, pos),
+        None => Cow::Borrowed(""),
+    }
+}
+
+/// [`text`] of an element whose start tag the caller has read already: its content
+/// begins at `pos` (the start tag's length; `element.len()` when it is self-closing).
+pub fn text_from(element: &[u8], mut pos: usize) -> Cow<'_, str> {
     let mut text = TextBuilder::default();
-    let Some(mut pos) = content_start(element) else {
-        return Cow::Borrowed("");
-    };
     let mut depth = 0usize;
     while let Some(lt) = element
         .get(pos..)

@@ -408,7 +408,7 @@ impl<'s, 'a> Facts<'s, 'a> {
         let stanza = self.stanza?;
         let bytes: &'a [u8] = stanza.bytes;
         let child = self.payloads().iter().find(|c| c.local == local)?;
-        Some(view::text(&bytes[child.range.clone()]))
+        Some(view::text_from(&bytes[child.range.clone()], child.content))
     }
 
     fn body(&mut self) -> Option<&str> {

@@ -195,3 +195,28 @@ fn escaped_values_read_back_unchanged() {
     assert_eq!(tag.attribute(b"v").as_deref(), Some(value));
     assert_eq!(text(element.as_bytes()), value);
 }
+
+#[test]
+fn children_and_text_after_a_start_tag_read_once_agree_with_reading_it_again() {
+    let elements: [&[u8]; 4] = [
+        MESSAGE,
+        b"<iq type='get'/>",
+        b"<message><body>a<![CDATA[<b>]]>c</body><x/><body/></message>",
+        b"<presence to='a@b'>\n<show>away</show> <c xmlns='urn:c' ver='>'/></presence>",
+    ];
+    for element in elements {
+        let start = StartTag::parse(element).unwrap();
+        let again: Vec<Range<usize>> = children(element).map(|c| c.range).collect();
+        let once: Vec<Range<usize>> = children_after(element, &start).map(|c| c.range).collect();
+        assert_eq!(once, again);
+        for child in children(element) {
+            let bytes = &element[child.range.clone()];
+            let content = if child.start.self_closing {
+                bytes.len()
+            } else {
+                child.start.len
+            };
+            assert_eq!(text_from(bytes, content), text(bytes));
+        }
+    }
+}
