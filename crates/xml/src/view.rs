@@ -134,26 +134,29 @@ impl<'a> Iterator for Attributes<'a> {
 }
 
 /// Splits `S? name S? = S? quote value quote` off the front of `s`.
+///
+/// The `=` is found first (a block search, see [`find_byte`]); the name is what comes
+/// before it up to any white space, and only white space may follow the name.
 fn parse_attribute(s: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
-    let skip_ws = |s: &[u8], i: usize| {
-        i + s
-            .get(i..)
-            .map_or(0, |r| r.iter().take_while(|&&c| is_ws(c)).count())
+    let skip_ws = |mut i: usize| {
+        while i < s.len() && is_ws(s[i]) {
+            i += 1;
+        }
+        i
     };
-    let start = skip_ws(s, 0);
-    let name_len = s
-        .get(start..)?
-        .iter()
-        .position(|&c| c == b'=' || is_ws(c))?;
-    let name = &s[start..start + name_len];
-    let eq = skip_ws(s, start + name_len);
-    if s.get(eq) != Some(&b'=') {
+    let start = skip_ws(0);
+    let eq = start + find_byte(b'=', &s[start..])?;
+    let mut name_end = start;
+    while name_end < eq && !is_ws(s[name_end]) {
+        name_end += 1;
+    }
+    if !s[name_end..eq].iter().all(|&c| is_ws(c)) {
         return None;
     }
-    let open = skip_ws(s, eq + 1);
+    let open = skip_ws(eq + 1);
     let quote = *s.get(open).filter(|&&q| q == b'"' || q == b'\'')?;
-    let close = open + 1 + find_byte(quote, s.get(open + 1..)?)?;
-    Some((name, &s[open + 1..close], &s[close + 1..]))
+    let close = open + 1 + find_byte(quote, &s[open + 1..])?;
+    Some((&s[start..name_end], &s[open + 1..close], &s[close + 1..]))
 }
 
 /// One child element: its start tag and where its bytes lie within the parent.

@@ -220,3 +220,51 @@ fn children_and_text_after_a_start_tag_read_once_agree_with_reading_it_again() {
         }
     }
 }
+
+/// The attribute splitter as first written: name up to `=` or white space, then
+/// white space, `=`, white space and a quoted value.
+fn reference_parse_attribute(s: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
+    let skip_ws = |s: &[u8], i: usize| {
+        i + s
+            .get(i..)
+            .map_or(0, |r| r.iter().take_while(|&&c| is_ws(c)).count())
+    };
+    let start = skip_ws(s, 0);
+    let name_len = s
+        .get(start..)?
+        .iter()
+        .position(|&c| c == b'=' || is_ws(c))?;
+    let name = &s[start..start + name_len];
+    let eq = skip_ws(s, start + name_len);
+    if s.get(eq) != Some(&b'=') {
+        return None;
+    }
+    let open = skip_ws(s, eq + 1);
+    let quote = *s.get(open).filter(|&&q| q == b'"' || q == b'\'')?;
+    let close = open + 1 + memchr::memchr(quote, s.get(open + 1..)?)?;
+    Some((name, &s[open + 1..close], &s[close + 1..]))
+}
+
+#[test]
+fn attribute_splitting_agrees_with_the_reference_on_every_short_input() {
+    const ALPHABET: &[u8] = b"a =\"'\t>";
+    let mut input = Vec::new();
+    for len in 0..=6u32 {
+        for mut n in 0..ALPHABET.len().pow(len) {
+            input.clear();
+            for _ in 0..len {
+                input.push(ALPHABET[n % ALPHABET.len()]);
+                n /= ALPHABET.len();
+            }
+            assert_eq!(
+                parse_attribute(&input),
+                reference_parse_attribute(&input),
+                "{:?}",
+                String::from_utf8_lossy(&input)
+            );
+        }
+    }
+    let long =
+        b" xmlns='http://jabber.org/protocol/chatstates-and-a-long-tail-of-more-bytes' b='2'";
+    assert_eq!(parse_attribute(long), reference_parse_attribute(long));
+}
