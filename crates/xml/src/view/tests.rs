@@ -197,18 +197,13 @@ fn escaped_values_read_back_unchanged() {
 }
 
 #[test]
-fn children_and_text_after_a_start_tag_read_once_agree_with_reading_it_again() {
-    let elements: [&[u8]; 4] = [
+fn text_after_a_read_start_tag_is_the_same_text() {
+    let elements: [&[u8]; 3] = [
         MESSAGE,
-        b"<iq type='get'/>",
         b"<message><body>a<![CDATA[<b>]]>c</body><x/><body/></message>",
         b"<presence to='a@b'>\n<show>away</show> <c xmlns='urn:c' ver='>'/></presence>",
     ];
     for element in elements {
-        let start = StartTag::parse(element).unwrap();
-        let again: Vec<Range<usize>> = children(element).map(|c| c.range).collect();
-        let once: Vec<Range<usize>> = children_after(element, &start).map(|c| c.range).collect();
-        assert_eq!(once, again);
         for child in children(element) {
             let bytes = &element[child.range.clone()];
             let content = if child.start.self_closing {
