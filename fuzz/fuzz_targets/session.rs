@@ -216,7 +216,8 @@ fuzz_target!(|data: &[u8]| {
                     continue;
                 };
                 let authenticated = s.is_authenticated();
-                let action = s.on_client_frame(frame.token, &bytes, now);
+                let action =
+                    s.on_client_frame_framed(frame.token, &bytes, Some(client.framer.head()), now);
                 if frame.token == Token::Element
                     && !authenticated
                     && is_plain_message_or_presence(&bytes)

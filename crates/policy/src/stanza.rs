@@ -94,6 +94,32 @@ impl<'a> Head<'a> {
         head
     }
 
+    /// The head of a top-level element from what the framer read of its start tag
+    /// (`framed`, offsets into `element`): nothing is read again. `None` if `framed`
+    /// does not fit `element`.
+    pub fn framed(element: &'a [u8], framed: &xmppwall_xml::Head) -> Option<Head<'a>> {
+        let start = StartTag::framed(element, framed)?;
+        let value = |range: Option<(u32, u32)>| -> Option<Option<&'a [u8]>> {
+            match range {
+                None => Some(None),
+                Some((from, to)) => element.get(from as usize..to as usize).map(Some),
+            }
+        };
+        let xmlns = value(framed.xmlns)?;
+        let stanza_ns = xmlns.is_none_or(|raw| {
+            let ns = view::attribute_value(raw);
+            ns == "jabber:client" || ns == "jabber:server"
+        });
+        Some(Head {
+            start,
+            xmlns,
+            stanza_ns,
+            to: value(framed.to)?,
+            from: value(framed.from)?,
+            ty: value(framed.ty)?,
+        })
+    }
+
     /// The value of the (first) `xmlns` attribute, as [`StartTag::attribute`] reads it.
     pub fn xmlns(&self) -> Option<Cow<'a, str>> {
         self.xmlns.map(view::attribute_value)

@@ -914,11 +914,18 @@ impl Connection {
                 let action = if frames % PROCESSING_SAMPLE_EVERY == 0 {
                     // Sampled: two clock reads for one frame in PROCESSING_SAMPLE_EVERY.
                     let started = std::time::Instant::now();
-                    let action = lock(session).on_client_frame(frame.token, bytes, started);
+                    let head = Some(reader.framer.head());
+                    let action =
+                        lock(session).on_client_frame_framed(frame.token, bytes, head, started);
                     stats.processing.observe(started.elapsed());
                     action
                 } else {
-                    lock(session).on_client_frame(frame.token, bytes, Instant::now().into_std())
+                    lock(session).on_client_frame_framed(
+                        frame.token,
+                        bytes,
+                        Some(reader.framer.head()),
+                        Instant::now().into_std(),
+                    )
                 };
                 if action == ClientAction::Forward {
                     pos += frame.len;

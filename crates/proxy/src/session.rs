@@ -380,23 +380,46 @@ impl C2sSession {
 
     /// Decides what happens to one frame the client sent.
     pub fn on_client_frame(&mut self, token: Token, bytes: &[u8], now: Instant) -> ClientAction {
+        self.on_client_frame_framed(token, bytes, None, now)
+    }
+
+    /// [`Self::on_client_frame`] with what the framer read of an element's start tag
+    /// ([`xmppwall_xml::Framer::head`]), so that it is not read again.
+    pub fn on_client_frame_framed(
+        &mut self,
+        token: Token,
+        bytes: &[u8],
+        framed: Option<&xmppwall_xml::Head>,
+        now: Instant,
+    ) -> ClientAction {
         match token {
             Token::StreamOpen => {
                 self.client_awaits_header = true;
                 ClientAction::Forward
             }
-            Token::Element => self.on_client_element(bytes, now),
+            Token::Element => self.on_client_element(bytes, framed, now),
             Token::XmlDeclaration | Token::Whitespace | Token::StreamClose => ClientAction::Forward,
         }
     }
 
-    fn on_client_element(&mut self, bytes: &[u8], now: Instant) -> ClientAction {
-        let Some(tag) = StartTag::parse(bytes) else {
-            return ClientAction::Close(StreamError::new(StreamCondition::NotWellFormed));
+    fn on_client_element(
+        &mut self,
+        bytes: &[u8],
+        framed: Option<&xmppwall_xml::Head>,
+        now: Instant,
+    ) -> ClientAction {
+        // The namespace here, and `to`, `from` and `type` for the stanza below: from
+        // the framer, or else in one pass over the attributes.
+        let head = match framed.and_then(|f| Head::framed(bytes, f)) {
+            Some(head) => head,
+            None => match StartTag::parse(bytes) {
+                Some(tag) => Head::read(tag),
+                None => {
+                    return ClientAction::Close(StreamError::new(StreamCondition::NotWellFormed))
+                }
+            },
         };
-        // One pass over the attributes: the namespace here, and `to`, `from` and
-        // `type` for the stanza below.
-        let head = Head::read(tag);
+        let tag = head.start;
         let ns = match prefix(tag.name) {
             None => head.xmlns().unwrap_or(Cow::Borrowed(CLIENT_NS)),
             Some(_) => namespace(&tag, CLIENT_NS),

@@ -110,6 +110,29 @@ pub struct Frame {
     pub len: usize,
 }
 
+/// Where the parts of a top-level element's start tag lie, as the framer read them:
+/// offsets from the start of the element's frame. See [`Framer::head`].
+///
+/// A reader of stanzas needs the name, the end of the start tag and a few attributes
+/// (RFC 6120 §8.1: `to`, `from`, `type`, and the namespace); taking them from here
+/// spares it reading the start tag a second time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Head {
+    /// Where the name ends (it starts after the `<`).
+    pub name_end: u32,
+    /// Where the attributes end: before `/>` or `>`.
+    pub attributes_end: u32,
+    /// The length of the start tag, `<` through `>`.
+    pub len: u32,
+    pub self_closing: bool,
+    /// The values as written (between the quotes) of the unprefixed attributes
+    /// `xmlns`, `to`, `from` and `type`, each as start and end offsets.
+    pub xmlns: Option<(u32, u32)>,
+    pub to: Option<(u32, u32)>,
+    pub from: Option<(u32, u32)>,
+    pub ty: Option<(u32, u32)>,
+}
+
 /// Why the stream cannot go on. Each maps to one stream error of RFC 6120 §4.9.3.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
@@ -298,6 +321,8 @@ pub struct Framer {
     attr_colon: usize,
     value_start: usize,
     attributes: Vec<Attribute>,
+    /// The start tag of the current (or last) top-level element.
+    head: Head,
     /// A 64-bit filter over attribute names that spares most duplicate checks.
     attribute_filter: u64,
     /// Whether the stream header declared the streams namespace as its default.
@@ -333,6 +358,7 @@ impl Framer {
             attr_colon: 0,
             value_start: 0,
             attributes: Vec::new(),
+            head: Head::default(),
             attribute_filter: 0,
             default_ns_is_streams: false,
             reference: Reference::START,
@@ -376,6 +402,14 @@ impl Framer {
     /// The error that poisoned the framer, if any.
     pub fn error(&self) -> Option<Error> {
         self.poisoned
+    }
+
+    /// Where the name, attributes and end of the start tag of the element last framed
+    /// lie, and the values of its `xmlns`, `to`, `from` and `type` attributes: valid
+    /// for the bytes of a frame [`Token::Element`] just returned, until the next call
+    /// of [`Framer::next`].
+    pub fn head(&self) -> &Head {
+        &self.head
     }
 
     /// Whether the stream header has been read and the stream's end tag not yet.
@@ -620,6 +654,7 @@ impl Framer {
                 }
                 if self.tag_depth == 1 {
                     self.elements = 0;
+                    self.head = Head::default();
                 }
                 self.elements += 1;
                 if self.elements > self.limits.max_elements {
@@ -714,6 +749,9 @@ impl Framer {
                 colon,
                 uri: None,
             });
+            if self.tag_depth == 1 && colon == 0 {
+                self.note_head_attribute(&b[start..end], value_start, value_end);
+            }
             if colon != 0 {
                 if b[start..colon] == *b"xmlns" {
                     return None;
@@ -864,6 +902,13 @@ impl Framer {
                             None => return Ok(Flow::Suspend(st, pos)),
                         },
                         c if c == quote => {
+                            if self.tag_depth == 1 && self.attr_colon == 0 {
+                                self.note_head_attribute(
+                                    &b[self.attr_start..self.attr_end],
+                                    self.value_start,
+                                    pos,
+                                );
+                            }
                             // Only namespace declarations need a closer look.
                             if self.attr_colon != 0
                                 || b[self.attr_start..self.attr_end] == *b"xmlns"
@@ -1111,6 +1156,20 @@ impl Framer {
         false
     }
 
+    /// Keeps where the value of an unprefixed attribute `name` of a top-level start tag
+    /// lies, when it is one [`Head`] holds.
+    #[inline(always)]
+    fn note_head_attribute(&mut self, name: &[u8], value_start: usize, value_end: usize) {
+        let slot = match name {
+            b"to" => &mut self.head.to,
+            b"from" => &mut self.head.from,
+            b"type" => &mut self.head.ty,
+            b"xmlns" => &mut self.head.xmlns,
+            _ => return,
+        };
+        *slot = Some((offset(value_start), offset(value_end)));
+    }
+
     /// Checks a namespace declaration (Namespaces in XML 1.0 §3) when its value ends
     /// at `value_end`, and brings a prefixed one into scope.
     fn end_attribute(&mut self, b: &[u8], value_end: usize) -> Result<(), Error> {
@@ -1275,6 +1334,12 @@ impl Framer {
     /// just before `pos`: its frame, if it closed itself at the top level.
     #[inline(always)]
     fn open_element(&mut self, pos: usize, self_closing: bool) -> Flow {
+        if self.tag_depth == 1 {
+            self.head.name_end = offset(self.name_end);
+            self.head.len = offset(pos);
+            self.head.attributes_end = offset(pos - 1 - usize::from(self_closing));
+            self.head.self_closing = self_closing;
+        }
         if self_closing {
             return self.close_element(pos);
         }
@@ -1507,6 +1572,12 @@ fn reference_whole(b: &[u8], p: usize) -> Option<usize> {
         }
     }
     None
+}
+
+/// An offset into a frame as [`Head`] keeps it (frames are limited far below 4 GiB).
+#[inline(always)]
+fn offset(p: usize) -> u32 {
+    u32::try_from(p).unwrap_or(u32::MAX)
 }
 
 /// `a == b` for short slices (names) without a call to `memcmp`: equal lengths,

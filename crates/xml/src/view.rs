@@ -57,6 +57,25 @@ impl<'a> StartTag<'a> {
         }
     }
 
+    /// The start tag of a top-level element as the framer read it ([`crate::Framer::head`]),
+    /// without reading it again; `None` if `head` does not fit `element`.
+    pub fn framed(element: &'a [u8], head: &crate::Head) -> Option<StartTag<'a>> {
+        let (name_end, attributes_end, len) = (
+            head.name_end as usize,
+            head.attributes_end as usize,
+            head.len as usize,
+        );
+        if !(1 <= name_end && name_end <= attributes_end && attributes_end < len) {
+            return None;
+        }
+        Some(StartTag {
+            name: element.get(1..name_end)?,
+            attributes: element.get(name_end..attributes_end)?,
+            self_closing: head.self_closing,
+            len: element.get(..len)?.len(),
+        })
+    }
+
     /// The local part of the name (after any `prefix:`).
     pub fn local_name(&self) -> &'a [u8] {
         match self.name.iter().position(|&b| b == b':') {

@@ -7,7 +7,8 @@ pub mod traffic;
 
 use rxml::error::EndOrError;
 use rxml::{Options, Parse, Parser, WithOptions};
-use xmppwall_xml::{Error, Framer, Limits, Token};
+use xmppwall_xml::view::StartTag;
+use xmppwall_xml::{Error, Framer, Head, Limits, Token};
 
 /// Generous limits, so that only the XML itself decides.
 pub const LIMITS: Limits = Limits {
@@ -56,6 +57,15 @@ pub fn feed_with_cuts(limits: Limits, input: &[u8], cuts: &[usize]) -> Outcome {
         loop {
             match framer.next(&buf) {
                 Ok(Some(frame)) => {
+                    if frame.token == Token::Element {
+                        let bytes = &buf[..frame.len];
+                        assert_eq!(
+                            *framer.head(),
+                            head_as_the_view_reads_it(bytes),
+                            "the framer's head of {:?}",
+                            String::from_utf8_lossy(bytes)
+                        );
+                    }
                     frames.push((frame.token, buf[..frame.len].to_vec()));
                     buf.drain(..frame.len);
                 }
@@ -75,6 +85,32 @@ pub fn feed_with_cuts(limits: Limits, input: &[u8], cuts: &[usize]) -> Outcome {
         error: None,
         pending: buf.len(),
     }
+}
+
+/// What [`Framer::head`] must say of an element: its start tag read again with the
+/// view, and the values of its unprefixed `xmlns`, `to`, `from` and `type`.
+pub fn head_as_the_view_reads_it(element: &[u8]) -> Head {
+    let tag = StartTag::parse(element).expect("a framed element has a start tag");
+    let at = |n: usize| u32::try_from(n).expect("small");
+    let mut head = Head {
+        name_end: at(1 + tag.name.len()),
+        attributes_end: at(tag.len - 1 - usize::from(tag.self_closing)),
+        len: at(tag.len),
+        self_closing: tag.self_closing,
+        ..Head::default()
+    };
+    for (name, raw) in tag.attributes() {
+        let start = raw.as_ptr() as usize - element.as_ptr() as usize;
+        let value = Some((at(start), at(start + raw.len())));
+        match name {
+            b"xmlns" => head.xmlns = value,
+            b"to" => head.to = value,
+            b"from" => head.from = value,
+            b"type" => head.ty = value,
+            _ => {}
+        }
+    }
+    head
 }
 
 pub fn feed(input: &[u8]) -> Outcome {
