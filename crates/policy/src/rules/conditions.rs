@@ -303,22 +303,20 @@ pub struct Address<'a> {
 impl<'a> Address<'a> {
     /// ASCII-lowercases `jid`, copying it only when it has an upper-case letter.
     ///
-    /// One pass over the bytes finds the upper-case letters, the first `/` (where the
-    /// resource starts) and the last `@` before it (where the domain starts): JIDs are
-    /// short, and three library searches cost more than the one loop.
+    /// JIDs are short: plain loops find the first `/` (where the resource starts) and
+    /// the last `@` before it (where the domain starts), cheaper than library searches
+    /// that must first be set up.
     fn lowercased(jid: Cow<'a, str>) -> Address<'a> {
         let bytes = jid.as_bytes();
-        let mut bare_len = bytes.len();
-        let mut domain_start = 0;
-        let mut upper = false;
-        for (i, &b) in bytes.iter().enumerate() {
-            upper |= b.is_ascii_uppercase();
-            if b == b'/' && bare_len == bytes.len() {
-                bare_len = i;
-            } else if b == b'@' && bare_len == bytes.len() {
-                domain_start = i + 1;
-            }
-        }
+        let bare_len = bytes.iter().position(|&b| b == b'/').unwrap_or(bytes.len());
+        let domain_start = bytes[..bare_len]
+            .iter()
+            .rposition(|&b| b == b'@')
+            .map_or(0, |i| i + 1);
+        // Without a branch per byte, so that the compiler checks many at a time.
+        let upper = bytes
+            .iter()
+            .fold(false, |upper, b| upper | b.is_ascii_uppercase());
         let full = if upper {
             Cow::Owned(jid.to_ascii_lowercase())
         } else {
@@ -476,6 +474,7 @@ impl<'s, 'a> Facts<'s, 'a> {
     }
 
     /// Whether any pattern in `range` of `field`'s set matches the text.
+    #[inline(never)]
     fn regex_matched(&mut self, field: TextField, range: &std::ops::Range<usize>) -> bool {
         let i = field.index();
         if self.regex_matches[i].is_none() {
@@ -636,7 +635,25 @@ impl Condition {
         }
     }
 
+    /// Whether the condition holds for the facts.
+    ///
+    /// A regular expression condition whose field was matched already (one set for
+    /// every rule, so each rule after the first only looks up its patterns) is
+    /// answered here; the others in [`Condition::holds_other`], kept out of line so
+    /// that this stays small.
+    #[inline]
     pub fn holds(&self, f: &mut Facts<'_, '_>) -> bool {
+        match self {
+            Condition::Regex(range, field) => match &f.regex_matches[field.index()] {
+                Some(matched) => matched.iter().any(|p| range.contains(p)),
+                None => f.regex_matched(*field, range),
+            },
+            other => other.holds_other(f),
+        }
+    }
+
+    #[inline(never)]
+    fn holds_other(&self, f: &mut Facts<'_, '_>) -> bool {
         match self {
             Condition::Kind(mask) => f.stanza.is_some_and(|s| {
                 let bit = match s.kind {

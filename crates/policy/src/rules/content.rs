@@ -196,8 +196,21 @@ fn only_slow_prefilter(patterns: &[String]) -> bool {
 }
 
 fn is_word_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'_' || b >= 0x80
+    WORD_BYTES[usize::from(b)]
 }
+
+/// Which bytes make up words: ASCII letters and digits, `_`, and every byte of a
+/// multi-byte character (a table: one load instead of five comparisons per byte).
+static WORD_BYTES: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80;
+        b += 1;
+    }
+    table
+};
 
 /// The host of each URL in `text`: `http://`, `https://`, `ftp://` and bare
 /// `www.` forms, lowercased, without port or user info.
