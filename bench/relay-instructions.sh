@@ -26,22 +26,8 @@ proxy_protocol = "none"
 front = "c2s"
 tls = "none"
 address = "127.0.0.1:$FRONT_PORT"
-[gate]
-max_connections_per_address = 1000000
-connection_attempts = "1000000/1s"
-[limits.registered]
-distinct_recipients = "1000000/1s"
-bandwidth = { rate = 1000000000, burst = 1000000000 }
-account_bandwidth = { rate = 1000000000, burst = 1000000000 }
-roster_requests = "1000000/1s"
-subscription_requests = "1000000/1s"
-presence_broadcasts = "1000000/1s"
-[timeouts]
-preauth = "120s"
-idle = "30m"
-[log]
-level = "warn"
 TOML
+cat bench/relay-limits.toml >> "$OUT/xmppwall.toml"
 
 runs=()
 for secs in 2 6; do

@@ -169,34 +169,8 @@ address = "127.0.0.1:$3"
 [tls]
 default = { cert = "$WORK/localhost.crt", key = "$WORK/localhost.key" }
 
-# The XEP-0205 limits stay on (so their bookkeeping is part of what is measured) but
-# are raised so that the load generator, all on 127.0.0.1 and sending as fast as it
-# can, never trips them: the defaults (10 connections per address, 3000 B/s per
-# connection, 50 distinct recipients a minute, ...) would throttle a benchmark after
-# its first milliseconds, which is their job, and measure the limiter, not the relay.
-[gate]
-max_connections_per_address = 1000000
-connection_attempts = "1000000/1s"
-
-[limits.registered]
-distinct_recipients = "1000000/1s"
-bandwidth = { rate = 1000000000, burst = 1000000000 }
-account_bandwidth = { rate = 1000000000, burst = 1000000000 }
-roster_requests = "1000000/1s"
-subscription_requests = "1000000/1s"
-presence_broadcasts = "1000000/1s"
-
-[timeouts]
-# 10,000 logins queue behind each other on two cores; the defaults would be fine in
-# production but are not what is being measured here.
-preauth = "120s"
-idle = "30m"
-
-[log]
-# Per-connection log lines cost nothing per stanza, but 20,000 of them would fill
-# the terminal; warnings still show.
-level = "warn"
 EOF
+    cat "$ROOT/bench/relay-limits.toml" >>"$1"
 }
 xmppwall_config "$WORK/xmppwall.toml" "$XW_PLAIN" "$XW_TLS"
 xmppwall_config "$WORK/xmppwall-mem.toml" "$XW_MEM_PLAIN" "$XW_MEM_TLS"

@@ -14,7 +14,13 @@ fn thread_cpu_time() -> Option<Duration> {
 
 /// Prints stanzas per second of CPU time over `passes` calls of `pass`, each of which
 /// handles `per_pass` stanzas (nothing off Linux).
+///
+/// Only when benchmarking (`cargo bench` passes `--bench`): `cargo test` runs the
+/// benchmarks once each in a debug build, where the rate would mean nothing.
 pub fn cpu_rate(name: &str, per_pass: usize, passes: usize, mut pass: impl FnMut()) {
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
     let (Some(cpu0), wall0) = (thread_cpu_time(), Instant::now()) else {
         return;
     };
