@@ -207,6 +207,39 @@ pub(crate) fn check_chars(run: &[u8]) -> Result<usize, &'static str> {
     }
 }
 
+/// Whether `run`, which has no control character XML forbids (the caller has
+/// looked), is UTF-8 made of XML `Char`s (XML 1.0 §2.2), as
+/// [`check_complete_chars`] would accept it: `simdutf8` for the UTF-8, then
+/// U+FFFE/U+FFFF. No position for a fault: callers fall back to the exact checks
+/// when it says no.
+pub(crate) fn is_complete_utf8_chars(run: &[u8]) -> bool {
+    debug_assert!(first_forbidden_control(run).is_none());
+    simdutf8::basic::from_utf8(run).is_ok() && !has_noncharacter(run)
+}
+
+/// A byte that a bulk check of character data must look at: the `<` that ends
+/// it, `&` and `]` (references, `]]>`), and every byte below 0x20 (the three
+/// white-space controls are allowed, the others are not).
+#[inline(always)]
+fn text_mark(x: u8) -> bool {
+    (x < 0x20) | (x == b'<') | (x == b'&') | (x == b']')
+}
+
+/// The index of the first byte from `i` that [`text_mark`] marks, or `None` when
+/// there is none in `s`. Sixteen bytes at a time (see [`stops16`]); other scripts
+/// do not stop it, unlike [`skip_text`].
+#[inline(always)]
+pub(crate) fn next_text_mark(s: &[u8], mut i: usize) -> Option<usize> {
+    while let Some(block) = s.get(i..i + 16) {
+        let flags = hits16(block.try_into().expect("16 bytes"), text_mark);
+        if flags != 0 {
+            return Some(i + (flags.trailing_zeros() / 8) as usize);
+        }
+        i += 16;
+    }
+    s[i..].iter().position(|&x| text_mark(x)).map(|k| i + k)
+}
+
 /// Like [`check_chars`] for a run that a delimiter ends: it must be complete.
 pub(crate) fn check_complete_chars(run: &[u8]) -> Result<(), &'static str> {
     if check_chars(run)? == run.len() {

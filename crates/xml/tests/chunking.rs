@@ -8,7 +8,7 @@ mod support;
 
 use proptest::prelude::*;
 use support::corpus::corpus;
-use support::{feed_with_cuts, traffic, Outcome, LIMITS};
+use support::{feed_with_cuts, message_with_text, traffic, Outcome, LIMITS};
 use xmppwall_xml::{Error, Token};
 
 /// Frames with consecutive white space runs merged, and the error.
@@ -92,6 +92,18 @@ proptest! {
         cuts in cuts(48 * 1024),
     ) {
         let input = traffic::stream(seed, 32 * 1024);
+        prop_assert_eq!(normalized(feed_with_cuts(LIMITS, &input, &cuts)), whole(&input));
+    }
+
+    /// Character data is checked in bulk up to the next `<` when that is in the
+    /// bytes, and the exact way when it is not: byte by byte, a text is never
+    /// checked in bulk, so both ways must give the same frames and error.
+    #[test]
+    fn text_checked_in_bulk_gives_what_byte_by_byte_gives(
+        pieces in proptest::collection::vec(any::<usize>(), 0..48),
+    ) {
+        let input = message_with_text(&pieces);
+        let cuts: Vec<usize> = (1..input.len()).collect();
         prop_assert_eq!(normalized(feed_with_cuts(LIMITS, &input, &cuts)), whole(&input));
     }
 

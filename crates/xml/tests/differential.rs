@@ -7,7 +7,7 @@ mod support;
 
 use proptest::prelude::*;
 use support::corpus::{corpus, HEADER};
-use support::{disagreement, feed, rxml, Strict};
+use support::{disagreement, feed, message_with_text, rxml, Strict};
 
 #[test]
 fn framer_never_accepts_what_rxml_rejects_on_the_corpus() {
@@ -150,6 +150,17 @@ proptest! {
         for part in parts {
             input.extend(part);
         }
+        let verdict = disagreement(&input);
+        prop_assert!(verdict.is_none(), "{}", verdict.unwrap_or_default());
+    }
+
+    /// Long texts with references, other scripts and faults anywhere: what the
+    /// framer accepts of them (checked in bulk, see `text_whole`), rxml accepts.
+    #[test]
+    fn framer_never_accepts_text_rxml_rejects(
+        pieces in proptest::collection::vec(any::<usize>(), 0..48),
+    ) {
+        let input = message_with_text(&pieces);
         let verdict = disagreement(&input);
         prop_assert!(verdict.is_none(), "{}", verdict.unwrap_or_default());
     }

@@ -168,3 +168,51 @@ pub fn disagreement(input: &[u8]) -> Option<String> {
     }
     None
 }
+
+/// Pieces of character data, valid and not, for texts long enough that the framer
+/// checks them in bulk: words, other scripts, references good and bad, brackets,
+/// white space and other control characters, broken and forbidden UTF-8.
+pub const TEXT_PIECES: &[&[u8]] = &[
+    b"hello ",
+    b"see you at noon, ",
+    b"caf\xc3\xa9 ",
+    b"\xf0\x9f\x98\x80",
+    b"\xe2\x80\x94",
+    b"\xef\xbf\xbd",
+    b"&amp;",
+    b"&lt;3 ",
+    b"&apos;",
+    b"&#x1F600;",
+    b"&#233;",
+    b"]",
+    b"]]",
+    b">",
+    b"\t",
+    b"\r\n",
+    // Faults: each must close the stream the same way however it is read.
+    b"]]>",
+    b"&nbsp;",
+    b"&#0;",
+    b"&#xFFFE;",
+    b"&amp",
+    b"&",
+    b"\x01",
+    b"\x7f",
+    b"\xef\xbf\xbe",
+    b"\xef\xbf\xbf",
+    b"\xed\xa0\x80",
+    b"\xc0\xaf",
+    b"\xc3",
+    b"\xff",
+];
+
+/// A message whose body is `pieces` of [`TEXT_PIECES`], in a stream.
+pub fn message_with_text(pieces: &[usize]) -> Vec<u8> {
+    let mut input = corpus::HEADER.as_bytes().to_vec();
+    input.extend_from_slice(b"<message><body>");
+    for &i in pieces {
+        input.extend_from_slice(TEXT_PIECES[i % TEXT_PIECES.len()]);
+    }
+    input.extend_from_slice(b"</body></message>");
+    input
+}
