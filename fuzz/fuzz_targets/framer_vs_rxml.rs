@@ -101,8 +101,15 @@ fuzz_target!(|data: &[u8]| {
         String::from_utf8_lossy(&accepted)
     );
     if whole.0.iter().any(|(t, _)| *t == Token::StreamClose) {
+        // XML 1.0 §2.11 reads a lone carriage return as a line feed, so white
+        // space after the root may end in one; rxml rejects a document whose last
+        // byte is `\r` (it waits for a `\n`), so it is given the `\n` it stands for.
+        let mut document = accepted.clone();
+        if let Some(last @ b'\r') = document.last_mut() {
+            *last = b'\n';
+        }
         assert_eq!(
-            rxml(&accepted, true),
+            rxml(&document, true),
             Strict::Complete,
             "framer accepted a complete stream that rxml does not: {:?}",
             String::from_utf8_lossy(&accepted)

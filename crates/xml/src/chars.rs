@@ -6,6 +6,8 @@
 //! accept: rejecting a few exotic but legal names is the price of never accepting
 //! what it rejects.
 
+use wide::u8x16;
+
 /// XML 1.0 §2.3 [3] `S`: space, tab, line feed, carriage return.
 #[inline(always)]
 pub(crate) const fn is_ws(b: u8) -> bool {
@@ -219,25 +221,32 @@ pub(crate) fn is_complete_utf8_chars(run: &[u8]) -> bool {
 
 /// A byte that a bulk check of character data must look at: the `<` that ends
 /// it, `&` and `]` (references, `]]>`), and every byte below 0x20 (the three
-/// white-space controls are allowed, the others are not).
+/// white-space controls are allowed, the others are not). Lane by lane, as
+/// [`marks16`] wants it.
 #[inline(always)]
-fn text_mark(x: u8) -> bool {
-    (x < 0x20) | (x == b'<') | (x == b'&') | (x == b']')
+fn text_marks(x: u8x16) -> u8x16 {
+    x.cmp_eq(u8x16::splat(b'<'))
+        | x.cmp_eq(u8x16::splat(b'&'))
+        | x.cmp_eq(u8x16::splat(b']'))
+        | x.min(u8x16::splat(0x1F)).cmp_eq(x)
 }
 
-/// The index of the first byte from `i` that [`text_mark`] marks, or `None` when
-/// there is none in `s`. Sixteen bytes at a time (see [`stops16`]); other scripts
-/// do not stop it, unlike [`skip_text`].
+/// The index of the first byte from `i` that [`text_marks`] marks, or `None` when
+/// there is none in `s`. Sixteen bytes at a time; other scripts do not stop it,
+/// unlike [`skip_text`].
 #[inline(always)]
 pub(crate) fn next_text_mark(s: &[u8], mut i: usize) -> Option<usize> {
     while let Some(block) = s.get(i..i + 16) {
-        let flags = hits16(block.try_into().expect("16 bytes"), text_mark);
-        if flags != 0 {
-            return Some(i + (flags.trailing_zeros() / 8) as usize);
+        let marks = marks16(block, text_marks);
+        if marks != 0 {
+            return Some(i + marks.trailing_zeros() as usize);
         }
         i += 16;
     }
-    s[i..].iter().position(|&x| text_mark(x)).map(|k| i + k)
+    s[i..]
+        .iter()
+        .position(|&x| (x < 0x20) | (x == b'<') | (x == b'&') | (x == b']'))
+        .map(|k| i + k)
 }
 
 /// Like [`check_chars`] for a run that a delimiter ends: it must be complete.
@@ -379,31 +388,30 @@ pub(crate) fn skip_ascii_name_chars(s: &[u8], mut i: usize) -> usize {
     }
 }
 
-/// The bytes of a 16-byte block that stop a run of plain bytes of `class` (see
-/// [`Plain`]), as a word in which each such byte is 0xFF and every other byte 0:
-/// the first one is at `trailing_zeros() / 8`. Written as independent byte
-/// comparisons so that the compiler makes it a few vector instructions (compare,
-/// or) with no loop and no branch.
+/// Which bytes of a 16-byte block `mark` marks (it sets every bit of a lane it
+/// marks), as a bit mask: bit `k` for byte `k`, so the first one is at
+/// `trailing_zeros()`. One vector load, the compares `mark` makes, one mask move
+/// (SSE2, which every x86-64 has; `wide` keeps it safe code, and portable).
 #[inline(always)]
-fn stops16(block: &[u8; 16], class: &Plain) -> u128 {
-    let mut flags = [0u8; 16];
-    for (flag, &x) in flags.iter_mut().zip(block) {
-        *flag = 0u8.wrapping_sub(u8::from(stops(x, class)));
-    }
-    u128::from_le_bytes(flags)
+fn marks16(block: &[u8], mark: impl Fn(u8x16) -> u8x16) -> u32 {
+    let x = u8x16::new(block.try_into().expect("16 bytes"));
+    mark(x).move_mask() as u32
 }
 
-/// Whether `x` stops a run of plain bytes of `class`, without a branch or a table.
+/// The bytes that stop a run of plain bytes of `class`, lane by lane (see [`Plain`]):
+/// below 0x20, 0x80 and above, and the three delimiters.
 #[inline(always)]
-fn stops(x: u8, class: &Plain) -> bool {
+fn plain_stops(x: u8x16, class: &Plain) -> u8x16 {
     let [a, b, c] = class.delimiters;
-    // As signed bytes, those below 0x20 and those of 0x80 and above are exactly the
-    // ones below 0x20.
-    ((x as i8) < 0x20) | (x == a) | (x == b) | (x == c)
+    x.min(u8x16::splat(0x1F)).cmp_eq(x)
+        | x.max(u8x16::splat(0x80)).cmp_eq(x)
+        | x.cmp_eq(u8x16::splat(a))
+        | x.cmp_eq(u8x16::splat(b))
+        | x.cmp_eq(u8x16::splat(c))
 }
 
 /// Skips plain character data from `i`: returns the index of the first byte that
-/// stops it (see [`TEXT`]), or `s.len()`. Sixteen bytes at a time (see [`stops16`])
+/// stops it (see [`TEXT`]), or `s.len()`. Sixteen bytes at a time (see [`marks16`])
 /// for the short runs between tags and references; a run that goes on past 64
 /// bytes (message bodies, base64 payloads) is likely long, and there `memchr3` finds
 /// the next delimiter 32 bytes at a time and a vectorised pass checks that
@@ -416,9 +424,9 @@ pub(crate) fn skip_text(s: &[u8], mut i: usize) -> usize {
     }
     let short_end = i + 64;
     while let Some(block) = s.get(i..i + 16) {
-        let flags = stops16(block.try_into().expect("16 bytes"), &TEXT);
-        if flags != 0 {
-            return i + (flags.trailing_zeros() / 8) as usize;
+        let stops = marks16(block, |x| plain_stops(x, &TEXT));
+        if stops != 0 {
+            return i + stops.trailing_zeros() as usize;
         }
         i += 16;
         if i == short_end {
@@ -443,30 +451,20 @@ pub(crate) fn skip_text(s: &[u8], mut i: usize) -> usize {
 /// shorter.
 const SHORT_SCAN: usize = 64;
 
-/// The bytes of a 16-byte block for which `hit` holds, one 0xFF byte each (see
-/// [`stops16`]): written so that the compiler makes it a few vector instructions.
-#[inline(always)]
-fn hits16(block: &[u8; 16], hit: impl Fn(u8) -> bool) -> u128 {
-    let mut flags = [0u8; 16];
-    for (flag, &x) in flags.iter_mut().zip(block) {
-        *flag = 0u8.wrapping_sub(u8::from(hit(x)));
-    }
-    u128::from_le_bytes(flags)
-}
-
 /// The first position in `hay` where `hit` holds: sixteen bytes at a time up to
 /// [`SHORT_SCAN`], then `far` (a `memchr` search) for the rest.
 #[inline(always)]
 fn find_short(
     hay: &[u8],
-    hit: impl Fn(u8) -> bool + Copy,
+    hit: impl Fn(u8) -> bool,
+    hits: impl Fn(u8x16) -> u8x16 + Copy,
     far: impl FnOnce(&[u8]) -> Option<usize>,
 ) -> Option<usize> {
     let mut i = 0;
     while let Some(block) = hay.get(i..i + 16) {
-        let flags = hits16(block.try_into().expect("16 bytes"), hit);
-        if flags != 0 {
-            return Some(i + (flags.trailing_zeros() / 8) as usize);
+        let marks = marks16(block, hits);
+        if marks != 0 {
+            return Some(i + marks.trailing_zeros() as usize);
         }
         i += 16;
         if i == SHORT_SCAN {
@@ -479,7 +477,12 @@ fn find_short(
 /// The position of the first `needle` in `hay`.
 #[inline]
 pub(crate) fn find_byte(needle: u8, hay: &[u8]) -> Option<usize> {
-    find_short(hay, |x| x == needle, |rest| memchr::memchr(needle, rest))
+    find_short(
+        hay,
+        |x| x == needle,
+        |x| x.cmp_eq(u8x16::splat(needle)),
+        |rest| memchr::memchr(needle, rest),
+    )
 }
 
 /// The position of the first of three bytes in `hay`.
@@ -488,6 +491,7 @@ pub(crate) fn find_byte3(a: u8, b: u8, c: u8, hay: &[u8]) -> Option<usize> {
     find_short(
         hay,
         |x| (x == a) | (x == b) | (x == c),
+        |x| x.cmp_eq(u8x16::splat(a)) | x.cmp_eq(u8x16::splat(b)) | x.cmp_eq(u8x16::splat(c)),
         |rest| memchr::memchr3(a, b, c, rest),
     )
 }
