@@ -1143,8 +1143,10 @@ fn payload_verdict(
         return None;
     }
     // A payload namespace is declared by an `xmlns` or `xmlns:p` attribute: reading
-    // just those values (one precompiled substring search) spares the walk over the
-    // children for almost every stanza. A value with a reference is walked for.
+    // just those values spares the walk over the children for almost every stanza.
+    // The framer notes them as it reads (`Stanza::declared_namespaces`); otherwise
+    // one precompiled substring search finds them. A value with a reference is
+    // walked for.
     let declared = |value: &[u8]| {
         value.contains(&b'&')
             || limits
@@ -1152,7 +1154,12 @@ fn payload_verdict(
                 .iter()
                 .any(|r| r.namespace.as_bytes() == value)
     };
-    if !xmlns_values(stanza.bytes).any(declared) {
+    let any_declared = match stanza.declared_namespaces() {
+        // The framer noted every declaration: a few short comparisons.
+        Some(names) => names.iter().copied().any(declared),
+        None => xmlns_values(stanza.bytes).any(declared),
+    };
+    if !any_declared {
         return None;
     }
     for (_, ns) in stanza.payloads() {

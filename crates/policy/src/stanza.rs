@@ -49,6 +49,7 @@ pub struct Stanza<'a> {
     to: Option<&'a [u8]>,
     from: Option<&'a [u8]>,
     ty: Option<&'a [u8]>,
+    declared: Option<Declared<'a>>,
 }
 
 /// The attributes of a start tag that tell what an element is and, for a stanza,
@@ -64,6 +65,22 @@ pub struct Head<'a> {
     to: Option<&'a [u8]>,
     from: Option<&'a [u8]>,
     ty: Option<&'a [u8]>,
+    /// Every namespace declared in the element, when the framer has noted them.
+    declared: Option<Declared<'a>>,
+}
+
+/// The namespace names an element declares (`xmlns`, `xmlns:p`, at any depth),
+/// each written as itself, as the framer noted them ([`xmppwall_xml::Namespaces`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Declared<'a> {
+    names: [&'a [u8]; xmppwall_xml::Namespaces::KEPT],
+    len: usize,
+}
+
+impl<'a> Declared<'a> {
+    pub fn names(&self) -> &[&'a [u8]] {
+        &self.names[..self.len]
+    }
 }
 
 impl<'a> Head<'a> {
@@ -75,6 +92,7 @@ impl<'a> Head<'a> {
             to: None,
             from: None,
             ty: None,
+            declared: None,
         };
         for (name, raw) in start.attributes() {
             match name {
@@ -110,6 +128,19 @@ impl<'a> Head<'a> {
             let ns = view::attribute_value(raw);
             ns == "jabber:client" || ns == "jabber:server"
         });
+        let declared = match framed.namespaces.all() {
+            Some(ranges) => {
+                let mut declared = Declared {
+                    names: [&[]; xmppwall_xml::Namespaces::KEPT],
+                    len: ranges.len(),
+                };
+                for (name, &range) in declared.names.iter_mut().zip(ranges) {
+                    *name = value(Some(range))??;
+                }
+                Some(declared)
+            }
+            None => None,
+        };
         Some(Head {
             start,
             xmlns,
@@ -117,6 +148,7 @@ impl<'a> Head<'a> {
             to: value(framed.to)?,
             from: value(framed.from)?,
             ty: value(framed.ty)?,
+            declared,
         })
     }
 
@@ -160,7 +192,15 @@ impl<'a> Stanza<'a> {
             to: head.to,
             from: head.from,
             ty: head.ty,
+            declared: head.declared,
         })
+    }
+
+    /// Every namespace name the stanza declares (`xmlns`, `xmlns:p`, at any
+    /// depth), when the framer noted them all; `None` when the caller must look
+    /// for itself.
+    pub fn declared_namespaces(&self) -> Option<&[&'a [u8]]> {
+        self.declared.as_ref().map(Declared::names)
     }
 
     pub fn stanza_type(&self) -> Option<Cow<'a, str>> {

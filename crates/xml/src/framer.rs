@@ -131,6 +131,46 @@ pub struct Head {
     pub to: Option<(u32, u32)>,
     pub from: Option<(u32, u32)>,
     pub ty: Option<(u32, u32)>,
+    /// The namespace declarations (`xmlns`, `xmlns:p`) anywhere in the element.
+    pub namespaces: Namespaces,
+}
+
+/// The namespace declarations of an element and all it holds, in document order:
+/// where the values of the first [`Namespaces::KEPT`] lie, and how many there are.
+/// A reader that looks for a namespace (XEP-0205 §2.6 payload rules) can compare
+/// these values instead of searching the element's bytes for `xmlns`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Namespaces {
+    first: [(u32, u32); Namespaces::KEPT],
+    /// How many declarations there are, up to `u8::MAX`.
+    count: u8,
+    /// Whether a value is written other than as its namespace name (with a
+    /// reference, tab, line feed or carriage return).
+    escaped: bool,
+}
+
+impl Namespaces {
+    /// How many declarations' values are kept.
+    pub const KEPT: usize = 2;
+
+    /// The value ranges (offsets from the start of the frame) of all the
+    /// declarations, each written as its namespace name; `None` when there are
+    /// more than [`Self::KEPT`] or one is written otherwise, and the reader must
+    /// look for itself.
+    pub fn all(&self) -> Option<&[(u32, u32)]> {
+        let count = usize::from(self.count);
+        (count <= Self::KEPT && !self.escaped).then(|| &self.first[..count])
+    }
+
+    /// Notes one more declaration, whose value lies at `value` and is `escaped`
+    /// (see [`Self::all`]).
+    pub fn push(&mut self, value: (u32, u32), escaped: bool) {
+        if let Some(slot) = self.first.get_mut(usize::from(self.count)) {
+            *slot = value;
+        }
+        self.count = self.count.saturating_add(1);
+        self.escaped |= escaped;
+    }
 }
 
 /// Why the stream cannot go on. Each maps to one stream error of RFC 6120 §4.9.3.
@@ -664,6 +704,9 @@ impl Framer {
                 self.attributes.clear();
                 self.attribute_filter = 0;
                 self.default_ns_is_streams = false;
+                // What the one-pass scan notes of the tag is noted again if it
+                // gives up and the general way reads the tag.
+                let namespaces = self.head.namespaces;
                 if let Some((end, self_closing, prefixed)) = self.start_tag_whole(b, pos) {
                     if prefixed || self.phase != Phase::Stream {
                         return self.end_start_tag(b, end, self_closing);
@@ -672,6 +715,7 @@ impl Framer {
                     return Ok(self.open_element(end, self_closing));
                 }
                 // Start over the general way, from a clean slate.
+                self.head.namespaces = namespaces;
                 self.colon = 0;
                 self.attributes.clear();
                 self.attribute_filter = 0;
@@ -760,6 +804,10 @@ impl Framer {
             } else if b[start..end] == *b"xmlns" {
                 let value = &b[value_start..value_end];
                 self.default_namespace(value, !written_normalized).ok()?;
+                self.head.namespaces.push(
+                    (offset(value_start), offset(value_end)),
+                    !written_normalized,
+                );
             }
             p = value_end + 1;
         }
@@ -1193,11 +1241,19 @@ impl Framer {
             if name != b"xmlns" {
                 return Ok(());
             }
-            return self.default_namespace(value, escape::attribute_needs_normalizing(value));
+            let escaped = escape::attribute_needs_normalizing(value);
+            self.head
+                .namespaces
+                .push((offset(self.value_start), offset(value_end)), escaped);
+            return self.default_namespace(value, escaped);
         }
         if &b[self.attr_start..self.attr_colon] != b"xmlns" {
             return Ok(());
         }
+        self.head.namespaces.push(
+            (offset(self.value_start), offset(value_end)),
+            escape::attribute_needs_normalizing(value),
+        );
         let prefix = &b[self.attr_colon + 1..self.attr_end];
         match prefix {
             b"xmlns" => Err(Error::NotWellFormed("the prefix xmlns declared")),

@@ -13,4 +13,4 @@ pub mod framer;
 mod scope;
 pub mod view;
 
-pub use framer::{Error, Frame, Framer, Head, Limit, Limits, Token, STREAMS_NS};
+pub use framer::{Error, Frame, Framer, Head, Limit, Limits, Namespaces, Token, STREAMS_NS};

@@ -1468,3 +1468,69 @@ fn a_restored_ban_refuses_like_a_fresh_one_and_unban_lifts_it() {
         GateDecision::Admit(..)
     ));
 }
+
+/// The verdict on the stanza `xml` as the proxy sees it: framed in a stream, with
+/// the head (and namespace declarations) the framer noted; and whether the
+/// stanza had its declarations from the framer.
+fn framed_to_server(
+    l: &Limiter,
+    conn: &mut ConnectionLimits,
+    xml: &str,
+    now: Instant,
+) -> (Verdict, bool) {
+    let stream = format!(
+        "<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>{xml}"
+    );
+    let mut framer = xmppwall_xml::Framer::new(xmppwall_xml::Limits {
+        max_element_bytes: 1 << 16,
+        max_depth: 16,
+        max_elements: 1000,
+        max_attributes: 32,
+        max_name_bytes: 256,
+        max_attribute_value_bytes: 4096,
+    });
+    let bytes = stream.as_bytes();
+    let mut pos = 0;
+    let mut verdict = None;
+    while let Some(frame) = framer.next(&bytes[pos..]).expect("well-formed") {
+        let element = &bytes[pos..pos + frame.len];
+        if frame.token == xmppwall_xml::Token::Element {
+            let head = crate::stanza::Head::framed(element, framer.head()).expect("fits");
+            let stanza = Stanza::with_head(head, element).expect("a stanza");
+            verdict = Some((
+                l.check_to_server(conn, &stanza, now),
+                stanza.declared_namespaces().is_some(),
+            ));
+        }
+        pos += frame.len;
+    }
+    verdict.expect("one stanza")
+}
+
+#[test]
+fn payload_verdicts_from_the_framers_declarations_are_those_of_a_search() {
+    let l = payload_limiter();
+    let t0 = Instant::now();
+    let mut a = bound(&l, ALICE, t0);
+    // (stanza, whether the framer noted all its declarations: at most two, each
+    // written as its namespace name)
+    let cases = [
+        ("<message to='b@example.test'><body>x</body></message>", true),
+        ("<message to='b@example.test'><x xmlns='urn:test:up'/></message>", true),
+        ("<message to='b@example.test'><x xmlns='urn:test:down'/></message>", true),
+        ("<iq type='get' id='a' xmlns='jabber:client'><query xmlns='jabber:iq:avatar'/></iq>", true),
+        ("<iq type='get' id='a'><p:query xmlns:p='jabber:iq:avatar'/></iq>", true),
+        ("<iq type='get' id='a'><query xmlns='jabber:iq:av&#x61;tar'/></iq>", false),
+        ("<message to='b@example.test'><a xmlns='urn:a'/><b xmlns='urn:b'/><x xmlns='urn:test:up'/></message>", false),
+        ("<message to='b@example.test'><x xmlns='urn:test:wrap'><q xmlns='jabber:iq:avatar'/></x></message>", true),
+        ("<message to='b@example.test'><body>xmlns='jabber:iq:avatar'</body></message>", true),
+    ];
+    for (xml, noted) in cases {
+        let searched = to_server(&l, &mut a, xml, t0);
+        assert_eq!(
+            framed_to_server(&l, &mut a, xml, t0),
+            (searched, noted),
+            "{xml}"
+        );
+    }
+}

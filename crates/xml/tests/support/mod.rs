@@ -8,7 +8,7 @@ pub mod traffic;
 use rxml::error::EndOrError;
 use rxml::{Options, Parse, Parser, WithOptions};
 use xmppwall_xml::view::StartTag;
-use xmppwall_xml::{Error, Framer, Head, Limits, Token};
+use xmppwall_xml::{Error, Framer, Head, Limits, Namespaces, Token};
 
 /// Generous limits, so that only the XML itself decides.
 pub const LIMITS: Limits = Limits {
@@ -110,7 +110,27 @@ pub fn head_as_the_view_reads_it(element: &[u8]) -> Head {
             _ => {}
         }
     }
+    declarations(element, element, &mut head.namespaces);
     head
+}
+
+/// The namespace declarations of `element` and of all it holds, in document
+/// order, as offsets from the start of `frame`.
+fn declarations(frame: &[u8], element: &[u8], namespaces: &mut Namespaces) {
+    let tag = StartTag::parse(element).expect("an element has a start tag");
+    for (name, raw) in tag.attributes() {
+        if name == b"xmlns" || name.starts_with(b"xmlns:") {
+            let start = raw.as_ptr() as usize - frame.as_ptr() as usize;
+            let at = |n: usize| u32::try_from(n).expect("small");
+            let escaped = raw
+                .iter()
+                .any(|c| matches!(c, b'&' | b'\t' | b'\n' | b'\r'));
+            namespaces.push((at(start), at(start + raw.len())), escaped);
+        }
+    }
+    for child in xmppwall_xml::view::children(element) {
+        declarations(frame, &element[child.range], namespaces);
+    }
 }
 
 pub fn feed(input: &[u8]) -> Outcome {
