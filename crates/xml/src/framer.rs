@@ -37,6 +37,10 @@
 //! buffer, non-ASCII names, prefixed namespace declarations, any fault), and the
 //! resumable state machine then reads the tag again from its name: it alone
 //! decides which error a stream gets, so the answer cannot depend on the path.
+//! Character data is treated the same way: a run with references or other
+//! scripts in it is checked in bulk up to the next `<` (`text_whole`: one scan for
+//! the bytes that need a look, sixteen at a time, and `simdutf8` for the UTF-8),
+//! and at a fault or the end of the buffer the exact way takes over.
 //!
 //! Everything the framer keeps across calls is either an offset from the start of
 //! the token being scanned (which stays at the front of the caller's buffer until
