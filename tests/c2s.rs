@@ -264,6 +264,29 @@ fn anything_but_starttls_before_tls_is_a_policy_violation() {
     );
 }
 
+/// A client stream header with a prefix for a payload namespace: in scope in every
+/// stanza, it would hide that namespace from the payload rules (XEP-0205 §2.8).
+const HEADER_WITH_PREFIX: &str = "<?xml version='1.0'?><stream:stream to='example.test' \
+    version='1.0' xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' \
+    xmlns:av='jabber:iq:avatar'>";
+
+#[test]
+fn a_stream_header_declaring_a_payload_prefix_is_a_policy_violation() {
+    let s = Setup::start();
+    // The first header, which xmppwall answers itself.
+    let mut c = TestClient::connect(s.starttls);
+    c.send_raw(HEADER_WITH_PREFIX);
+    assert_ends_with_stream_error(&c.read_until_closed(), "policy-violation");
+    // The header of the stream restarted after SASL success, on its way to Prosody.
+    let (mut c, _) = s.client_after_tls();
+    // SASL PLAIN as alice (RFC 4616: NUL, user, NUL, password, in base64).
+    c.send_raw("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGFsaWNlAGFsaWNlLXNlY3JldC0x</auth>");
+    let answer = c.read_element();
+    assert_eq!(xml::root_name(&answer), "success", "{answer}");
+    c.send_raw(HEADER_WITH_PREFIX);
+    assert_ends_with_stream_error(&c.read_until_closed(), "policy-violation");
+}
+
 #[test]
 fn in_band_registration_passes_before_authentication() {
     let s = Setup::start();

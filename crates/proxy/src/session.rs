@@ -394,6 +394,13 @@ impl C2sSession {
     ) -> ClientAction {
         match token {
             Token::StreamOpen => {
+                // The header of the stream restarted after SASL success (the ones
+                // before were read by `ClientHeader::parse`).
+                if let Some(tag) = StartTag::parse(bytes) {
+                    if let Err(error) = refuse_foreign_prefixes(&tag) {
+                        return ClientAction::Close(error);
+                    }
+                }
                 self.client_awaits_header = true;
                 ClientAction::Forward
             }
@@ -1545,6 +1552,7 @@ impl ClientHeader {
             return Err(StreamError::new(StreamCondition::InvalidNamespace)
                 .with_text("the default namespace of a client stream must be jabber:client"));
         }
+        refuse_foreign_prefixes(&tag)?;
         let header = ClientHeader {
             to: tag.attribute(b"to").map(|t| t.to_ascii_lowercase()),
             from: tag.attribute(b"from").map(Cow::into_owned),
@@ -1575,6 +1583,30 @@ impl ClientHeader {
         }
         Ok(header)
     }
+}
+
+/// Refuses a client stream header that declares a namespace prefix for anything
+/// but the streams namespace. A prefix declared there is in scope in every stanza
+/// of the stream (Namespaces in XML 1.0 §6.1), so `<iq><av:query/></iq>` would carry
+/// a payload whose namespace no `xmlns` in the stanza names: out of sight of the
+/// payload rules (XEP-0205 §2.8) and of the policy's payload conditions, which read
+/// one stanza at a time. Clients declare only `stream:` there.
+fn refuse_foreign_prefixes(tag: &StartTag<'_>) -> Result<(), StreamError> {
+    for (name, _) in tag.attributes() {
+        if let Some(prefix) = name.strip_prefix(b"xmlns:") {
+            let mut attr = b"xmlns:".to_vec();
+            attr.extend_from_slice(prefix);
+            if tag.attribute(&attr).as_deref() != Some(STREAMS_NS) {
+                return Err(
+                    StreamError::new(StreamCondition::PolicyViolation).with_text(format!(
+                        "the stream header may declare no namespace prefix but the streams one ({})",
+                        String::from_utf8_lossy(prefix)
+                    )),
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The stream header xmppwall sends when it answers a client itself (before TLS,

@@ -318,6 +318,14 @@ fn client_header_checks_namespace_version_and_host() {
         condition("<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='elsewhere.test' version='1.0'>"),
         StreamCondition::HostUnknown
     );
+    // A prefix on the header would hide payload namespaces from the stanzas.
+    assert_eq!(
+        condition("<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' xmlns:av='jabber:iq:avatar' to='example.test' version='1.0'>"),
+        StreamCondition::PolicyViolation
+    );
+    // The streams namespace under another prefix is still the streams namespace.
+    let other = b"<s:stream xmlns='jabber:client' xmlns:s='http://etherx.jabber.org/streams' to='example.test' version='1.0'>";
+    assert!(ClientHeader::parse(other, &domains).is_ok());
 }
 
 /// Two sessions of one instance, sharing its limiter.
