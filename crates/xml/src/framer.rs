@@ -141,7 +141,7 @@ pub struct Head {
 
 /// The namespace declarations of an element and all it holds, in document order:
 /// where the values of the first [`Namespaces::KEPT`] lie, and how many there are.
-/// A reader that looks for a namespace (XEP-0205 §2.6 payload rules) can compare
+/// A reader that looks for a namespace (XEP-0205 §2.8 payload rules) can compare
 /// these values instead of searching the element's bytes for `xmlns`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Namespaces {
