@@ -356,6 +356,24 @@ fn denied_domain_cannot_connect() {
 }
 
 #[test]
+fn a_peer_header_declaring_a_payload_prefix_is_a_policy_violation() {
+    let f = Federation::start(Peer::DialbackOnly, "", "");
+    // `db:` (dialback) stays allowed: every other test here declares it. A prefix
+    // for a payload namespace would be in scope in every stanza of the stream.
+    let header = s2s_header(REMOTE).replace("xmlns:db=", "xmlns:av='jabber:iq:avatar' xmlns:db=");
+    let mut raw = TestClient::connect(f.front);
+    raw.send_raw(header);
+    raw.read_stream_header();
+    let rest = raw.read_until_closed();
+    assert!(
+        rest.contains(
+            "<stream:error><policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"
+        ),
+        "{rest}"
+    );
+}
+
+#[test]
 fn spoofed_from_after_dialback_is_invalid_from() {
     let f = Federation::start(Peer::DialbackOnly, "", "");
     let mut bob = login(&f.local, DOMAIN, BOB);

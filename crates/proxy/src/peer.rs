@@ -275,6 +275,16 @@ pub struct PeerHeader {
     pub dialback: bool,
 }
 
+/// Refuses a peer's stream header (a remote server's, a component's) that binds a
+/// prefix to anything but the streams or the dialback namespace (XEP-0220 declares
+/// `db:` there): see [`session::refuse_foreign_prefixes`].
+pub fn refuse_foreign_prefixes(header: &[u8]) -> Result<(), StreamError> {
+    match StartTag::parse(header) {
+        Some(tag) => session::refuse_foreign_prefixes(&tag, &[STREAMS_NS, DIALBACK_NS]),
+        None => Err(StreamError::new(StreamCondition::NotWellFormed)),
+    }
+}
+
 impl PeerHeader {
     /// Reads a stream header whose content namespace must be `content_ns`.
     pub fn parse(bytes: &[u8], content_ns: &str) -> Result<PeerHeader, StreamError> {

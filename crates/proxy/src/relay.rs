@@ -959,7 +959,10 @@ impl PeerConnection {
             match outcome {
                 ReadOutcome::Frame(Token::XmlDeclaration, len) => offset += len,
                 ReadOutcome::Frame(Token::StreamOpen, len) => {
-                    return match PeerHeader::parse(&reader.buf[offset..offset + len], content_ns) {
+                    let header = &reader.buf[offset..offset + len];
+                    let parsed = PeerHeader::parse(header, content_ns)
+                        .and_then(|h| peer::refuse_foreign_prefixes(header).map(|()| h));
+                    return match parsed {
                         Ok(header) => Ok((header, offset + len)),
                         Err(error) => Err(self
                             .refuse_before_header(io, content_ns, local_domain, error)

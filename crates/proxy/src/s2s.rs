@@ -401,6 +401,9 @@ impl S2sInboundSession {
                     .with_text("the restarted stream names another 'to'"),
             );
         }
+        if let Err(error) = crate::peer::refuse_foreign_prefixes(bytes) {
+            return PeerAction::Close(error);
+        }
         PeerAction::Forward
     }
 

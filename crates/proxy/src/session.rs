@@ -397,7 +397,7 @@ impl C2sSession {
                 // The header of the stream restarted after SASL success (the ones
                 // before were read by `ClientHeader::parse`).
                 if let Some(tag) = StartTag::parse(bytes) {
-                    if let Err(error) = refuse_foreign_prefixes(&tag) {
+                    if let Err(error) = refuse_foreign_prefixes(&tag, &[STREAMS_NS]) {
                         return ClientAction::Close(error);
                     }
                 }
@@ -1552,7 +1552,7 @@ impl ClientHeader {
             return Err(StreamError::new(StreamCondition::InvalidNamespace)
                 .with_text("the default namespace of a client stream must be jabber:client"));
         }
-        refuse_foreign_prefixes(&tag)?;
+        refuse_foreign_prefixes(&tag, &[STREAMS_NS])?;
         let header = ClientHeader {
             to: tag.attribute(b"to").map(|t| t.to_ascii_lowercase()),
             from: tag.attribute(b"from").map(Cow::into_owned),
@@ -1585,21 +1585,25 @@ impl ClientHeader {
     }
 }
 
-/// Refuses a client stream header that declares a namespace prefix for anything
-/// but the streams namespace. A prefix declared there is in scope in every stanza
-/// of the stream (Namespaces in XML 1.0 §6.1), so `<iq><av:query/></iq>` would carry
-/// a payload whose namespace no `xmlns` in the stanza names: out of sight of the
+/// Refuses a stream header that declares a namespace prefix for anything but the
+/// namespaces in `allowed`. A prefix declared there is in scope in every stanza of
+/// the stream (Namespaces in XML 1.0 §6.1), so `<iq><av:query/></iq>` would carry a
+/// payload whose namespace no `xmlns` in the stanza names: out of sight of the
 /// payload rules (XEP-0205 §2.8) and of the policy's payload conditions, which read
-/// one stanza at a time. Clients declare only `stream:` there.
-fn refuse_foreign_prefixes(tag: &StartTag<'_>) -> Result<(), StreamError> {
+/// one stanza at a time. Clients declare only `stream:` there; servers also `db:`.
+pub(crate) fn refuse_foreign_prefixes(
+    tag: &StartTag<'_>,
+    allowed: &[&str],
+) -> Result<(), StreamError> {
     for (name, _) in tag.attributes() {
         if let Some(prefix) = name.strip_prefix(b"xmlns:") {
             let mut attr = b"xmlns:".to_vec();
             attr.extend_from_slice(prefix);
-            if tag.attribute(&attr).as_deref() != Some(STREAMS_NS) {
+            let bound = tag.attribute(&attr);
+            if !bound.is_some_and(|ns| allowed.contains(&&*ns)) {
                 return Err(
                     StreamError::new(StreamCondition::PolicyViolation).with_text(format!(
-                        "the stream header may declare no namespace prefix but the streams one ({})",
+                        "the stream header declares a namespace prefix ({}) for a namespace not accepted there",
                         String::from_utf8_lossy(prefix)
                     )),
                 );
