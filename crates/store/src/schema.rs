@@ -115,16 +115,15 @@ pub(crate) fn open_at_version(path: Option<&Path>, target: i64) -> Result<Connec
         None => Connection::open_in_memory(),
     }
     .map_err(open_error)?;
-    // WAL: readers never block the writer; FULL: a commit is on disk when it returns.
-    conn.pragma_update(None, "journal_mode", "WAL")
-        .map_err(open_error)?;
-    conn.pragma_update(None, "synchronous", "FULL")
-        .map_err(open_error)?;
+    // Set first: a second xmppwall opening the same file at the same moment then
+    // waits for the lock (up to 5 s) instead of failing on the pragmas below.
     conn.busy_timeout(std::time::Duration::from_secs(5))
         .map_err(open_error)?;
-    let found: i64 = conn
-        .pragma_query_value(None, "user_version", |r| r.get(0))
+    // WAL: readers never block the writer; FULL: a commit is on disk when it returns.
+    set_wal(&conn).map_err(open_error)?;
+    conn.pragma_update(None, "synchronous", "FULL")
         .map_err(open_error)?;
+    let found = user_version(&conn).map_err(open_error)?;
     if found > SCHEMA_VERSION {
         return Err(StoreError::TooNew {
             path: name,
@@ -132,19 +131,61 @@ pub(crate) fn open_at_version(path: Option<&Path>, target: i64) -> Result<Connec
             known: SCHEMA_VERSION,
         });
     }
+    migrate(&mut conn, &name, found, target)?;
+    Ok(conn)
+}
+
+/// Switches a file to WAL. Switching needs the file to itself, and SQLite answers
+/// "database is locked" at once, without waiting, when another process is opening
+/// the same new file: so this waits and tries again, as the busy timeout would.
+fn set_wal(conn: &Connection) -> rusqlite::Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match conn.pragma_update(None, "journal_mode", "WAL") {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn user_version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.pragma_query_value(None, "user_version", |r| r.get(0))
+}
+
+/// Applies migrations `found..target`, each in its own transaction.
+///
+/// `found` may be stale: another process opening the same file may have migrated it
+/// since it was read. Each step therefore takes the write lock first (`BEGIN
+/// IMMEDIATE`) and reads the version again under it; a step already applied is
+/// skipped, never run twice.
+pub(crate) fn migrate(
+    conn: &mut Connection,
+    name: &str,
+    found: i64,
+    target: i64,
+) -> Result<(), StoreError> {
     for version in found..target {
-        let migrate = |conn: &mut Connection| -> rusqlite::Result<()> {
-            let tx = conn.transaction()?;
+        let step = |conn: &mut Connection| -> rusqlite::Result<bool> {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            if user_version(&tx)? > version {
+                return Ok(false);
+            }
             tx.execute_batch(MIGRATIONS[version as usize])?;
             tx.pragma_update(None, "user_version", version + 1)?;
-            tx.commit()
+            tx.commit()?;
+            Ok(true)
         };
-        migrate(&mut conn).map_err(|source| StoreError::Migration {
-            path: name.clone(),
+        let applied = step(conn).map_err(|source| StoreError::Migration {
+            path: name.to_owned(),
             version: version + 1,
             source,
         })?;
-        if found > 0 {
+        if applied && found > 0 {
             tracing::info!(
                 path = %name,
                 version = version + 1,
@@ -152,5 +193,5 @@ pub(crate) fn open_at_version(path: Option<&Path>, target: i64) -> Result<Connec
             );
         }
     }
-    Ok(conn)
+    Ok(())
 }

@@ -260,6 +260,48 @@ fn file_from_schema_version_1_is_migrated_and_keeps_its_bans() {
 }
 
 #[test]
+fn a_migration_another_process_already_applied_is_skipped() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("raced.db");
+    schema::open(Some(&path)).expect("the first process migrates the file");
+    // The second process read version 0 before the first one migrated: its steps
+    // must find the work done, not create the tables again.
+    let mut late = rusqlite::Connection::open(&path).expect("a second connection");
+    late.busy_timeout(Duration::from_secs(5))
+        .expect("busy timeout");
+    schema::migrate(&mut late, "raced.db", 0, SCHEMA_VERSION)
+        .expect("a stale version read is not an error");
+    let version: i64 = late
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .expect("version");
+    assert_eq!(version, SCHEMA_VERSION);
+}
+
+#[test]
+fn xmppwalls_opening_one_new_file_at_once_all_succeed() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    for round in 0..5 {
+        let path = dir.path().join(format!("shared-{round}.db"));
+        let start = std::sync::Arc::new(std::sync::Barrier::new(6));
+        let openers: Vec<_> = (0..6)
+            .map(|_| {
+                let (path, start) = (path.clone(), start.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    schema::open(Some(&path)).map(|_| ())
+                })
+            })
+            .collect();
+        for opener in openers {
+            opener
+                .join()
+                .expect("opener thread")
+                .expect("every opener gets a migrated store");
+        }
+    }
+}
+
+#[test]
 fn file_from_a_newer_xmppwall_is_refused() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let path = dir.path().join("new.db");
