@@ -634,7 +634,10 @@ impl Checker<'_> {
             );
         }
         for l in &raw.listen {
-            let tls_mode = l.tls.unwrap_or(ListenerTls::Starttls);
+            let tls_mode = l
+                .tls
+                .as_ref()
+                .map_or(ListenerTls::Starttls, |t| *t.get_ref());
             if tls_mode != ListenerTls::None && !have_cert {
                 self.problem(
                     l.address.span(),
@@ -653,6 +656,14 @@ impl Checker<'_> {
                     self.problem(
                         l.address.span(),
                         "the s2s-egress front takes the server's own outgoing streams in plaintext on loopback; set tls = \"none\" (TLS is done towards the remote server)".into(),
+                    );
+                }
+                // XEP-0114 defines no STARTTLS: a component either speaks TLS from
+                // its first byte or not at all.
+                if l.front == Front::Component && tls_mode == ListenerTls::Starttls {
+                    self.problem(
+                        l.tls.as_ref().map_or(l.address.span(), |t| t.span()),
+                        "external components (XEP-0114) have no STARTTLS; set tls = \"none\" or tls = \"direct\"".into(),
                     );
                 }
                 listeners.push(Listener {
@@ -1524,7 +1535,7 @@ struct RawUpstreamTls {
 #[serde(deny_unknown_fields)]
 struct RawListener {
     front: Front,
-    tls: Option<ListenerTls>,
+    tls: Option<Spanned<ListenerTls>>,
     address: Spanned<String>,
     upstream: Option<Spanned<String>>,
 }

@@ -265,6 +265,35 @@ domain = "no secret@here"
 }
 
 #[test]
+fn a_component_listener_with_starttls_is_refused_where_it_says_so() {
+    let text = r#"
+[upstream]
+address = "127.0.0.1:15222"
+
+[tls]
+default = { cert = "CERT", key = "KEY" }
+
+[[listen]]
+front = "component"
+tls = "starttls"
+address = "127.0.0.1:5347"
+
+[[listen]]
+front = "component"
+address = "127.0.0.1:5348"
+"#;
+    let err = parse(text).unwrap_err();
+    let refusals: Vec<_> = err
+        .problems
+        .iter()
+        .filter(|p| p.message.contains("no STARTTLS"))
+        .map(|p| (p.line, p.column))
+        .collect();
+    // The explicit setting is named; a listener that leaves tls out, at its address.
+    assert_eq!(refusals, [(10, 7), (15, 11)], "{err}");
+}
+
+#[test]
 fn antispam_sections_are_read_and_their_mistakes_located() {
     let c = parse(&format!(
         "{MINIMAL}\n[registration]\nallow_from = [\"10.0.0.0/8\"]\n\n[federation]\nmode = \"deny\"\ndomains = [\"spam.example\"]\n\n[strangers]\nmessages = \"strip-body\"\n"
