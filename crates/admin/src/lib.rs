@@ -602,7 +602,7 @@ async fn remove_ban(State(state): State<AppState>, Query(q): Query<BanQuery>) ->
             Err(e) => {
                 return error(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    format!("the ban could not be lifted in the store ({e})"),
+                    format!("the ban is lifted in memory, but the store could not record it ({e}); it would come back at the next start: retry"),
                 )
             }
         }
