@@ -144,6 +144,27 @@ fn direct_tls_login_negotiates_alpn_and_delivers_messages() {
 }
 
 #[test]
+fn direct_tls_on_the_starttls_port_is_accepted() {
+    // Clients that try direct TLS first (XEP-0368) send a ClientHello to 5222 too.
+    let s = Setup::start();
+    let mut alice = TestClient::connect_direct_tls(s.starttls, &s.tls());
+    let info = alice.tls_info().expect("TLS");
+    assert_eq!(info.alpn.as_deref(), Some(&b"xmpp-client"[..]));
+    let features = alice.open_stream();
+    assert!(!xml::has_element(&features, "starttls"), "{features}");
+    alice.auth_plain(ALICE);
+    let alice_jid = alice.bind(Some("sniffed"));
+    alice.send_raw("<presence/>");
+    let (mut bob, _) = s.login(BOB, "laptop");
+    bob.send_raw(chat(&alice_jid, "t1", "direct tls on 5222"));
+    let got = wait_for_message(&mut alice, "t1");
+    assert_eq!(
+        xml::text(&got, "body").as_deref(),
+        Some("direct tls on 5222")
+    );
+}
+
+#[test]
 fn pre_tls_features_offer_only_required_starttls() {
     let s = Setup::start();
     let mut c = TestClient::connect(s.starttls);

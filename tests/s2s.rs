@@ -612,38 +612,46 @@ fn egress_with_an_unreachable_socks5_proxy_fails_and_the_sender_is_told() {
 fn direct_tls_peer_authenticates_by_dialback_and_delivers() {
     let f = Federation::start(Peer::DialbackOnly, "", "");
     let mut bob = login(&f.local, DOMAIN, BOB);
-    // XEP-0368: TLS from the first byte, ALPN xmpp-server, SNI the local domain.
-    let mut raw = TestClient::connect(f.direct);
-    let mut tls = rustls::ClientConfig::clone(&tls_client_config(&f.cert.ca_der, TlsVersions::Any));
-    tls.alpn_protocols = vec![b"xmpp-server".to_vec()];
-    raw.upgrade_to_tls(std::sync::Arc::new(tls));
-    raw.send_raw(s2s_header(REMOTE));
-    let header = raw.read_stream_header();
-    let id = xml::root_attr(&header, "id").expect("the server's header has an id");
-    let features = raw.read_element();
-    assert!(
-        features.contains("dialback") && !features.contains("starttls"),
-        "{features}"
-    );
-    raw.send_raw(format!(
-        "<db:result from='{REMOTE}' to='{DOMAIN}'>{}</db:result>",
-        dialback_key(&id)
-    ));
-    let verdict = raw.read_element();
-    assert_eq!(
-        xml::root_attr(&verdict, "type").as_deref(),
-        Some("valid"),
-        "{verdict}"
-    );
-    raw.send_raw(format!(
-        "<message from='carol@{REMOTE}/x' to='bob@{DOMAIN}' type='chat'><body>direct</body></message>"
-    ));
-    let message = bob.read_element_matching(|e| xml::root_name(e) == "message");
-    assert_eq!(
-        xml::text(&message, "body").as_deref(),
-        Some("direct"),
-        "{message}"
-    );
+    // On the direct TLS front, and on the STARTTLS front, where a remote server
+    // that tries direct TLS first (XEP-0368) gets it too.
+    for (front, body) in [
+        (f.direct, "direct"),
+        (f.front, "direct on the starttls port"),
+    ] {
+        // XEP-0368: TLS from the first byte, ALPN xmpp-server, SNI the local domain.
+        let mut raw = TestClient::connect(front);
+        let mut tls =
+            rustls::ClientConfig::clone(&tls_client_config(&f.cert.ca_der, TlsVersions::Any));
+        tls.alpn_protocols = vec![b"xmpp-server".to_vec()];
+        raw.upgrade_to_tls(std::sync::Arc::new(tls));
+        raw.send_raw(s2s_header(REMOTE));
+        let header = raw.read_stream_header();
+        let id = xml::root_attr(&header, "id").expect("the server's header has an id");
+        let features = raw.read_element();
+        assert!(
+            features.contains("dialback") && !features.contains("starttls"),
+            "{features}"
+        );
+        raw.send_raw(format!(
+            "<db:result from='{REMOTE}' to='{DOMAIN}'>{}</db:result>",
+            dialback_key(&id)
+        ));
+        let verdict = raw.read_element();
+        assert_eq!(
+            xml::root_attr(&verdict, "type").as_deref(),
+            Some("valid"),
+            "{verdict}"
+        );
+        raw.send_raw(format!(
+            "<message from='carol@{REMOTE}/x' to='bob@{DOMAIN}' type='chat'><body>{body}</body></message>"
+        ));
+        let message = bob.read_element_matching(|e| xml::root_name(e) == "message");
+        assert_eq!(
+            xml::text(&message, "body").as_deref(),
+            Some(body),
+            "{message}"
+        );
+    }
 }
 
 /// dnsmasq (Debian's dnsmasq-base), a real DNS server on a free loopback port,

@@ -31,7 +31,9 @@ use crate::session::{
 };
 use crate::sessions::{LiveSession, Registration};
 use crate::stats::{Outcome, RecentVerdict, Stats, PROCESSING_SAMPLE_EVERY};
-use crate::stream::{framing_error, release_consumed, FrameReader, ReadOutcome};
+use crate::stream::{
+    framing_error, release_consumed, FrameReader, ReadOutcome, TLS_HANDSHAKE_RECORD,
+};
 use crate::stream_error::{StreamCondition, StreamError};
 use crate::tls::describe_handshake_error;
 use std::time::SystemTime;
@@ -291,6 +293,25 @@ impl Connection {
             ListenerTls::Starttls => {
                 let mut tcp = tcp;
                 let mut reader = FrameReader::new(budgets.before);
+                // A client that tries direct TLS first (XEP-0368) sends its
+                // ClientHello here: it gets direct TLS instead of a stream error
+                // and a second connection.
+                match reader
+                    .first_byte(&mut tcp, self.preauth_deadline, &mut self.shutdown)
+                    .await
+                {
+                    Ok(TLS_HANDSHAKE_RECORD) => {
+                        let hello = std::mem::take(&mut reader.buf);
+                        return match self.accept_tls(Rewind::new(hello, tcp), None).await {
+                            Ok(io) => self.after_tls(io, ListenerTls::Direct).await,
+                            Err(end) => Err(end),
+                        };
+                    }
+                    Ok(_) => {}
+                    Err(outcome) => {
+                        return Err(self.end_before_relay(&mut tcp, outcome, false).await)
+                    }
+                }
                 let header = match self.read_header(&mut tcp, &mut reader, false).await {
                     Ok((header, _)) => header,
                     Err(end) => return Err(end),

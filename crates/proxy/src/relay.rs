@@ -31,7 +31,9 @@ use crate::proxy_header;
 use crate::server::Shared;
 use crate::sessions::{LiveSession, Registration};
 use crate::stats::{Outcome, Stats};
-use crate::stream::{framing_error, release_consumed, FrameReader, ReadOutcome};
+use crate::stream::{
+    framing_error, release_consumed, FrameReader, ReadOutcome, TLS_HANDSHAKE_RECORD,
+};
 use crate::stream_error::{StreamCondition, StreamError};
 use crate::tls::describe_handshake_error;
 
@@ -282,87 +284,27 @@ impl PeerConnection {
             ListenerTls::Starttls => {
                 let mut plain = tcp;
                 let mut reader = FrameReader::new(budgets.before);
-                let (header, len) = match self
-                    .read_header(&mut plain, &mut reader, SERVER_NS, None)
+                // A remote server that tries direct TLS first (XEP-0368) gets it.
+                match reader
+                    .first_byte(&mut plain, self.preauth_deadline, &mut self.shutdown)
                     .await
                 {
-                    Ok(h) => h,
-                    Err(end) => return end,
-                };
-                reader.consume(len);
-                if let Err(error) = self.check_s2s_header(&header) {
-                    let local = header.to.clone();
-                    return self
-                        .refuse_before_header(&mut plain, SERVER_NS, local.as_deref(), error)
-                        .await;
-                }
-                // RFC 6120 §5.3.1, §5.4.2: xmppwall answers the stream itself (the
-                // dialback namespace declared, XEP-0220 §2.1.1) and offers only
-                // STARTTLS, as mandatory-to-negotiate.
-                let mut out =
-                    peer::response_header(SERVER_NS, header.to.as_deref(), header.from.as_deref());
-                out.extend_from_slice(crate::session::STARTTLS_FEATURES);
-                if let Err(e) = plain.write_all(&out).await {
-                    return End::PeerIo(e);
-                }
-                loop {
-                    match reader
-                        .next(&mut plain, 0, self.preauth_deadline, &mut self.shutdown)
-                        .await
-                    {
-                        ReadOutcome::Frame(Token::Whitespace, len) => reader.consume(len),
-                        ReadOutcome::Frame(Token::Element, len) => {
-                            let is_starttls =
-                                xmppwall_xml::view::StartTag::parse(&reader.buf[..len])
-                                    .is_some_and(|t| {
-                                        t.local_name() == b"starttls"
-                                            && crate::session::namespace(&t, SERVER_NS)
-                                                == crate::session::TLS_NS
-                                    });
-                            reader.consume(len);
-                            if is_starttls {
-                                break;
-                            }
-                            let error = StreamError::new(StreamCondition::PolicyViolation)
-                                .with_text("STARTTLS is required before anything else");
-                            let bytes = error.to_bytes(Some("stream"));
-                            return refuse(&self.shared, &mut plain, bytes, error.condition).await;
-                        }
-                        ReadOutcome::Frame(..) | ReadOutcome::Closed => {
-                            let _ = plain.write_all(b"</stream:stream>").await;
-                            return End::PeerClosed;
-                        }
-                        ReadOutcome::Io(e) => return End::PeerIo(e),
-                        ReadOutcome::TimedOut => {
-                            let error = StreamError::new(StreamCondition::ConnectionTimeout);
-                            let bytes = error.to_bytes(Some("stream"));
-                            return refuse(&self.shared, &mut plain, bytes, error.condition).await;
-                        }
-                        ReadOutcome::Shutdown => {
-                            let error = StreamError::new(StreamCondition::SystemShutdown);
-                            let bytes = error.to_bytes(Some("stream"));
-                            let _ = refuse(&self.shared, &mut plain, bytes, error.condition).await;
-                            return End::Shutdown;
-                        }
-                        ReadOutcome::Framing(e) => {
-                            let error = framing_error(e);
-                            let bytes = error.to_bytes(Some("stream"));
-                            return refuse(&self.shared, &mut plain, bytes, error.condition).await;
+                    Ok(TLS_HANDSHAKE_RECORD) => {
+                        let hello = std::mem::take(&mut reader.buf);
+                        match self.accept_s2s_tls(Rewind::new(hello, plain), None).await {
+                            Ok(x) => x,
+                            Err(end) => return end,
                         }
                     }
-                }
-                if let Err(e) = plain.write_all(crate::session::STARTTLS_PROCEED).await {
-                    return End::PeerIo(e);
-                }
-                // Bytes after <starttls/> start the TLS handshake (RFC 6120 §5.4.3.3).
-                // The pre-TLS stream was plain TCP: take the socket back out.
-                let rest = std::mem::take(&mut reader.buf);
-                match self
-                    .accept_s2s_tls(Rewind::new(rest, plain), header.to.as_deref())
-                    .await
-                {
-                    Ok(x) => x,
-                    Err(end) => return end,
+                    Ok(_) => match self.s2s_starttls(plain, reader).await {
+                        Ok(x) => x,
+                        Err(end) => return end,
+                    },
+                    Err(outcome) => {
+                        return self
+                            .end_before_header(&mut plain, outcome, SERVER_NS, None)
+                            .await
+                    }
                 }
             }
         };
@@ -969,35 +911,121 @@ impl PeerConnection {
                             .await),
                     };
                 }
-                ReadOutcome::Frame(..) => {
-                    let error = StreamError::new(StreamCondition::NotWellFormed)
-                        .with_text("expected a stream header");
+                other => {
                     return Err(self
-                        .refuse_before_header(io, content_ns, local_domain, error)
-                        .await);
-                }
-                ReadOutcome::Closed => return Err(End::PeerClosed),
-                ReadOutcome::Io(e) => return Err(End::PeerIo(e)),
-                ReadOutcome::TimedOut => {
-                    let error = StreamError::new(StreamCondition::ConnectionTimeout);
-                    return Err(self
-                        .refuse_before_header(io, content_ns, local_domain, error)
-                        .await);
-                }
-                ReadOutcome::Shutdown => {
-                    let error = StreamError::new(StreamCondition::SystemShutdown);
-                    let _ = self
-                        .refuse_before_header(io, content_ns, local_domain, error)
-                        .await;
-                    return Err(End::Shutdown);
-                }
-                ReadOutcome::Framing(e) => {
-                    return Err(self
-                        .refuse_before_header(io, content_ns, local_domain, framing_error(e))
+                        .end_before_header(io, other, content_ns, local_domain)
                         .await)
                 }
             }
         }
+    }
+
+    /// STARTTLS on the inbound s2s front: the peer's plaintext header checked,
+    /// xmppwall's own answer offering only STARTTLS, then the TLS handshake.
+    async fn s2s_starttls(
+        &mut self,
+        mut plain: TcpStream,
+        mut reader: FrameReader,
+    ) -> Result<(BoxIo, Vec<rustls::pki_types::CertificateDer<'static>>), End> {
+        let (header, len) = self
+            .read_header(&mut plain, &mut reader, SERVER_NS, None)
+            .await?;
+        reader.consume(len);
+        if let Err(error) = self.check_s2s_header(&header) {
+            let local = header.to.clone();
+            return Err(self
+                .refuse_before_header(&mut plain, SERVER_NS, local.as_deref(), error)
+                .await);
+        }
+        // RFC 6120 §5.3.1, §5.4.2: xmppwall answers the stream itself (the
+        // dialback namespace declared, XEP-0220 §2.1.1) and offers only
+        // STARTTLS, as mandatory-to-negotiate.
+        let mut out =
+            peer::response_header(SERVER_NS, header.to.as_deref(), header.from.as_deref());
+        out.extend_from_slice(crate::session::STARTTLS_FEATURES);
+        if let Err(e) = plain.write_all(&out).await {
+            return Err(End::PeerIo(e));
+        }
+        loop {
+            match reader
+                .next(&mut plain, 0, self.preauth_deadline, &mut self.shutdown)
+                .await
+            {
+                ReadOutcome::Frame(Token::Whitespace, len) => reader.consume(len),
+                ReadOutcome::Frame(Token::Element, len) => {
+                    let is_starttls = xmppwall_xml::view::StartTag::parse(&reader.buf[..len])
+                        .is_some_and(|t| {
+                            t.local_name() == b"starttls"
+                                && crate::session::namespace(&t, SERVER_NS)
+                                    == crate::session::TLS_NS
+                        });
+                    reader.consume(len);
+                    if is_starttls {
+                        break;
+                    }
+                    let error = StreamError::new(StreamCondition::PolicyViolation)
+                        .with_text("STARTTLS is required before anything else");
+                    let bytes = error.to_bytes(Some("stream"));
+                    return Err(refuse(&self.shared, &mut plain, bytes, error.condition).await);
+                }
+                ReadOutcome::Frame(..) | ReadOutcome::Closed => {
+                    let _ = plain.write_all(b"</stream:stream>").await;
+                    return Err(End::PeerClosed);
+                }
+                ReadOutcome::Io(e) => return Err(End::PeerIo(e)),
+                ReadOutcome::TimedOut => {
+                    let error = StreamError::new(StreamCondition::ConnectionTimeout);
+                    let bytes = error.to_bytes(Some("stream"));
+                    return Err(refuse(&self.shared, &mut plain, bytes, error.condition).await);
+                }
+                ReadOutcome::Shutdown => {
+                    let error = StreamError::new(StreamCondition::SystemShutdown);
+                    let bytes = error.to_bytes(Some("stream"));
+                    let _ = refuse(&self.shared, &mut plain, bytes, error.condition).await;
+                    return Err(End::Shutdown);
+                }
+                ReadOutcome::Framing(e) => {
+                    let error = framing_error(e);
+                    let bytes = error.to_bytes(Some("stream"));
+                    return Err(refuse(&self.shared, &mut plain, bytes, error.condition).await);
+                }
+            }
+        }
+        if let Err(e) = plain.write_all(crate::session::STARTTLS_PROCEED).await {
+            return Err(End::PeerIo(e));
+        }
+        // Bytes after <starttls/> start the TLS handshake (RFC 6120 §5.4.3.3).
+        // The pre-TLS stream was plain TCP: take the socket back out.
+        let rest = std::mem::take(&mut reader.buf);
+        self.accept_s2s_tls(Rewind::new(rest, plain), header.to.as_deref())
+            .await
+    }
+
+    /// Ends a stream whose header did not come: `outcome` is what came instead.
+    async fn end_before_header<W: AsyncWrite + Unpin>(
+        &self,
+        io: &mut W,
+        outcome: ReadOutcome,
+        content_ns: &str,
+        local_domain: Option<&str>,
+    ) -> End {
+        let error = match outcome {
+            ReadOutcome::Frame(..) => StreamError::new(StreamCondition::NotWellFormed)
+                .with_text("expected a stream header"),
+            ReadOutcome::Closed => return End::PeerClosed,
+            ReadOutcome::Io(e) => return End::PeerIo(e),
+            ReadOutcome::TimedOut => StreamError::new(StreamCondition::ConnectionTimeout),
+            ReadOutcome::Shutdown => {
+                let error = StreamError::new(StreamCondition::SystemShutdown);
+                let _ = self
+                    .refuse_before_header(io, content_ns, local_domain, error)
+                    .await;
+                return End::Shutdown;
+            }
+            ReadOutcome::Framing(e) => framing_error(e),
+        };
+        self.refuse_before_header(io, content_ns, local_domain, error)
+            .await
     }
 
     /// Sends xmppwall's own stream header and `error`, then closes (RFC 6120

@@ -54,16 +54,46 @@ impl FrameReader {
                 Ok(None) => {}
                 Err(e) => return ReadOutcome::Framing(e),
             }
-            let read = tokio::select! {
-                r = tokio::time::timeout_at(deadline, read_into(io, &mut self.buf)) => r,
-                _ = shutdown.changed() => return ReadOutcome::Shutdown,
-            };
-            match read {
-                Err(_) => return ReadOutcome::TimedOut,
-                Ok(Ok(0)) => return ReadOutcome::Closed,
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => return ReadOutcome::Io(e),
+            if let Some(end) = self.read_more(io, deadline, shutdown).await {
+                return end;
             }
+        }
+    }
+
+    /// The first byte the peer sent, waiting for it if none came yet; the byte
+    /// stays in the buffer.
+    pub async fn first_byte<R: AsyncRead + Unpin>(
+        &mut self,
+        io: &mut R,
+        deadline: Instant,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<u8, ReadOutcome> {
+        loop {
+            if let Some(&first) = self.buf.first() {
+                return Ok(first);
+            }
+            if let Some(end) = self.read_more(io, deadline, shutdown).await {
+                return Err(end);
+            }
+        }
+    }
+
+    /// Appends what the peer sends next; `Some` when nothing more will come.
+    async fn read_more<R: AsyncRead + Unpin>(
+        &mut self,
+        io: &mut R,
+        deadline: Instant,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Option<ReadOutcome> {
+        let read = tokio::select! {
+            r = tokio::time::timeout_at(deadline, read_into(io, &mut self.buf)) => r,
+            _ = shutdown.changed() => return Some(ReadOutcome::Shutdown),
+        };
+        match read {
+            Err(_) => Some(ReadOutcome::TimedOut),
+            Ok(Ok(0)) => Some(ReadOutcome::Closed),
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(ReadOutcome::Io(e)),
         }
     }
 
@@ -102,6 +132,12 @@ pub fn framing_error(e: FramerError) -> StreamError {
             .with_text("the stream header is not in the streams namespace"),
     }
 }
+
+/// The first byte of a TLS record carrying a handshake message (RFC 8446 §5.1), as a
+/// ClientHello starts. It is a control character, which no XML stream can start
+/// with (XML 1.0 §2.2), so seeing it where a stream header was expected means the
+/// peer is starting TLS at once.
+pub const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
 /// Drops the first `consumed` bytes; an emptied buffer is released entirely, so a
 /// connection between stanzas holds no read memory.
