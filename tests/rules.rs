@@ -131,6 +131,43 @@ data_leak = ["card"]
 }
 
 #[test]
+fn an_auth_rule_closes_the_stream_in_a_new_stream_after_sasl_success() {
+    let s = Setup::start(
+        r#"
+[[rule]]
+name = "no-plain"
+chain = "auth"
+action = "close"
+close = { condition = "not-authorized", text = "PLAIN is not accepted here" }
+[rule.match]
+mechanism = ["PLAIN"]
+"#,
+    );
+    let (mut c, _) = s.wall.client_after_tls();
+    c.send_raw(format!(
+        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{}</auth>",
+        support::client::base64(format!("\0{}\0{}", ALICE.user, ALICE.password).as_bytes())
+    ));
+    let success = c.read_element();
+    assert_eq!(xml::root_name(&success), "success", "{success}");
+    // <success/> ended the first stream (RFC 6120 §4.3.3, §6.4.6): the error comes
+    // in a new one, after xmppwall's header (§4.9.1.2).
+    let rest = c.read_until_closed();
+    assert!(
+        rest.starts_with("<?xml version='1.0'?><stream:stream xmlns='jabber:client' "),
+        "{rest}"
+    );
+    assert!(
+        rest.ends_with(
+            "'><stream:error><not-authorized xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>\
+             <text xmlns='urn:ietf:params:xml:ns:xmpp-streams' xml:lang='en'>PLAIN is not accepted here</text>\
+             </stream:error></stream:stream>"
+        ),
+        "{rest}"
+    );
+}
+
+#[test]
 fn shadow_rule_delivers_the_stanza_and_counts_the_hit() {
     let mut s = Setup::start(
         &SUBJECT_SPAM.replace("action = \"drop\"", "action = \"drop\"\nshadow = true"),

@@ -354,6 +354,9 @@ impl S2sInboundSession {
     /// towards its `to`, and both sides start new streams (RFC 6120 §6.4.6).
     fn external_succeeded(&mut self) {
         self.external = External::Done;
+        // <success/> ended the first stream for the peer (RFC 6120 §4.3.3): an
+        // error before the server's new header comes in a new stream (§4.9.1.2).
+        self.awaits_header = true;
         self.peer_restarts = true;
         self.reset_peer_framer = true;
         self.reset_server_framer = true;

@@ -651,6 +651,10 @@ impl C2sSession {
                 }
                 self.client_restart = true;
                 self.server_restart = true;
+                // <success/> ends the first stream for the client (RFC 6120 §4.3.3,
+                // §6.4.6): an error from here until the server's new header must come
+                // in a new stream, header first (§4.9.1.2).
+                self.client_awaits_header = true;
                 if let Some(error) = self.run_stream_hook(Hook::Auth, now) {
                     return ServerAction::ForwardThenClose(error);
                 }

@@ -420,6 +420,35 @@ fn without_a_minted_certificate_sasl_is_neither_offered_nor_relayed() {
 }
 
 #[test]
+fn an_error_after_sasl_external_success_comes_in_a_new_stream() {
+    let now = Instant::now();
+    let mut s = external_session();
+    let error = StreamError::new(StreamCondition::SystemShutdown);
+    let bare = "<stream:error><system-shutdown xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error></stream:stream>";
+    let text = |s: &S2sInboundSession| String::from_utf8(s.peer_error_bytes(&error)).unwrap();
+    assert_eq!(text(&s), bare, "inside the first stream");
+    s.on_peer_frame(Token::Element, auth("=").as_bytes(), now);
+    s.on_server_frame(
+        Token::Element,
+        b"<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>",
+        now,
+    );
+    let after_success = text(&s);
+    assert!(
+        after_success.starts_with("<?xml version='1.0'?><stream:stream xmlns='jabber:server' "),
+        "{after_success}"
+    );
+    assert!(
+        after_success.ends_with(&format!("'>{bare}")),
+        "{after_success}"
+    );
+    s.on_peer_frame(Token::StreamOpen, PEER_RESTART, now);
+    let header = b"<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' from='example.test' id='s2' version='1.0'>";
+    s.on_server_frame(Token::StreamOpen, header, now);
+    assert_eq!(text(&s), bare, "inside the server's new stream");
+}
+
+#[test]
 fn restarted_header_must_name_the_same_domains() {
     let now = Instant::now();
     let mut s = external_session();

@@ -57,6 +57,39 @@ fn bound_session() -> C2sSession {
 }
 
 #[test]
+fn an_error_between_sasl_success_and_the_new_header_comes_in_a_new_stream() {
+    let mut s = session();
+    s.on_server_frame(Token::StreamOpen, SERVER_HEADER.as_bytes(), Instant::now());
+    client(&mut s, "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>AGFsaWNlAHNlY3JldA==</auth>");
+    let error = StreamError::new(StreamCondition::SystemShutdown);
+    let bare = "<stream:error><system-shutdown xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error></stream:stream>";
+    let text = |s: &C2sSession| {
+        String::from_utf8(s.stream_error_bytes(&error, Some("example.test"))).unwrap()
+    };
+    assert_eq!(text(&s), bare, "inside the first stream");
+    server(
+        &mut s,
+        "<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>",
+    );
+    let after_success = text(&s);
+    assert!(
+        after_success.starts_with("<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' version='1.0' from='example.test' id='"),
+        "{after_success}"
+    );
+    assert!(
+        after_success.ends_with(&format!("'>{bare}")),
+        "{after_success}"
+    );
+    s.on_client_frame(Token::StreamOpen, b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='example.test' version='1.0'>", Instant::now());
+    assert!(
+        text(&s).starts_with("<?xml"),
+        "the client's new header is not the server's"
+    );
+    s.on_server_frame(Token::StreamOpen, SERVER_HEADER.as_bytes(), Instant::now());
+    assert_eq!(text(&s), bare, "inside the server's new stream");
+}
+
+#[test]
 fn message_before_authentication_closes_with_not_authorized() {
     let mut s = session();
     let action = client(
