@@ -43,6 +43,11 @@ impl PerPeriod {
         if period.is_zero() {
             return Err("the period must be longer than zero".into());
         }
+        if count == 0 {
+            return Err(format!(
+                "{text:?} allows nothing at all; the count must be at least 1"
+            ));
+        }
         Ok(PerPeriod { count, period })
     }
 }

@@ -7,6 +7,9 @@
 
 use std::time::{Duration, Instant};
 
+/// The longest a single take can move a bucket's clock, in seconds.
+const MAX_INTERVAL_SECS: f64 = 1e9;
+
 /// How fast a bucket refills and how much it holds.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Rate {
@@ -34,11 +37,18 @@ impl Rate {
         }
     }
 
+    /// How far `cost` tokens move the bucket's clock: at most 10^9 s (about 31
+    /// years), so no sum of them with an `Instant` can overflow, and a rate of zero
+    /// (which configuration refuses) only means "about never".
     fn emission_interval(&self, cost: f64) -> Duration {
         if self.per_second <= 0.0 {
-            return Duration::MAX;
+            return if cost > 0.0 {
+                Duration::from_secs(MAX_INTERVAL_SECS as u64)
+            } else {
+                Duration::ZERO
+            };
         }
-        Duration::from_secs_f64((cost / self.per_second).min(1e9))
+        Duration::from_secs_f64((cost / self.per_second).min(MAX_INTERVAL_SECS))
     }
 }
 
@@ -163,5 +173,20 @@ mod tests {
             b.take_with_debt(&rate, 500.0, at(t0, 500)),
             Duration::from_millis(500)
         );
+    }
+
+    #[test]
+    fn a_rate_of_nothing_refuses_without_overflowing_the_clock() {
+        let t0 = Instant::now();
+        for rate in [
+            Rate::per_period(0, Duration::from_secs(60)),
+            Rate::bytes(0, 0),
+        ] {
+            let mut b = TokenBucket::new();
+            assert!(b.try_take(&rate, 1.0, t0).is_err());
+            assert!(b.take_with_debt(&rate, 1.0, t0) > Duration::ZERO);
+            assert!(b.take_with_debt(&rate, 1.0, t0) > Duration::ZERO);
+            assert!(b.try_take(&rate, 1.0, t0).is_err());
+        }
     }
 }

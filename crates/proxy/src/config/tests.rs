@@ -294,6 +294,21 @@ address = "127.0.0.1:5348"
 }
 
 #[test]
+fn a_rate_of_zero_is_refused_where_it_is_written() {
+    let text = format!(
+        "{MINIMAL}\n[gate]\nconnection_attempts = \"0/1m\"\n\n[limits.registered]\nroster_requests = \"0/1h\"\n"
+    );
+    let err = parse(&text).unwrap_err();
+    let found: Vec<_> = err
+        .problems
+        .iter()
+        .filter(|p| p.message.contains("allows nothing at all"))
+        .map(|p| p.line)
+        .collect();
+    assert_eq!(found, [11, 14], "{err}");
+}
+
+#[test]
 fn antispam_sections_are_read_and_their_mistakes_located() {
     let c = parse(&format!(
         "{MINIMAL}\n[registration]\nallow_from = [\"10.0.0.0/8\"]\n\n[federation]\nmode = \"deny\"\ndomains = [\"spam.example\"]\n\n[strangers]\nmessages = \"strip-body\"\n"
