@@ -660,6 +660,124 @@ pub async fn bind(config: &Config) -> std::io::Result<Vec<(Listener, TcpListener
     Ok(bound)
 }
 
+/// Accepts connections on one listener until shutdown: the gate first (XEP-0205
+/// §2.1, §2.2), then a task per admitted connection, kept in `tracker`.
+async fn accept_loop(
+    shared: Arc<Shared>,
+    listener: Listener,
+    socket: Arc<TcpListener>,
+    tracker: TaskTracker,
+) {
+    let mut shutdown = shared.shutdown_signal();
+    if *shutdown.borrow_and_update() {
+        return;
+    }
+    loop {
+        let accepted = tokio::select! {
+            a = socket.accept() => a,
+            _ = shutdown.changed() => break,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of descriptors and similar: keep serving the open streams.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        // XEP-0205 §2.1, §2.2: refused before a byte is read, at the TCP level.
+        let admission = match shared
+            .limiter
+            .load()
+            .admit(peer.ip(), std::time::Instant::now())
+        {
+            GateDecision::Refuse(limit) => {
+                debug!(peer = %peer, limit = limit.name(), "connection refused at the gate");
+                shared.audit_refusal(
+                    peer.ip(),
+                    Hook::Connect,
+                    VerdictSource::Limit,
+                    limit.name(),
+                    "refuse",
+                );
+                shared
+                    .stats
+                    .ended(listener.front, crate::stats::Outcome::GateRefused);
+                drop(tcp);
+                continue;
+            }
+            // The operator's bans (admin API): the client is told, like a
+            // banned address (RFC 6120 §4.9.3.18).
+            GateDecision::Admit(ticket) => c2s::Admission {
+                ticket,
+                banned: shared
+                    .bans
+                    .address(peer.ip())
+                    .map(|ban| address_banned_error(&ban)),
+                cluster: None,
+            },
+            GateDecision::Banned(ticket, until) => {
+                shared.audit_refusal(
+                    peer.ip(),
+                    Hook::Connect,
+                    VerdictSource::Limit,
+                    xmppwall_policy::LimitKind::BannedAddress.name(),
+                    "close",
+                );
+                c2s::Admission {
+                    ticket,
+                    banned: Some(banned_error(until)),
+                    cluster: None,
+                }
+            }
+        };
+        let id = shared.connection_id();
+        let span = tracing::info_span!("conn", id, peer = %peer, front = ?listener.front);
+        let shared = shared.clone();
+        let listener = listener.clone();
+        tracker.spawn(
+            async move {
+                let mut admission = admission;
+                // The shared gate (several instances): one Redis round trip at most,
+                // off the accept loop.
+                if admission.banned.is_none() && !admission.ticket.trusted_address {
+                    match Box::pin(shared.shared_admission(peer.ip())).await {
+                        Ok(ticket) => admission.cluster = ticket,
+                        Err(kind) => {
+                            debug!(limit = kind.name(), "connection refused by the shared gate");
+                            shared.limiter.load().state.hit(kind);
+                            shared.audit_refusal(
+                                peer.ip(),
+                                Hook::Connect,
+                                VerdictSource::Limit,
+                                kind.name(),
+                                "refuse",
+                            );
+                            drop(tcp);
+                            return;
+                        }
+                    }
+                }
+                match listener.front {
+                    // Each boxed: the task then holds only the future of its own
+                    // front (sizes differ by kilobytes), not the largest of all.
+                    Front::C2s => {
+                        Box::pin(c2s::serve(shared, id, tcp, peer, listener, admission)).await
+                    }
+                    Front::S2s | Front::S2sEgress | Front::Component => {
+                        Box::pin(crate::relay::serve(
+                            shared, id, tcp, peer, listener, admission,
+                        ))
+                        .await
+                    }
+                }
+            }
+            .instrument(span),
+        );
+    }
+}
+
 /// Serves until `stop` resolves, then shuts down gracefully.
 pub async fn serve(
     shared: Arc<Shared>,
@@ -688,82 +806,24 @@ pub async fn serve(
     for (listener, socket) in listeners {
         let shared = shared.clone();
         let tracker2 = tracker.clone();
-        let mut shutdown = shared.shutdown_signal();
+        let socket = Arc::new(socket);
         tracker.spawn(async move {
             info!(address = %listener.address, front = ?listener.front, tls = ?listener.tls, "listening");
+            // The accept loop runs in a task of its own: should anything in it panic
+            // (a bug), that costs one accepted connection, not the port.
             loop {
-                let accepted = tokio::select! {
-                    a = socket.accept() => a,
-                    _ = shutdown.changed() => break,
-                };
-                let (tcp, peer) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // Out of descriptors and similar: keep serving the open streams.
-                        warn!(error = %e, "accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
+                let run = tokio::spawn(accept_loop(
+                    shared.clone(),
+                    listener.clone(),
+                    socket.clone(),
+                    tracker2.clone(),
+                ));
+                match run.await {
+                    Err(e) if e.is_panic() && !*shared.shutdown_signal().borrow() => {
+                        tracing::error!(address = %listener.address, "the accept loop failed; accepting again");
                     }
-                };
-                // XEP-0205 §2.1, §2.2: refused before a byte is read, at the TCP level.
-                let admission = match shared.limiter.load().admit(peer.ip(), std::time::Instant::now()) {
-                    GateDecision::Refuse(limit) => {
-                        debug!(peer = %peer, limit = limit.name(), "connection refused at the gate");
-                        shared.audit_refusal(peer.ip(), Hook::Connect, VerdictSource::Limit, limit.name(), "refuse");
-                        shared.stats.ended(listener.front, crate::stats::Outcome::GateRefused);
-                        drop(tcp);
-                        continue;
-                    }
-                    // The operator's bans (admin API): the client is told, like a
-                    // banned address (RFC 6120 §4.9.3.18).
-                    GateDecision::Admit(ticket) => c2s::Admission {
-                        ticket,
-                        banned: shared.bans.address(peer.ip()).map(|ban| address_banned_error(&ban)),
-                        cluster: None,
-                    },
-                    GateDecision::Banned(ticket, until) => {
-                        shared.audit_refusal(
-                            peer.ip(),
-                            Hook::Connect,
-                            VerdictSource::Limit,
-                            xmppwall_policy::LimitKind::BannedAddress.name(),
-                            "close",
-                        );
-                        c2s::Admission { ticket, banned: Some(banned_error(until)), cluster: None }
-                    }
-                };
-                let id = shared.connection_id();
-                let span = tracing::info_span!("conn", id, peer = %peer, front = ?listener.front);
-                let shared = shared.clone();
-                let listener = listener.clone();
-                tracker2.spawn(
-                    async move {
-                        let mut admission = admission;
-                        // The shared gate (several instances): one Redis round trip at most,
-                        // off the accept loop.
-                        if admission.banned.is_none() && !admission.ticket.trusted_address {
-                            match Box::pin(shared.shared_admission(peer.ip())).await {
-                                Ok(ticket) => admission.cluster = ticket,
-                                Err(kind) => {
-                                    debug!(limit = kind.name(), "connection refused by the shared gate");
-                                    shared.limiter.load().state.hit(kind);
-                                    shared.audit_refusal(peer.ip(), Hook::Connect, VerdictSource::Limit, kind.name(), "refuse");
-                                    drop(tcp);
-                                    return;
-                                }
-                            }
-                        }
-                        match listener.front {
-                            // Each boxed: the task then holds only the future of its own
-                            // front (sizes differ by kilobytes), not the largest of all.
-                            Front::C2s => Box::pin(c2s::serve(shared, id, tcp, peer, listener, admission)).await,
-                            Front::S2s | Front::S2sEgress | Front::Component => {
-                                Box::pin(crate::relay::serve(shared, id, tcp, peer, listener, admission)).await
-                            }
-                        }
-                    }
-                    .instrument(span),
-                );
+                    _ => break,
+                }
             }
         });
     }
