@@ -386,6 +386,14 @@ fn address_and_prefix_bans_refuse_on_the_wire_and_unban_lets_the_address_back() 
     s.login_from(loopback(70), CAROL, "again");
     let bad = s.post("/v1/bans", json!({"kind": "address", "value": "300.0.0.1"}));
     assert_eq!(bad.status, 400, "{}", bad.body);
+    // Past a century: refused, and nothing is banned (the address still logs in).
+    let bad = s.post(
+        "/v1/bans",
+        json!({"kind": "address", "value": "127.0.0.21", "duration": "10000y"}),
+    );
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    assert!(bad.body.contains("over 100 years"), "{}", bad.body);
+    s.login_from(loopback(21), ALICE, "still");
 }
 
 #[test]

@@ -186,7 +186,7 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
 }
 
 fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(t).to_string()
+    xmppwall_policy::clock::rfc3339(t)
 }
 
 async fn stats(State(state): State<AppState>) -> Json<Value> {
@@ -549,12 +549,18 @@ async fn add_ban(State(state): State<AppState>, Json(body): Json<BanBody>) -> Re
     };
     let until = match body.duration.as_deref() {
         None => None,
-        Some(d) => match humantime::parse_duration(d) {
+        Some(text) => match humantime::parse_duration(text) {
+            Ok(d) if d > xmppwall_policy::clock::MAX_BAN => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("duration: {text:?} is over 100 years; leave duration out for a ban until it is lifted"),
+                )
+            }
             Ok(d) if !d.is_zero() => Some(SystemTime::now() + d),
             _ => {
                 return error(
                     StatusCode::BAD_REQUEST,
-                    format!("duration: {d:?} is not a positive duration such as \"30m\" or \"7d\""),
+                    format!("duration: {text:?} is not a positive duration such as \"30m\" or \"7d\""),
                 )
             }
         },

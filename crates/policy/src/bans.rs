@@ -346,7 +346,7 @@ pub fn jid_domain(jid: &str) -> &str {
 
 fn until_text(until: Option<SystemTime>) -> String {
     match until {
-        Some(t) => format!("until {}", humantime::format_rfc3339_seconds(t)),
+        Some(t) => format!("until {}", crate::clock::rfc3339(t)),
         None => "until further notice".into(),
     }
 }

@@ -10,6 +10,7 @@ pub mod address;
 pub mod antispam;
 pub mod bans;
 pub mod blocklist;
+pub mod clock;
 pub mod contacts;
 pub mod errors;
 pub mod limiter;

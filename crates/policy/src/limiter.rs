@@ -452,7 +452,7 @@ fn wall_clock(now: Instant, at: Instant) -> SystemTime {
 pub fn banned_error(until: SystemTime) -> StreamError {
     StreamError::new(StreamCondition::PolicyViolation).with_text(format!(
         "this address is banned until {}",
-        humantime::format_rfc3339_seconds(until)
+        crate::clock::rfc3339(until)
     ))
 }
 
@@ -460,7 +460,7 @@ pub fn banned_error(until: SystemTime) -> StreamError {
 pub fn auth_banned_error(until: SystemTime) -> StreamError {
     StreamError::new(StreamCondition::PolicyViolation).with_text(format!(
         "too many failed authentication attempts from this address; banned until {}",
-        humantime::format_rfc3339_seconds(until)
+        crate::clock::rfc3339(until)
     ))
 }
 
@@ -468,7 +468,7 @@ pub fn auth_banned_error(until: SystemTime) -> StreamError {
 pub fn banned_error_for(until: SystemTime, rule: &str) -> StreamError {
     StreamError::new(StreamCondition::PolicyViolation).with_text(format!(
         "banned by rule {rule} until {}",
-        humantime::format_rfc3339_seconds(until)
+        crate::clock::rfc3339(until)
     ))
 }
 
@@ -621,7 +621,7 @@ impl Limiter {
         source: &str,
         reason: &str,
     ) -> SystemTime {
-        let until = now + duration;
+        let until = now + duration.min(crate::clock::MAX_BAN);
         {
             let mut table = self.state.addresses();
             let entry = table.entry(self.address_key(ip.to_canonical()), AddressState::default);
@@ -643,7 +643,7 @@ impl Limiter {
         let Ok(left) = until.duration_since(SystemTime::now()) else {
             return;
         };
-        let until = now + left;
+        let until = now + left.min(crate::clock::MAX_BAN);
         let mut table = self.state.addresses();
         let entry = table.entry(self.address_key(network.addr()), AddressState::default);
         entry.banned_until = Some(entry.banned_until.map_or(until, |t| t.max(until)));

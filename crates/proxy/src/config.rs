@@ -481,6 +481,18 @@ impl Checker<'_> {
         }
     }
 
+    /// A [`Self::duration`] that is also no longer than the longest ban.
+    fn ban_duration(&mut self, value: &Option<Spanned<String>>, default: Duration) -> Duration {
+        let d = self.duration(value, default);
+        match (value, xmppwall_policy::clock::check_ban_duration(d)) {
+            (Some(value), Err(e)) => {
+                self.problem(value.span(), e);
+                default
+            }
+            _ => d,
+        }
+    }
+
     fn duration(&mut self, value: &Option<Spanned<String>>, default: Duration) -> Duration {
         let Some(value) = value else { return default };
         match humantime::parse_duration(value.get_ref()) {
@@ -1139,7 +1151,7 @@ impl Checker<'_> {
         let da = AuthLimits::default();
         let auth = AuthLimits {
             max_failures: self.per_period(&ra.max_failures, da.max_failures),
-            ban: self.duration(&ra.ban, da.ban),
+            ban: self.ban_duration(&ra.ban, da.ban),
             tarpit: self.duration_or_zero(&ra.tarpit, da.tarpit),
         };
         LimitsConfig {

@@ -1469,6 +1469,29 @@ fn a_restored_ban_refuses_like_a_fresh_one_and_unban_lifts_it() {
     ));
 }
 
+#[test]
+fn a_ban_restored_from_far_in_the_future_is_held_to_a_century_and_told() {
+    // A time any store or other instance could hand over: past what the monotonic
+    // clock can add, and past what RFC 3339 can write.
+    let l = with_gate(|_| {});
+    let t0 = Instant::now();
+    let far = SystemTime::UNIX_EPOCH + secs(1_000_000 * 365 * 24 * 3600);
+    l.restore_ban("192.0.2.9/32".parse().unwrap(), far, t0);
+    let GateDecision::Banned(_, until) = l.admit(ip("192.0.2.9"), t0) else {
+        panic!("banned");
+    };
+    assert!(until <= SystemTime::now() + crate::clock::MAX_BAN + secs(5));
+    let text = banned_error(until).to_bytes(None);
+    assert!(
+        String::from_utf8_lossy(&text).contains("this address is banned until 2"),
+        "{}",
+        String::from_utf8_lossy(&text)
+    );
+    // A duration from code, not configuration, is held to a century too.
+    let until = l.ban_address(ip("192.0.2.10"), Duration::MAX, t0, "test", "test");
+    assert!(until <= SystemTime::now() + crate::clock::MAX_BAN + secs(5));
+}
+
 /// The verdict on the stanza `xml` as the proxy sees it: framed in a stream, with
 /// the head (and namespace declarations) the framer noted; and whether the
 /// stanza had its declarations from the framer.

@@ -1037,9 +1037,12 @@ impl Compiler<'_, '_> {
             });
         }
         if let Some(b) = &r.ban {
-            match humantime::parse_duration(b.get_ref()) {
+            match humantime::parse_duration(b.get_ref())
+                .map_err(|e| format!("invalid ban duration: {e}"))
+                .and_then(crate::clock::check_ban_duration)
+            {
                 Ok(d) => effects.ban = Some(d),
-                Err(e) => self.problem(b.span(), format!("invalid ban duration: {e}")),
+                Err(e) => self.problem(b.span(), e),
             }
         }
         effects.report = r.report.clone();

@@ -294,6 +294,21 @@ address = "127.0.0.1:5348"
 }
 
 #[test]
+fn a_ban_over_a_century_is_refused_where_it_is_written() {
+    let text = format!(
+        "{MINIMAL}\n[auth]\nban = \"200y\"\n\n[[rule]]\nname = \"r\"\naction = \"drop\"\nban = \"1000y\"\n"
+    );
+    let err = parse(&text).unwrap_err();
+    let found: Vec<_> = err
+        .problems
+        .iter()
+        .filter(|p| p.message.contains("a ban lasts at most 100 years"))
+        .map(|p| p.line)
+        .collect();
+    assert_eq!(found, [11, 16], "{err}");
+}
+
+#[test]
 fn a_rate_of_zero_is_refused_where_it_is_written() {
     let text = format!(
         "{MINIMAL}\n[gate]\nconnection_attempts = \"0/1m\"\n\n[limits.registered]\nroster_requests = \"0/1h\"\n"
