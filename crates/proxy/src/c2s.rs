@@ -581,12 +581,7 @@ impl Connection {
             // The client has its header and features already: the server's are read
             // here, not relayed (they refresh the template), and the element goes on.
             match self
-                .absorb_server_answer(
-                    &mut server,
-                    &mut server_reader,
-                    &mut session,
-                    domain.as_deref(),
-                )
+                .absorb_server_answer(&mut server, &mut server_reader, domain.as_deref())
                 .await
             {
                 Ok(None) => {}
@@ -719,7 +714,6 @@ impl Connection {
         &mut self,
         server: &mut BoxIo,
         reader: &mut FrameReader,
-        session: &mut C2sSession,
         domain: Option<&str>,
     ) -> Result<Option<Vec<u8>>, End> {
         let deadline = Instant::now() + self.config.upstream.connect_timeout;
@@ -739,14 +733,10 @@ impl Connection {
                 ReadOutcome::Framing(e) => return Err(End::ServerIo(io::Error::other(e))),
             };
             match token {
-                Token::XmlDeclaration | Token::Whitespace => reader.consume(len),
-                Token::StreamOpen => {
-                    let _ = session.on_server_frame(
-                        token,
-                        &reader.buf[..len],
-                        Instant::now().into_std(),
-                    );
-                    reader.consume(len);
+                // Not the session's either: the client's stream goes on under the
+                // header xmppwall sent, whose prefix its errors keep using.
+                Token::XmlDeclaration | Token::Whitespace | Token::StreamOpen => {
+                    reader.consume(len)
                 }
                 Token::Element if is_stream_features(&reader.buf[..len]) => {
                     if let Some(domain) = domain {

@@ -34,8 +34,12 @@ pub struct EgressSession {
     /// How the remote server was proven: its certificate, or nothing but the
     /// dialback exchange (no TLS, or verification switched off).
     remote_auth: PeerAuth,
-    /// The prefix the remote's stream header binds to the streams namespace.
+    /// The prefix the remote's stream header binds to the streams namespace: how
+    /// its stream-level elements are read.
     remote_prefix: Option<String>,
+    /// The prefix of the header sent to the remote (the local server's): how
+    /// errors written into that stream are named.
+    sent_prefix: Option<String>,
     /// Domain pairs (local, remote) the remote server accepted.
     authenticated: Vec<(String, String)>,
 }
@@ -46,12 +50,14 @@ impl EgressSession {
         remote: String,
         remote_auth: PeerAuth,
         remote_header: &[u8],
+        sent_header: &[u8],
     ) -> Self {
         EgressSession {
             ctx,
             remote,
             remote_auth,
             remote_prefix: stream_prefix(remote_header),
+            sent_prefix: stream_prefix(sent_header),
             authenticated: Vec::new(),
         }
     }
@@ -191,7 +197,7 @@ impl PeerSession for EgressSession {
     }
 
     fn peer_error_bytes(&self, error: &StreamError) -> Vec<u8> {
-        error_bytes(error, false, SERVER_NS, None, self.remote_prefix.as_deref())
+        error_bytes(error, false, SERVER_NS, None, self.sent_prefix.as_deref())
     }
 }
 

@@ -471,8 +471,13 @@ impl PeerConnection {
         }
         info!(remote = %remote, via = %opened.via, tls = opened.tls, how = opened.auth.name(), "outgoing stream open");
         let live = (Some(remote.clone()), vec![remote.clone()]);
-        let session =
-            crate::egress::EgressSession::new(self.context(), remote, opened.auth, &opened.header);
+        let session = crate::egress::EgressSession::new(
+            self.context(),
+            remote,
+            opened.auth,
+            &opened.header,
+            &server_header,
+        );
         self.relay(
             opened.io,
             server,

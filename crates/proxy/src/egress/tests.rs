@@ -32,7 +32,28 @@ fn session(extra: &str) -> EgressSession {
         "remote.test".into(),
         PeerAuth::Certificate,
         b"<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' id='r1' version='1.0'>",
+        LOCAL_HEADER,
     )
+}
+
+const LOCAL_HEADER: &[u8] = b"<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' from='example.test' to='remote.test' version='1.0'>";
+
+#[test]
+fn errors_to_the_remote_use_the_prefix_of_the_stream_sent_to_it() {
+    // The remote names the streams namespace `ss` in its own stream; the stream
+    // xmppwall writes to it is the local server's, with `stream`.
+    let s = EgressSession::new(
+        session("").ctx,
+        "remote.test".into(),
+        PeerAuth::Certificate,
+        b"<ss:stream xmlns='jabber:server' xmlns:ss='http://etherx.jabber.org/streams' id='r1' version='1.0'>",
+        LOCAL_HEADER,
+    );
+    let bytes = s.peer_error_bytes(&StreamError::new(StreamCondition::PolicyViolation));
+    assert_eq!(
+        String::from_utf8(bytes).unwrap(),
+        "<stream:error><policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error></stream:stream>"
+    );
 }
 
 #[test]
