@@ -247,12 +247,21 @@ pub fn url_hosts(text: &str) -> impl Iterator<Item = String> + '_ {
         .map(|i| (i, i));
     let mut starts: Vec<(usize, usize)> = scheme.chain(www).collect();
     starts.sort_unstable();
+    // A host that starts inside a host already read is part of it
+    // ("www.www.example"): reading it again would read a text of such starts a
+    // quadratic number of times. (A scheme's host starts after its `://`, past
+    // the '/' that ended any host before it.)
+    let mut read_up_to = 0;
     starts.into_iter().filter_map(move |(_, host_start)| {
+        if host_start < read_up_to {
+            return None;
+        }
         let end = text[host_start..]
             .find(|c: char| {
                 c.is_whitespace() || matches!(c, '/' | '?' | '#' | '"' | '\'' | '<' | '>')
             })
             .map_or(text.len(), |e| host_start + e);
+        read_up_to = end;
         let authority = &text[host_start..end];
         let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
         let host = match host.rsplit_once(':') {
@@ -471,6 +480,22 @@ mod tests {
                 .collect();
         assert_eq!(hosts, vec!["bad.example", "www.spam.test", "f.test"]);
         assert_eq!(url_hosts("no links in awww.here").count(), 0);
+    }
+
+    #[test]
+    fn a_host_is_read_once_even_when_it_holds_more_starts() {
+        // Each "www." starts a URL; read from each, the hosts of one 64 KiB body
+        // would add up to half a gigabyte.
+        let text = "www.".repeat(16 * 1024);
+        let hosts: Vec<String> = url_hosts(&text).collect();
+        assert_eq!(hosts.len(), 1);
+        assert!(hosts.iter().map(String::len).sum::<usize>() <= text.len());
+        let hosts: Vec<String> =
+            url_hosts("http://http://a.test www.www.b.test c www.c.test").collect();
+        assert_eq!(
+            hosts,
+            vec!["http", "a.test", "www.www.b.test", "www.c.test"]
+        );
     }
 
     #[test]
