@@ -10,7 +10,7 @@ use std::process::Command;
 
 use serde_json::{json, Value};
 use support::client::TestClient;
-use support::http::{request, Answer};
+use support::http::{request, request_with, Answer};
 use support::wall::{Wall, WallConfig};
 use support::xml;
 use support::xmppwall::binary;
@@ -829,6 +829,91 @@ fn ctl_prints_tables_and_json_for_every_operation() {
         String::from_utf8_lossy(&out.stderr).contains("401"),
         "{out:?}"
     );
+}
+
+#[test]
+fn a_reload_cannot_drop_the_token_of_an_api_bound_beyond_loopback() {
+    // Bound on every address (only ever reached over loopback here).
+    let port = free_loopback_addr().port();
+    let admin = |listen: &str, token: bool| {
+        let token = if token {
+            format!("token = \"{TOKEN}\"\n")
+        } else {
+            String::new()
+        };
+        format!("[admin]\nlisten = \"{listen}\"\n{token}")
+    };
+    let wall = Wall::start(
+        free_loopback_addr(),
+        WallConfig {
+            tables: admin(&format!("0.0.0.0:{port}"), true),
+            ..WallConfig::default()
+        },
+    );
+    let api = SocketAddr::from(([127, 0, 0, 1], port));
+    // The file now says loopback without a token; the socket is still on 0.0.0.0.
+    wall.xmppwall
+        .rewrite_config(&wall.config_text(&admin(&format!("127.0.0.1:{port}"), false)));
+    let a = request(api, "POST", "/v1/reload", Some(TOKEN), None);
+    assert_eq!(a.status, 422, "{}", a.body);
+    assert!(
+        a.body.contains("not a loopback address") && a.body.contains("needs a token"),
+        "{}",
+        a.body
+    );
+    let a = request(api, "GET", "/v1/stats", None, None);
+    assert_eq!(a.status, 401, "the token is still required: {}", a.body);
+    // A new address with the token kept reloads; the API stays where it is bound.
+    wall.xmppwall
+        .rewrite_config(&wall.config_text(&admin(&format!("127.0.0.1:{}", port + 1), true)));
+    let a = request(api, "POST", "/v1/reload", Some(TOKEN), None);
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(request(api, "GET", "/v1/stats", None, None).status, 401);
+    assert_eq!(
+        request(api, "GET", "/v1/stats", Some(TOKEN), None).status,
+        200
+    );
+}
+
+#[test]
+fn web_pages_cannot_drive_the_api_and_a_tokenless_one_answers_only_loopback_names() {
+    let admin = free_loopback_addr();
+    let wall = Wall::start(
+        free_loopback_addr(),
+        WallConfig {
+            tables: format!("[admin]\nlisten = \"{admin}\"\n"),
+            ..WallConfig::default()
+        },
+    );
+    // No token needed on loopback: ctl and curl are answered, by address or by name.
+    assert_eq!(request(admin, "GET", "/v1/stats", None, None).status, 200);
+    let local = format!("localhost:{}", admin.port());
+    let by_name = request_with(admin, "GET", "/v1/stats", None, None, &[("Host", &local)]);
+    assert_eq!(by_name.status, 200, "{}", by_name.body);
+    // A page on another site (its fetch carries Origin) cannot reload or kick.
+    let page = [("Origin", "http://evil.example")];
+    for path in ["/v1/reload", "/v1/sessions/1/kick"] {
+        let a = request_with(admin, "POST", path, None, None, &page);
+        assert_eq!(a.status, 403, "{path}: {}", a.body);
+        assert!(a.body.contains("web pages"), "{}", a.body);
+    }
+    // A page whose own name now points at 127.0.0.1 (DNS rebinding) is refused too.
+    let rebound = format!("rebind.evil.example:{}", admin.port());
+    let a = request_with(
+        admin,
+        "GET",
+        "/v1/sessions",
+        None,
+        None,
+        &[("Host", &rebound)],
+    );
+    assert_eq!(a.status, 403, "{}", a.body);
+    assert!(
+        a.body.contains("localhost or a loopback address"),
+        "{}",
+        a.body
+    );
+    drop(wall);
 }
 
 #[test]

@@ -61,10 +61,32 @@ pub fn request(
     token: Option<&str>,
     body: Option<&str>,
 ) -> Answer {
+    request_with(addr, method, path, token, body, &[])
+}
+
+/// [`request`] with more header lines; a `Host` among them replaces the address.
+pub fn request_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> Answer {
     let mut tcp = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
     tcp.set_read_timeout(Some(IO_TIMEOUT))
         .expect("read timeout");
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    let host = headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("host"))
+        .map_or(addr.to_string(), |(_, v)| (*v).to_owned());
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+    for (name, value) in headers
+        .iter()
+        .filter(|(n, _)| !n.eq_ignore_ascii_case("host"))
+    {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
     if let Some(t) = token {
         head.push_str(&format!("Authorization: Bearer {t}\r\n"));
     }

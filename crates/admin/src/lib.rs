@@ -8,6 +8,7 @@
 //! called per stanza.
 #![forbid(unsafe_code)]
 
+pub mod listener;
 pub mod metrics;
 pub mod talkers;
 
@@ -106,7 +107,7 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
     }
     let mut stop = shared.shutdown_signal();
     let app = router(state);
-    let served = axum::serve(listener, app)
+    let served = axum::serve(listener::Limited::new(listener), app)
         .with_graceful_shutdown(async move {
             let _ = stop.changed().await;
         })
@@ -133,6 +134,25 @@ fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Whether the request's Host (if any) names `localhost` or a loopback address.
+fn host_is_loopback(headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST) else {
+        return true;
+    };
+    let Ok(host) = host.to_str() else {
+        return false;
+    };
+    // "name:port", "[v6]:port", or either without the port.
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split_once(']').map_or(rest, |(inside, _)| inside),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "error": message.into() }))).into_response()
 }
@@ -147,6 +167,23 @@ async fn authenticate(State(state): State<AppState>, request: Request, next: Nex
             "the admin API is not configured",
         );
     };
+    // A browser adds Origin to what a web page sends elsewhere (and to every POST):
+    // the API sets no CORS headers and is never meant for pages, so a page the
+    // operator has open cannot drive it, even where no token is needed.
+    if request.headers().contains_key(header::ORIGIN) {
+        return error(
+            StatusCode::FORBIDDEN,
+            "requests from web pages are refused; use xmppwall ctl, curl or a metrics scraper",
+        );
+    }
+    // Without a token the API is on loopback; a name other than a loopback one in
+    // Host is a page that had a name of its own point at 127.0.0.1 (DNS rebinding).
+    if admin.token.is_none() && !host_is_loopback(request.headers()) {
+        return error(
+            StatusCode::FORBIDDEN,
+            "without a token, the admin API answers only requests addressed to localhost or a loopback address",
+        );
+    }
     if request.uri().path() == "/metrics" && admin.metrics_public {
         return next.run(request).await;
     }

@@ -624,13 +624,41 @@ impl Shared {
     /// SIGHUP and the admin API's reload both come here.
     pub fn reload_from_file(&self) -> Result<std::path::PathBuf, ReloadError> {
         let path = self.config.load().source.clone();
-        let config = Config::load(&path).map_err(ReloadError::Invalid)?;
-        if config.admin != self.config.load().admin {
-            warn!("[admin] changes take effect only after a restart");
+        let mut config = Config::load(&path).map_err(ReloadError::Invalid)?;
+        let running = self.config.load();
+        if let (Some(new), Some(bound)) = (config.admin.as_mut(), running.admin.as_ref()) {
+            // The API goes on serving the address it is bound to (a new one takes a
+            // restart), and that address decides whether a token is needed.
+            if new.listen != bound.listen {
+                warn!(bound = %bound.listen, "[admin] listen changes take effect only after a restart");
+                new.listen = bound.listen;
+            }
+            if new.token.is_none() && !bound.listen.ip().is_loopback() {
+                return Err(ReloadError::Invalid(crate::config::ConfigError {
+                    problems: vec![crate::config::Problem {
+                        line: section_line(&path, "[admin]"),
+                        column: 1,
+                        file: path,
+                        message: format!(
+                            "the admin API listens on {}, not a loopback address, and keeps doing so until a restart: it needs a token; keep token or token_file",
+                            bound.listen
+                        ),
+                    }],
+                }));
+            }
         }
         self.reload(config).map_err(ReloadError::Tls)?;
         Ok(path)
     }
+}
+
+/// The line of `header` (a table header such as `[admin]`) in the file at `path`,
+/// for a problem found after parsing; 1 when it cannot be found.
+fn section_line(path: &std::path::Path, header: &str) -> usize {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| text.lines().position(|l| l.trim() == header))
+        .map_or(1, |i| i + 1)
 }
 
 fn upstream_tls(config: &Config) -> Result<UpstreamTlsConfig, TlsError> {
