@@ -24,6 +24,7 @@ use crate::peer::{
     element_name, error_bytes, is_stanza, jid_domain, stream_prefix, PeerAction, PeerContext,
     PeerSession, DIALBACK_NS, SERVER_NS,
 };
+use crate::s2s::MAX_DOMAIN_PAIRS;
 use crate::stream_error::{StreamCondition, StreamError};
 
 #[derive(Debug)]
@@ -40,7 +41,12 @@ pub struct EgressSession {
     /// The prefix of the header sent to the remote (the local server's): how
     /// errors written into that stream are named.
     sent_prefix: Option<String>,
-    /// Domain pairs (local, remote) the remote server accepted.
+    /// Domain pairs (local, remote) the local server asked the remote to accept,
+    /// and no verdict came for yet.
+    requested: Vec<(String, String)>,
+    /// Domain pairs (local, remote) the remote server accepted. Only pairs asked
+    /// for count: a verdict nobody asked for is the remote's word alone, and would
+    /// let it grow this list without bound.
     authenticated: Vec<(String, String)>,
 }
 
@@ -58,6 +64,7 @@ impl EgressSession {
             remote_auth,
             remote_prefix: stream_prefix(remote_header),
             sent_prefix: stream_prefix(sent_header),
+            requested: Vec::new(),
             authenticated: Vec::new(),
         }
     }
@@ -82,15 +89,25 @@ impl EgressSession {
             let (Some(from), Some(to)) = (tag.attribute(b"from"), tag.attribute(b"to")) else {
                 return PeerAction::Forward;
             };
-            if self.refused_by_federation(&to.to_ascii_lowercase()) {
-                return PeerAction::Reply(
+            let refusal = |condition: &str| {
+                PeerAction::Reply(
                     format!(
-                        "<db:result xmlns:db='{DIALBACK_NS}' from='{}' to='{}' type='error'><error type='cancel'><policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></db:result>",
+                        "<db:result xmlns:db='{DIALBACK_NS}' from='{}' to='{}' type='error'><error type='cancel'><{condition} xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></db:result>",
                         view::escape_attribute(&to),
                         view::escape_attribute(&from),
                     )
                     .into_bytes(),
-                );
+                )
+            };
+            if self.refused_by_federation(&to.to_ascii_lowercase()) {
+                return refusal("policy-violation");
+            }
+            let pair = (from.to_ascii_lowercase(), to.to_ascii_lowercase());
+            if !self.requested.contains(&pair) && !self.authenticated.contains(&pair) {
+                if self.requested.len() + self.authenticated.len() >= MAX_DOMAIN_PAIRS {
+                    return refusal("resource-constraint");
+                }
+                self.requested.push(pair);
             }
             return PeerAction::Forward;
         }
@@ -124,15 +141,21 @@ impl EgressSession {
             return PeerAction::Close(StreamError::new(StreamCondition::NotWellFormed));
         };
         let (local, ns) = element_name(&tag, SERVER_NS, self.remote_prefix.as_deref());
-        if local == b"result"
-            && ns == DIALBACK_NS
-            && tag.attribute(b"type").as_deref() == Some("valid")
-        {
-            if let (Some(from), Some(to)) = (tag.attribute(b"from"), tag.attribute(b"to")) {
+        if local == b"result" && ns == DIALBACK_NS {
+            // The remote's verdict on a pair the local server asked for (XEP-0220
+            // §2.4): the pair leaves the requests; `valid` authenticates it.
+            if let (Some(from), Some(to), Some(verdict)) = (
+                tag.attribute(b"from"),
+                tag.attribute(b"to"),
+                tag.attribute(b"type"),
+            ) {
                 let pair = (to.to_ascii_lowercase(), from.to_ascii_lowercase());
-                tracing::info!(local = %pair.0, remote = %pair.1, "accepted by the remote server");
-                if !self.authenticated.contains(&pair) {
-                    self.authenticated.push(pair);
+                if let Some(i) = self.requested.iter().position(|p| *p == pair) {
+                    self.requested.swap_remove(i);
+                    if verdict == "valid" {
+                        tracing::info!(local = %pair.0, remote = %pair.1, "accepted by the remote server");
+                        self.authenticated.push(pair);
+                    }
                 }
             }
             return PeerAction::Forward;

@@ -8,6 +8,7 @@ use xmppwall_xml::Token;
 
 use super::*;
 use crate::config::{Config, Limits};
+use crate::s2s::MAX_DOMAIN_PAIRS;
 
 fn session(extra: &str) -> EgressSession {
     let text = format!(
@@ -78,6 +79,61 @@ fn dialback_verdict_from_the_remote_authenticates_the_stream() {
         PeerAction::Forward
     );
     assert!(s.is_authenticated());
+}
+
+#[test]
+fn only_the_pairs_the_local_server_asked_for_are_accepted() {
+    let mut s = session("");
+    let now = Instant::now();
+    // The remote vouches for pairs nobody asked for: passed on, counted for nothing.
+    for n in 0..1000 {
+        let verdict = format!("<db:result from='r{n}.evil.test' to='example.test' type='valid'/>");
+        assert_eq!(
+            s.on_peer_frame(Token::Element, verdict.as_bytes(), now),
+            PeerAction::Forward
+        );
+    }
+    assert!(!s.is_authenticated());
+    assert_eq!(s.peer_domain_count(), 0);
+    // A verdict of `invalid` ends a request without authenticating it.
+    s.on_server_frame(
+        Token::Element,
+        b"<db:result from='example.test' to='remote.test'>k</db:result>",
+        now,
+    );
+    s.on_peer_frame(
+        Token::Element,
+        b"<db:result from='remote.test' to='example.test' type='invalid'/>",
+        now,
+    );
+    s.on_peer_frame(
+        Token::Element,
+        b"<db:result from='remote.test' to='example.test' type='valid'/>",
+        now,
+    );
+    assert!(!s.is_authenticated(), "a verdict after the verdict");
+    // The local server's own requests are bounded too.
+    for n in 0..MAX_DOMAIN_PAIRS {
+        let request = format!("<db:result from='d{n}.example.test' to='remote.test'>k</db:result>");
+        assert_eq!(
+            s.on_server_frame(Token::Element, request.as_bytes(), now),
+            PeerAction::Forward
+        );
+    }
+    match s.on_server_frame(
+        Token::Element,
+        b"<db:result from='one-more.example.test' to='remote.test'>k</db:result>",
+        now,
+    ) {
+        PeerAction::Reply(reply) => {
+            let reply = String::from_utf8(reply).unwrap();
+            assert!(
+                reply.contains("type='error'") && reply.contains("<resource-constraint "),
+                "{reply}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]
