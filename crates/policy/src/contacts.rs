@@ -34,6 +34,9 @@ impl Default for ContactBook {
 impl ContactBook {
     pub const ACCOUNTS: usize = 100_000;
     pub const PER_ACCOUNT: usize = 10_000;
+    /// The longest bare JID kept: a localpart and a domainpart of 1023 bytes each
+    /// (RFC 7622 §3.2, §3.3). Longer is no JID, and would only cost memory.
+    pub const MAX_JID_BYTES: usize = 1023 + 1 + 1023;
 
     pub fn new(accounts: usize) -> ContactBook {
         ContactBook {
@@ -78,6 +81,9 @@ impl ContactBook {
             .contacts
             .get_or_insert_with(|| BoundedTable::new("contacts", Self::PER_ACCOUNT));
         for (jid, removed) in items {
+            if jid.len() > Self::MAX_JID_BYTES {
+                continue;
+            }
             if removed {
                 contacts.remove(&jid.to_owned());
             } else {
@@ -98,7 +104,10 @@ impl ContactBook {
     pub fn wrote_to_with(&self, account: &str, jid: impl FnOnce() -> String) {
         let mut t = self.lock();
         if let Some(contacts) = t.get_mut(account).and_then(|a| a.contacts.as_mut()) {
-            contacts.entry(jid(), || ());
+            let jid = jid();
+            if jid.len() <= Self::MAX_JID_BYTES {
+                contacts.entry(jid, || ());
+            }
         }
     }
 
@@ -158,5 +167,18 @@ mod tests {
         book.leave("alice@example.org");
         assert!(!book.known("alice@example.org"));
         assert!(book.is_empty());
+    }
+
+    #[test]
+    fn what_is_longer_than_any_jid_is_not_kept() {
+        let book = ContactBook::default();
+        book.join("alice@example.org");
+        let long = format!("{}@example.org", "a".repeat(4000));
+        book.roster("alice@example.org", [(long.as_str(), false)]);
+        book.wrote_to("alice@example.org", &long);
+        assert_eq!(book.contains("alice@example.org", &long), Some(false));
+        let longest = format!("{}@{}", "a".repeat(1023), "d".repeat(1023));
+        book.wrote_to("alice@example.org", &longest);
+        assert_eq!(book.contains("alice@example.org", &longest), Some(true));
     }
 }

@@ -790,6 +790,19 @@ impl C2sSession {
         if !matches!(tag.attribute(b"type").as_deref(), Some("result" | "set")) {
             return;
         }
+        // RFC 6121 §2.1.6: the roster comes from the user's own account (no 'from',
+        // or the bare JID); an iq from anyone else is ignored by the client, and by
+        // xmppwall: a remote sender must not make itself a contact.
+        if let Some(from) = tag.attribute(b"from") {
+            if !self
+                .conn
+                .account
+                .as_deref()
+                .is_some_and(|account| from.eq_ignore_ascii_case(account))
+            {
+                return;
+            }
+        }
         let Some(query) = view::children(bytes).find(|c| {
             c.start.local_name() == b"query" && namespace(&c.start, CLIENT_NS) == ROSTER_NS
         }) else {

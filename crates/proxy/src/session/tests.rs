@@ -90,6 +90,40 @@ fn an_error_between_sasl_success_and_the_new_header_comes_in_a_new_stream() {
 }
 
 #[test]
+fn a_roster_push_from_anyone_but_the_account_is_ignored() {
+    let mut s = bound_session();
+    let roster = |from: &str, jid: &str| {
+        format!("<iq type='set' id='p1'{from}><query xmlns='jabber:iq:roster'><item jid='{jid}'/></query></iq>")
+    };
+    let contact = |s: &C2sSession, jid: &str| {
+        s.limiter
+            .load()
+            .state
+            .contacts
+            .contains("alice@example.test", jid)
+    };
+    server(&mut s, &roster("", "bob@example.test"));
+    assert_eq!(contact(&s, "bob@example.test"), Some(true));
+    // RFC 6121 §2.1.6: only the account itself (no 'from', or its bare JID).
+    server(
+        &mut s,
+        &roster(" from='Alice@example.test'", "carol@example.test"),
+    );
+    assert_eq!(contact(&s, "carol@example.test"), Some(true));
+    for from in [
+        "evil@remote.test",
+        "alice@example.test/phone",
+        "example.test",
+    ] {
+        server(
+            &mut s,
+            &roster(&format!(" from='{from}'"), "evil@remote.test"),
+        );
+        assert_eq!(contact(&s, "evil@remote.test"), Some(false), "{from}");
+    }
+}
+
+#[test]
 fn message_before_authentication_closes_with_not_authorized() {
     let mut s = session();
     let action = client(
