@@ -19,6 +19,17 @@ pub const REPORTING_NS: &str = "urn:xmpp:reporting:1";
 pub const REPORTING_NS_0: &str = "urn:xmpp:reporting:0";
 const STANZA_ID_NS: &str = "urn:xmpp:sid:0";
 
+/// What one report may hold, so that the reports kept (in memory and in the store)
+/// cost a bounded amount each, whatever a block command carries: reports per
+/// command, stanza ids per report, bytes per id, characters of text and of a
+/// reason, and the longest reported JID (RFC 7622: 1023 bytes per part).
+const MAX_REPORTS_PER_COMMAND: usize = 64;
+const MAX_STANZA_IDS: usize = 16;
+const MAX_STANZA_ID_BYTES: usize = 256;
+const MAX_TEXT_CHARS: usize = 1000;
+const MAX_JID_BYTES: usize = 3071;
+const MAX_REASON_CHARS: usize = 256;
+
 /// What a report says about one blocked JID.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpamReport {
@@ -49,6 +60,9 @@ impl SpamReport {
                 let Some(jid) = item.start.attribute(b"jid") else {
                     continue;
                 };
+                if jid.len() > MAX_JID_BYTES || out.len() >= MAX_REPORTS_PER_COMMAND {
+                    continue;
+                }
                 let item_bytes = &block[item.range];
                 for report in view::children(item_bytes) {
                     let ns = report.start.attribute(b"xmlns");
@@ -71,17 +85,22 @@ impl SpamReport {
                                     == Some(STANZA_ID_NS) =>
                             {
                                 if let Some(id) = child.start.attribute(b"id") {
-                                    stanza_ids.push(match child.start.attribute(b"by") {
+                                    let id = match child.start.attribute(b"by") {
                                         Some(by) => format!("{by}/{id}"),
                                         None => id.into_owned(),
-                                    });
+                                    };
+                                    if stanza_ids.len() < MAX_STANZA_IDS
+                                        && id.len() <= MAX_STANZA_ID_BYTES
+                                    {
+                                        stanza_ids.push(id);
+                                    }
                                 }
                             }
                             b"text" => {
                                 let t = view::text(&report_bytes[child.range]);
                                 let t = t.trim();
                                 if !t.is_empty() {
-                                    text = Some(t.chars().take(1000).collect());
+                                    text = Some(t.chars().take(MAX_TEXT_CHARS).collect());
                                 }
                             }
                             // Version 0: the reason is a child element.
@@ -95,7 +114,10 @@ impl SpamReport {
                     }
                     out.push(SpamReport {
                         offender: crate::stanza::bare_jid(&jid),
-                        reason: reason.unwrap_or_else(|| "spam".into()),
+                        reason: reason.map_or_else(
+                            || "spam".into(),
+                            |r| r.chars().take(MAX_REASON_CHARS).collect(),
+                        ),
                         stanza_ids,
                         text,
                     });
@@ -188,6 +210,44 @@ mod tests {
             ]
         );
         assert!(SpamReport::read_block(b"<iq type='set' id='u'><unblock xmlns='urn:xmpp:blocking'><item jid='x@y'/></unblock></iq>").is_empty());
+    }
+
+    #[test]
+    fn a_report_holds_a_bounded_amount_whatever_the_command_carries() {
+        let id = |n: usize, len: usize| {
+            format!(
+                "<stanza-id xmlns='urn:xmpp:sid:0' id='{n}{}'/>",
+                "i".repeat(len)
+            )
+        };
+        let ids: String = (0..100).map(|n| id(n, 10)).collect();
+        let item = |jid: &str| {
+            format!(
+                "<item jid='{jid}'><report xmlns='urn:xmpp:reporting:1' reason='{}'>{ids}{}<text>{}</text></report></item>",
+                "r".repeat(10_000),
+                id(999, 10_000),
+                "t".repeat(10_000),
+            )
+        };
+        let items: String = [item(&format!("{}@spam.example", "x".repeat(10_000)))]
+            .into_iter()
+            .chain((0..100).map(|n| item(&format!("s{n}@spam.example"))))
+            .collect();
+        let iq =
+            format!("<iq type='set' id='b'><block xmlns='urn:xmpp:blocking'>{items}</block></iq>");
+        let reports = SpamReport::read_block(iq.as_bytes());
+        assert_eq!(reports.len(), MAX_REPORTS_PER_COMMAND);
+        assert_eq!(reports[0].offender, "s0@spam.example", "no JID that long");
+        for r in &reports {
+            assert!(r.offender.len() <= MAX_JID_BYTES);
+            assert_eq!(r.stanza_ids.len(), MAX_STANZA_IDS);
+            assert!(r.stanza_ids.iter().all(|i| i.len() <= MAX_STANZA_ID_BYTES));
+            assert_eq!(
+                r.text.as_ref().map(|t| t.chars().count()),
+                Some(MAX_TEXT_CHARS)
+            );
+            assert_eq!(r.reason.chars().count(), MAX_REASON_CHARS);
+        }
     }
 
     #[test]
