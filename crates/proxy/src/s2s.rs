@@ -136,16 +136,20 @@ impl S2sInboundSession {
         self.hosted.is_empty() || self.hosted.iter().any(|h| is_within(domain, h))
     }
 
-    /// Whether the peer's certificate proves `domain` (checked once per domain).
-    pub fn certificate_proves(&mut self, domain: &str) -> bool {
+    /// Whether the peer's certificate proves `domain`, checked once per domain and
+    /// for at most [`MAX_DOMAIN_PAIRS`] domains a stream: `None` past that, so a
+    /// peer naming ever new domains cannot have the certificate verified again and
+    /// again.
+    pub fn certificate_proves(&mut self, domain: &str) -> Option<bool> {
         if let Some((_, ok)) = self.cert_checked.iter().find(|(d, _)| d == domain) {
-            return *ok;
+            return Some(*ok);
+        }
+        if self.cert_checked.len() >= MAX_DOMAIN_PAIRS {
+            return None;
         }
         let ok = self.cert.as_ref().is_some_and(|c| c.valid_for(domain));
-        if self.cert_checked.len() < MAX_DOMAIN_PAIRS {
-            self.cert_checked.push((domain.to_owned(), ok));
-        }
-        ok
+        self.cert_checked.push((domain.to_owned(), ok));
+        Some(ok)
     }
 
     fn on_peer_element(&mut self, bytes: &[u8], now: Instant) -> PeerAction {
@@ -289,15 +293,21 @@ impl S2sInboundSession {
                 "federation with this domain is not allowed",
             );
         }
-        if self.s2s.require_certificate && !self.certificate_proves(&from) {
-            tracing::info!(remote = %from, "dialback request without a valid certificate refused");
-            return refuse(
-                "not-authorized",
-                "a certificate valid for the domain is required",
-            );
-        }
         if self.pending.len() + self.authenticated.len() >= MAX_DOMAIN_PAIRS {
             return refuse("resource-constraint", "too many domains on one stream");
+        }
+        if self.s2s.require_certificate {
+            match self.certificate_proves(&from) {
+                Some(true) => {}
+                Some(false) => {
+                    tracing::info!(remote = %from, "dialback request without a valid certificate refused");
+                    return refuse(
+                        "not-authorized",
+                        "a certificate valid for the domain is required",
+                    );
+                }
+                None => return refuse("resource-constraint", "too many domains on one stream"),
+            }
         }
         if !self.pending.iter().any(|(r, l)| *r == from && *l == to) {
             self.pending.push((from, to));
@@ -425,7 +435,7 @@ impl S2sInboundSession {
         if tag.attribute(b"type").as_deref() != Some("valid") || !was_pending {
             return;
         }
-        let how = if self.certificate_proves(&remote) {
+        let how = if self.certificate_proves(&remote) == Some(true) {
             PeerAuth::Certificate
         } else {
             PeerAuth::Dialback

@@ -213,6 +213,28 @@ fn dialback_without_a_certificate_is_refused_when_certificates_are_required() {
 }
 
 #[test]
+fn the_certificate_is_checked_for_a_bounded_number_of_domains_per_stream() {
+    let s2s = S2s {
+        require_certificate: true,
+        ..S2s::default()
+    };
+    let mut s = session(s2s, "");
+    let refusal = |s: &mut S2sInboundSession, from: &str| {
+        let request = format!("<db:result from='{from}' to='example.test'>k</db:result>");
+        match s.on_peer_frame(Token::Element, request.as_bytes(), Instant::now()) {
+            PeerAction::Reply(reply) => String::from_utf8(reply).unwrap(),
+            other => panic!("expected a db:result error, got {other:?}"),
+        }
+    };
+    for n in 0..MAX_DOMAIN_PAIRS {
+        assert!(refusal(&mut s, &format!("r{n}.test")).contains("<not-authorized"));
+    }
+    // A new domain: no further check on this stream; one already checked: its answer.
+    assert!(refusal(&mut s, "one-more.test").contains("<resource-constraint"));
+    assert!(refusal(&mut s, "r0.test").contains("<not-authorized"));
+}
+
+#[test]
 fn missing_addresses_are_improper_addressing() {
     let mut s = session(S2s::default(), "");
     dialback(&mut s, "remote.test", "example.test");
