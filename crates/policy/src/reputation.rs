@@ -16,6 +16,10 @@ use crate::limits::PerPeriod;
 use crate::rate::TokenBucket;
 use crate::table::BoundedTable;
 
+/// The longest bare JID (or domain) scored: what RFC 7622 allows. A longer one is
+/// no address anybody can use, and would only cost memory in the tables.
+const MAX_SUBJECT_BYTES: usize = crate::contacts::ContactBook::MAX_JID_BYTES;
+
 /// How reputation is scored and what the scores do.
 #[derive(Debug, Clone)]
 pub struct ReputationConfig {
@@ -153,7 +157,7 @@ impl ReputationState {
     /// domain's by the configured share. Returns the JID's new score.
     pub fn add(&self, config: &ReputationConfig, jid: &str, delta: f64, now: Instant) -> f64 {
         let bare = crate::stanza::bare_jid(jid);
-        if bare.is_empty() || Self::exempt(config, &bare) {
+        if bare.is_empty() || bare.len() > MAX_SUBJECT_BYTES || Self::exempt(config, &bare) {
             return 0.0;
         }
         let mut changes = Vec::with_capacity(2);
@@ -244,6 +248,9 @@ impl ReputationState {
         now: Instant,
     ) -> bool {
         let pair = (reporter.to_owned(), crate::stanza::bare_jid(offender));
+        if pair.1.len() > MAX_SUBJECT_BYTES {
+            return false;
+        }
         {
             let mut r = lock(&self.reporters);
             if r.peek(&pair).is_some() {
@@ -302,6 +309,9 @@ impl ReputationState {
             return false;
         };
         let bare = crate::stanza::bare_jid(jid);
+        if bare.len() > MAX_SUBJECT_BYTES {
+            return false;
+        }
         let mut t = lock(&self.entries);
         let key = jid_key(&bare);
         let e = t.entry(key, || Entry {
@@ -360,6 +370,21 @@ mod tests {
         assert_eq!(lock(&sink.adjusted).len(), 3, "but stored");
         state.apply_shared(&config, "nonsense", 4.0, Duration::ZERO, now);
         assert_eq!(lock(&sink.adjusted).len(), 3);
+    }
+
+    #[test]
+    fn what_is_longer_than_any_jid_is_not_scored() {
+        let config = ReputationConfig::default();
+        let state = ReputationState::default();
+        let sink = Arc::new(Recorded::default());
+        state.set_sink(sink.clone());
+        let now = Instant::now();
+        let long = format!("{}@spam.example", "x".repeat(4000));
+        assert_eq!(state.add(&config, &long, 8.0, now), 0.0);
+        assert!(!state.reported(&config, "alice@example.org", &long, now));
+        assert!(!state.over_throttle(&config, &long, now));
+        assert!(lock(&sink.bumped).is_empty());
+        assert_eq!(state.score(&config, &long, now), 0.0);
     }
 
     #[test]
