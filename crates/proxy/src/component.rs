@@ -22,6 +22,7 @@ use crate::peer::{
     element_name, error_bytes, is_stanza, is_within, jid_domain, passes_untouched, stream_prefix,
     PeerAction, PeerContext, PeerSession, COMPONENT_NS,
 };
+use crate::stream::HeaderDue;
 use crate::stream_error::{StreamCondition, StreamError};
 
 #[derive(Debug)]
@@ -34,7 +35,7 @@ pub struct ComponentSession {
     /// The id of the server's stream header, which the handshake digest covers.
     stream_id: Option<String>,
     server_prefix: Option<String>,
-    awaits_header: bool,
+    awaits_header: HeaderDue,
     handshake_sent: bool,
     authenticated: bool,
 }
@@ -47,7 +48,7 @@ impl ComponentSession {
             secret,
             stream_id: None,
             server_prefix: None,
-            awaits_header: true,
+            awaits_header: HeaderDue::new(),
             handshake_sent: false,
             authenticated: false,
         }
@@ -163,14 +164,17 @@ impl PeerSession for ComponentSession {
     fn on_server_frame(&mut self, token: Token, bytes: &[u8], now: Instant) -> PeerAction {
         match token {
             Token::StreamOpen => {
-                self.awaits_header = false;
+                self.awaits_header.passed(token);
                 self.server_prefix = stream_prefix(bytes);
                 self.stream_id = StartTag::parse(bytes)
                     .and_then(|t| t.attribute(b"id").map(|id| id.into_owned()));
                 PeerAction::Forward
             }
             Token::Element => self.on_server_element(bytes, now),
-            _ => PeerAction::Forward,
+            _ => {
+                self.awaits_header.passed(token);
+                PeerAction::Forward
+            }
         }
     }
 

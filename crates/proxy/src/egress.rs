@@ -25,6 +25,7 @@ use crate::peer::{
     PeerSession, DIALBACK_NS, SERVER_NS,
 };
 use crate::s2s::MAX_DOMAIN_PAIRS;
+use crate::stream::HeaderDue;
 use crate::stream_error::{StreamCondition, StreamError};
 
 #[derive(Debug)]
@@ -220,7 +221,13 @@ impl PeerSession for EgressSession {
     }
 
     fn peer_error_bytes(&self, error: &StreamError) -> Vec<u8> {
-        error_bytes(error, false, SERVER_NS, None, self.sent_prefix.as_deref())
+        error_bytes(
+            error,
+            HeaderDue::answered(),
+            SERVER_NS,
+            None,
+            self.sent_prefix.as_deref(),
+        )
     }
 }
 

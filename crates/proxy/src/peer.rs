@@ -23,6 +23,7 @@ use crate::config::Limits;
 use crate::enforce::{self, PolicyOutcome};
 use crate::recorder::Recorder;
 use crate::session::{self, namespace, STREAMS_NS};
+use crate::stream::HeaderDue;
 use crate::stream_error::{StanzaError, StreamCondition, StreamError};
 
 /// XEP-0220 §2.1: the dialback namespace, declared on the stream header with the
@@ -382,13 +383,13 @@ pub fn is_stanza(local: &[u8], ns: &str, content_ns: &str) -> bool {
 /// The stream error bytes for a peer: its own header first when it waits for one.
 pub fn error_bytes(
     error: &StreamError,
-    awaits_header: bool,
+    header: HeaderDue,
     content_ns: &str,
     local_domain: Option<&str>,
     prefix: Option<&str>,
 ) -> Vec<u8> {
-    if awaits_header {
-        let mut out = response_header(content_ns, local_domain, None);
+    if header.is_due() {
+        let mut out = header.header(response_header(content_ns, local_domain, None));
         out.extend_from_slice(&error.to_bytes(Some("stream")));
         out
     } else {

@@ -42,6 +42,7 @@ use crate::peer::{
     PeerContext, PeerSession, BIDI_FEATURE_NS, DIALBACK_NS, SERVER_NS,
 };
 use crate::session::{namespace, SASL_NS, STREAMS_NS, TLS_NS};
+use crate::stream::HeaderDue;
 use crate::stream_error::{StreamCondition, StreamError};
 use crate::tls::PeerCertificate;
 
@@ -71,7 +72,7 @@ pub struct S2sInboundSession {
     pending: Vec<(String, String)>,
     authenticated: Vec<AuthenticatedPair>,
     server_prefix: Option<String>,
-    awaits_header: bool,
+    awaits_header: HeaderDue,
     /// The stream header's `from`, when the server stream carries a certificate
     /// minted for it: SASL EXTERNAL passes through for it.
     external_for: Option<String>,
@@ -110,7 +111,7 @@ impl S2sInboundSession {
             pending: Vec::new(),
             authenticated: Vec::new(),
             server_prefix: None,
-            awaits_header: true,
+            awaits_header: HeaderDue::new(),
             external_for: None,
             external: External::NotStarted,
             peer_restarts: false,
@@ -366,7 +367,7 @@ impl S2sInboundSession {
         self.external = External::Done;
         // <success/> ended the first stream for the peer (RFC 6120 §4.3.3): an
         // error before the server's new header comes in a new stream (§4.9.1.2).
-        self.awaits_header = true;
+        self.awaits_header.restart();
         self.peer_restarts = true;
         self.reset_peer_framer = true;
         self.reset_server_framer = true;
@@ -472,12 +473,15 @@ impl PeerSession for S2sInboundSession {
     fn on_server_frame(&mut self, token: Token, bytes: &[u8], now: Instant) -> PeerAction {
         match token {
             Token::StreamOpen => {
-                self.awaits_header = false;
+                self.awaits_header.passed(token);
                 self.server_prefix = stream_prefix(bytes);
                 PeerAction::Forward
             }
             Token::Element => self.on_server_element(bytes, now),
-            _ => PeerAction::Forward,
+            _ => {
+                self.awaits_header.passed(token);
+                PeerAction::Forward
+            }
         }
     }
 

@@ -30,6 +30,7 @@ use xmppwall_xml::view::{self, StartTag};
 use xmppwall_xml::Token;
 
 use crate::config::{Limits, ListenerTls};
+use crate::stream::HeaderDue;
 use crate::stream_error::{ErrorType, StanzaError, StreamCondition, StreamError};
 
 pub const STREAMS_NS: &str = "http://etherx.jabber.org/streams";
@@ -155,7 +156,7 @@ pub struct C2sSession {
     server_stream_prefix: Option<String>,
     /// The client opened a stream the server has not answered yet: an error sent to
     /// the client now must be preceded by a stream header (RFC 6120 §4.9.1.2).
-    client_awaits_header: bool,
+    client_header: HeaderDue,
     /// The client's framer must start a new stream before it reads more (set when
     /// the server's SASL `<success/>` passes).
     client_restart: bool,
@@ -206,7 +207,7 @@ impl C2sSession {
             pending_registration: None,
             bound_jid: None,
             server_stream_prefix: None,
-            client_awaits_header: true,
+            client_header: HeaderDue::new(),
             client_restart: false,
             server_restart: false,
             tls,
@@ -237,7 +238,7 @@ impl C2sSession {
     }
 
     pub fn client_awaits_header(&self) -> bool {
-        self.client_awaits_header
+        self.client_header.is_due()
     }
 
     pub fn server_stream_prefix(&self) -> Option<&str> {
@@ -263,8 +264,10 @@ impl C2sSession {
     /// The bytes that end the client's stream with `error`, preceded by a stream
     /// header when the client is waiting for one.
     pub fn stream_error_bytes(&self, error: &StreamError, domain: Option<&str>) -> Vec<u8> {
-        if self.client_awaits_header {
-            let mut out = response_header(domain, &new_stream_id());
+        if self.client_header.is_due() {
+            let mut out = self
+                .client_header
+                .header(response_header(domain, &new_stream_id()));
             out.extend_from_slice(&error.to_bytes(Some("stream")));
             out
         } else {
@@ -401,7 +404,7 @@ impl C2sSession {
                         return ClientAction::Close(error);
                     }
                 }
-                self.client_awaits_header = true;
+                self.client_header.restart();
                 ClientAction::Forward
             }
             Token::Element => self.on_client_element(bytes, framed, now),
@@ -615,11 +618,15 @@ impl C2sSession {
             Token::StreamOpen => {
                 self.server_stream_prefix = StartTag::parse(bytes)
                     .and_then(|t| prefix(t.name).map(|p| String::from_utf8_lossy(p).into_owned()));
-                self.client_awaits_header = false;
+                self.client_header.passed(token);
                 ServerAction::Forward
             }
             Token::Element => self.on_server_element(bytes, now),
-            Token::XmlDeclaration | Token::Whitespace | Token::StreamClose => ServerAction::Forward,
+            Token::XmlDeclaration => {
+                self.client_header.passed(token);
+                ServerAction::Forward
+            }
+            Token::Whitespace | Token::StreamClose => ServerAction::Forward,
         }
     }
 
@@ -654,7 +661,7 @@ impl C2sSession {
                 // <success/> ends the first stream for the client (RFC 6120 §4.3.3,
                 // §6.4.6): an error from here until the server's new header must come
                 // in a new stream, header first (§4.9.1.2).
-                self.client_awaits_header = true;
+                self.client_header.restart();
                 if let Some(error) = self.run_stream_hook(Hook::Auth, now) {
                     return ServerAction::ForwardThenClose(error);
                 }

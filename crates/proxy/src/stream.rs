@@ -139,6 +139,69 @@ pub fn framing_error(e: FramerError) -> StreamError {
 /// peer is starting TLS at once.
 pub const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
+/// Whether a peer waits for a stream header from xmppwall's side: at the start, and
+/// after a restart (RFC 6120 §4.3.3), until the server's header has gone to it. An
+/// error sent meanwhile needs a header first (§4.9.1.2), without the XML
+/// declaration if the server's has gone out already (a document has one, XML 1.0
+/// §2.8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeaderDue {
+    due: bool,
+    declared: bool,
+}
+
+impl HeaderDue {
+    /// A stream the peer opened and nobody answered yet.
+    pub const fn new() -> HeaderDue {
+        HeaderDue {
+            due: true,
+            declared: false,
+        }
+    }
+
+    /// A stream that has its header already.
+    pub const fn answered() -> HeaderDue {
+        HeaderDue {
+            due: false,
+            declared: false,
+        }
+    }
+
+    /// The peer's stream starts over: it waits for a new header.
+    pub fn restart(&mut self) {
+        *self = HeaderDue::new();
+    }
+
+    /// A stream-level token of the server's went to the peer.
+    pub fn passed(&mut self, token: Token) {
+        match token {
+            Token::XmlDeclaration if self.due => self.declared = true,
+            Token::StreamOpen => *self = HeaderDue::answered(),
+            _ => {}
+        }
+    }
+
+    pub fn is_due(&self) -> bool {
+        self.due
+    }
+
+    /// `header` (which starts with an XML declaration), as it may still be sent.
+    pub fn header(&self, mut header: Vec<u8>) -> Vec<u8> {
+        if self.declared {
+            if let Some(end) = header.windows(2).position(|w| w == b"?>") {
+                header.drain(..end + 2);
+            }
+        }
+        header
+    }
+}
+
+impl Default for HeaderDue {
+    fn default() -> Self {
+        HeaderDue::new()
+    }
+}
+
 /// Drops the first `consumed` bytes; an emptied buffer is released entirely, so a
 /// connection between stanzas holds no read memory.
 pub fn release_consumed(buf: &mut BytesMut, consumed: usize) {

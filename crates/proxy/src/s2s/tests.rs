@@ -442,6 +442,25 @@ fn without_a_minted_certificate_sasl_is_neither_offered_nor_relayed() {
 }
 
 #[test]
+fn an_error_after_the_servers_declaration_does_not_declare_again() {
+    let now = Instant::now();
+    let mut s = external_session();
+    s.on_peer_frame(Token::Element, auth("=").as_bytes(), now);
+    s.on_server_frame(
+        Token::Element,
+        b"<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>",
+        now,
+    );
+    let error = StreamError::new(StreamCondition::SystemShutdown);
+    assert!(String::from_utf8(s.peer_error_bytes(&error))
+        .unwrap()
+        .starts_with("<?xml version='1.0'?><stream:stream "));
+    s.on_server_frame(Token::XmlDeclaration, b"<?xml version='1.0'?>", now);
+    let after = String::from_utf8(s.peer_error_bytes(&error)).unwrap();
+    assert!(after.starts_with("<stream:stream "), "{after}");
+}
+
+#[test]
 fn an_error_after_sasl_external_success_comes_in_a_new_stream() {
     let now = Instant::now();
     let mut s = external_session();

@@ -57,6 +57,25 @@ fn bound_session() -> C2sSession {
 }
 
 #[test]
+fn an_error_after_the_servers_declaration_does_not_declare_again() {
+    let mut s = session();
+    let error = StreamError::new(StreamCondition::SystemShutdown);
+    let text = |s: &C2sSession| {
+        String::from_utf8(s.stream_error_bytes(&error, Some("example.test"))).unwrap()
+    };
+    assert!(text(&s).starts_with("<?xml version='1.0'?><stream:stream "));
+    // The server's declaration went to the client; its header did not yet.
+    s.on_server_frame(
+        Token::XmlDeclaration,
+        b"<?xml version='1.0'?>",
+        Instant::now(),
+    );
+    let after = text(&s);
+    assert!(after.starts_with("<stream:stream "), "{after}");
+    assert_eq!(after.matches("<?xml").count(), 0, "{after}");
+}
+
+#[test]
 fn an_error_between_sasl_success_and_the_new_header_comes_in_a_new_stream() {
     let mut s = session();
     s.on_server_frame(Token::StreamOpen, SERVER_HEADER.as_bytes(), Instant::now());
