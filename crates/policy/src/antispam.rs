@@ -698,10 +698,15 @@ mod tests {
         assert!(state
             .check_registration(&config, ip("198.51.100.1"), &create("z"), now)
             .is_ok());
-        // Ten minutes later the address may create one more.
+        // Ten minutes later the address may create one more (its network's limit
+        // aside, which allows no more for an hour).
+        config.registration.per_prefix = None;
+        assert!(state
+            .check_registration(&config, a, &create("w"), now)
+            .is_err());
         let later = now + Duration::from_secs(601);
         assert!(state
-            .check_registration(&config, ip("198.51.100.9"), &create("w"), later)
+            .check_registration(&config, a, &create("w"), later)
             .is_ok());
     }
 

@@ -212,14 +212,17 @@ fn peer_limits_are_read_with_defaults_and_off_switches() {
     );
     assert_eq!(p.max_tracked_domains, 500);
     assert_eq!(p.max_tracked_senders, 100_000);
-    let text = format!("{MINIMAL}\n[limits.peers]\nstanzas_per_domain = \"many\"\nsenders = 3\n");
-    let err = parse(&text).unwrap_err();
+    // Each mistake is reported: an unknown key, and a value that is no rate.
+    let err = parse(&format!("{MINIMAL}\n[limits.peers]\nsenders = 3\n")).unwrap_err();
+    assert!(err.to_string().contains("senders"), "{err}");
+    let err = parse(&format!(
+        "{MINIMAL}\n[limits.peers]\nstanzas_per_domain = \"many\"\n"
+    ))
+    .unwrap_err();
     assert!(
-        err.to_string().contains("senders")
-            || err
-                .problems
-                .iter()
-                .any(|p| p.message.contains("COUNT/PERIOD")),
+        err.problems
+            .iter()
+            .any(|p| p.line == 11 && p.message.contains("COUNT/PERIOD")),
         "{err}"
     );
 }
