@@ -653,15 +653,13 @@ keywords = ["casino"]
     assert!(exprs.len() >= 8, "{exprs:?}");
     for expr in &exprs {
         for name in metric_names(expr) {
-            let base = name
-                .strip_suffix("_bucket")
-                .or_else(|| name.strip_suffix("_count"))
-                .or_else(|| name.strip_suffix("_sum"))
-                .unwrap_or(&name);
+            // A sample of exactly that name (a family's TYPE line is not enough: a
+            // counter's samples are named `..._total`).
+            let (labelled, bare) = (format!("{name}{{"), format!("{name} "));
             assert!(
                 after
                     .lines()
-                    .any(|l| l.starts_with(&name) || l.starts_with(&format!("# TYPE {base} "))),
+                    .any(|l| l.starts_with(&labelled) || l.starts_with(&bare)),
                 "the dashboard queries {name}, which the scrape does not have"
             );
         }

@@ -498,6 +498,19 @@ fn federation_allow_list_admits_only_listed_domains_and_wildcards() {
     alice.send_raw(chat(&format!("carol@{OTHER_DOMAIN}"), "a1"));
     let reply = alice.read_element_matching(by_id("a1"));
     assert!(reply.contains("<policy-violation"), "{reply}");
+    // A subdomain of it, and a listed domain, pass xmppwall: the server then finds
+    // no way to them (the test server has no route and looks up no DNS) and says so.
+    for (to, id) in [
+        (format!("carol@sub.{OTHER_DOMAIN}"), "a2"),
+        ("dave@partner.test".to_owned(), "a3"),
+    ] {
+        alice.send_raw(chat(&to, id));
+        let reply = alice.read_element_matching(by_id(id));
+        assert!(
+            reply.contains("<remote-server-not-found") && !reply.contains("<policy-violation"),
+            "{reply}"
+        );
+    }
     // Local traffic is never subject to the list.
     let (mut bob, bob_jid) = s.wall.login(BOB, "b");
     alice.send_raw(chat(&bob_jid, "local"));

@@ -274,8 +274,9 @@ fn rfc3339(t: SystemTime) -> String {
 }
 
 /// Checks the ban's stream error (the one ending the failing stream, or the one a
-/// later connection gets) and returns the time it names.
-fn banned_until(received: &str) -> String {
+/// later connection gets): it names the end of a 10-minute ban made between
+/// `before` and `after` (wall clock), to the second.
+fn assert_banned_for_ten_minutes(received: &str, before: SystemTime, after: SystemTime) {
     let open = format!(
         "<stream:error><policy-violation xmlns='{STREAMS}'/><text xmlns='{STREAMS}' xml:lang='en'>"
     );
@@ -293,17 +294,13 @@ fn banned_until(received: &str) -> String {
         .strip_suffix(tail)
         .unwrap_or_else(|| panic!("not the ban error: {received:?}"));
     assert_eq!(until.len(), "2000-01-01T00:00:00Z".len(), "{until}");
-    // A 10-minute ban ends in more than 9 minutes and at most 10 from now.
-    let now = SystemTime::now();
+    // RFC 3339 times of one length compare as text.
+    let ten_minutes = Duration::from_secs(600);
     assert!(
-        until > rfc3339(now + Duration::from_secs(540)).as_str(),
+        rfc3339(before + ten_minutes).as_str() <= until
+            && until <= rfc3339(after + ten_minutes).as_str(),
         "{until}"
     );
-    assert!(
-        until <= rfc3339(now + Duration::from_secs(601)).as_str(),
-        "{until}"
-    );
-    until.to_owned()
 }
 
 #[test]
@@ -315,16 +312,19 @@ fn repeated_authentication_failures_ban_the_address_with_policy_violation() {
     assert_eq!(xml::root_name(&answer), "failure", "{answer}");
     // The second failure (the maximum, as ejabberd's mod_fail2ban counts) still
     // reaches the client, then the ban ends the stream.
+    let before = SystemTime::now();
     let answer = c.try_auth_plain("alice", "wrong").unwrap_err();
     assert_eq!(xml::root_name(&answer), "failure", "{answer}");
-    banned_until(&c.read_until_closed());
+    let received = c.read_until_closed();
+    assert_banned_for_ten_minutes(&received, before, SystemTime::now());
 
     // A new connection from that address gets a stream header and the same error.
     let mut again = TestClient::connect_from(loopback(12), s.addr);
     again.send_stream_header();
     let header = again.read_stream_header();
     assert!(header.contains("from='example.test'"), "{header}");
-    banned_until(&again.read_until_closed());
+    let received = again.read_until_closed();
+    assert_banned_for_ten_minutes(&received, before, SystemTime::now());
 
     // Everyone else logs in and talks, even with the right password from elsewhere.
     let (mut alice, _) = s.login_from(loopback(13), ALICE, "a");

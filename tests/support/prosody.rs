@@ -248,9 +248,9 @@ fn render_config(input: &ConfigInput<'_>) -> String {
     if options.http {
         modules.extend(["bosh", "websocket"]);
     }
-    if !options.s2s_routes.is_empty() {
-        modules.push("test_s2s_routes");
-    }
+    // Always: a domain without a route gets no address at all, so no test makes
+    // Prosody look up DNS (every test stays on loopback).
+    modules.push("test_s2s_routes");
     let modules: Vec<String> = modules.iter().map(|m| format!("{m:?}")).collect();
 
     let mut c = String::new();
@@ -315,11 +315,11 @@ fn render_config(input: &ConfigInput<'_>) -> String {
             line(format!("s2s_ssl = {{ cafile = {cafile:?} }}"));
         }
     }
+    line(format!(
+        "plugin_paths = {{ {:?} }}",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/prosody_modules")
+    ));
     if !options.s2s_routes.is_empty() {
-        line(format!(
-            "plugin_paths = {{ {:?} }}",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/prosody_modules")
-        ));
         let routes: Vec<String> = options
             .s2s_routes
             .iter()
