@@ -938,13 +938,21 @@ fn a_stanza_of_the_default_maximum_size_is_slowed_down_not_closed() {
     // 256 KiB (the proxy's default stanza_bytes, Prosody's and ejabberd's limit)
     // read 64 KiB at a time, each read after the pause the previous one asked for.
     let mut now = t0;
+    let mut pauses = 0;
     for _ in 0..4 {
         match l.bytes_read(&mut a, 64 * 1024, now) {
             Throttle::Continue => {}
-            Throttle::Pause(p) => now += p,
+            Throttle::Pause(p) => {
+                pauses += 1;
+                now += p;
+            }
             Throttle::Close(e) => panic!("closed: {e:?}"),
         }
     }
+    assert!(
+        pauses > 0,
+        "256 KiB at once is over the bandwidth: it must be slowed"
+    );
 }
 
 // ---------------------------------------------------------------------------------
