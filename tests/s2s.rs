@@ -374,18 +374,8 @@ fn a_peer_header_declaring_a_payload_prefix_is_a_policy_violation() {
 fn spoofed_from_after_dialback_is_invalid_from() {
     let f = Federation::start(Peer::DialbackOnly, "", "");
     let mut bob = login(&f.local, DOMAIN, BOB);
-    let (mut raw, id) = f.raw_peer(REMOTE);
-    raw.send_raw(format!(
-        "<db:result from='{REMOTE}' to='{DOMAIN}'>{}</db:result>",
-        dialback_key(&id)
-    ));
     // The local server verifies the key with the real remote server.
-    let verdict = raw.read_element();
-    assert_eq!(
-        xml::root_attr(&verdict, "type").as_deref(),
-        Some("valid"),
-        "{verdict}"
-    );
+    let mut raw = authenticated_raw_peer(&f);
     raw.send_raw(format!(
         "<message from='carol@{REMOTE}/x' to='bob@{DOMAIN}' type='chat'><body>legit</body></message>"
     ));
@@ -633,16 +623,7 @@ fn direct_tls_peer_authenticates_by_dialback_and_delivers() {
             features.contains("dialback") && !features.contains("starttls"),
             "{features}"
         );
-        raw.send_raw(format!(
-            "<db:result from='{REMOTE}' to='{DOMAIN}'>{}</db:result>",
-            dialback_key(&id)
-        ));
-        let verdict = raw.read_element();
-        assert_eq!(
-            xml::root_attr(&verdict, "type").as_deref(),
-            Some("valid"),
-            "{verdict}"
-        );
+        pass_dialback(&mut raw, &id);
         raw.send_raw(format!(
             "<message from='carol@{REMOTE}/x' to='bob@{DOMAIN}' type='chat'><body>{body}</body></message>"
         ));
@@ -1380,13 +1361,12 @@ fn ejabberd_and_prosody_federate_both_ways_through_xmppwall() {
     });
 }
 
-/// A raw remote server past dialback (a real key, verified by the real remote
-/// Prosody) on the s2s front of `f`.
-fn authenticated_raw_peer(f: &Federation) -> TestClient {
-    let (mut raw, id) = f.raw_peer(REMOTE);
+/// Dialback on a raw remote server's stream with stream id `id`: a real key, which
+/// the local server verifies with the real remote Prosody; the verdict must be valid.
+fn pass_dialback(raw: &mut TestClient, id: &str) {
     raw.send_raw(format!(
         "<db:result from='{REMOTE}' to='{DOMAIN}'>{}</db:result>",
-        dialback_key(&id)
+        dialback_key(id)
     ));
     let verdict = raw.read_element();
     assert_eq!(
@@ -1394,6 +1374,13 @@ fn authenticated_raw_peer(f: &Federation) -> TestClient {
         Some("valid"),
         "{verdict}"
     );
+}
+
+/// A raw remote server past dialback (a real key, verified by the real remote
+/// Prosody) on the s2s front of `f`.
+fn authenticated_raw_peer(f: &Federation) -> TestClient {
+    let (mut raw, id) = f.raw_peer(REMOTE);
+    pass_dialback(&mut raw, &id);
     raw
 }
 
@@ -1562,16 +1549,7 @@ fn admin_lists_an_inbound_s2s_stream_by_its_authenticated_domain_and_kicks_it_on
     assert_eq!(before[0]["front"], serde_json::json!("s2s"), "{before:?}");
     assert_eq!(before[0]["domains"], serde_json::json!([]), "{before:?}");
     assert!(sessions(admin, &format!("?ip=127.0.0.57&domain={REMOTE}")).is_empty());
-    raw.send_raw(format!(
-        "<db:result from='{REMOTE}' to='{DOMAIN}'>{}</db:result>",
-        dialback_key(&id)
-    ));
-    let verdict = raw.read_element();
-    assert_eq!(
-        xml::root_attr(&verdict, "type").as_deref(),
-        Some("valid"),
-        "{verdict}"
-    );
+    pass_dialback(&mut raw, &id);
     // Authenticated: the remote domain is the session's, and filters find it.
     let listed = sessions(admin, &format!("?ip=127.0.0.57&domain={REMOTE}"));
     assert_eq!(listed.len(), 1, "{listed:?}");

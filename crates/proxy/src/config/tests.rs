@@ -267,6 +267,15 @@ domain = "no secret@here"
     assert_eq!(c.components[1].secret, None);
 }
 
+/// Where (line, column) the problems whose message contains `needle` were found.
+fn located(err: &ConfigError, needle: &str) -> Vec<(usize, usize)> {
+    err.problems
+        .iter()
+        .filter(|p| p.message.contains(needle))
+        .map(|p| (p.line, p.column))
+        .collect()
+}
+
 #[test]
 fn a_component_listener_with_starttls_is_refused_where_it_says_so() {
     let text = r#"
@@ -286,12 +295,7 @@ front = "component"
 address = "127.0.0.1:5348"
 "#;
     let err = parse(text).unwrap_err();
-    let refusals: Vec<_> = err
-        .problems
-        .iter()
-        .filter(|p| p.message.contains("no STARTTLS"))
-        .map(|p| (p.line, p.column))
-        .collect();
+    let refusals = located(&err, "no STARTTLS");
     // The explicit setting is named; a listener that leaves tls out, at its address.
     assert_eq!(refusals, [(10, 7), (15, 11)], "{err}");
 }
@@ -302,13 +306,8 @@ fn a_ban_over_a_century_is_refused_where_it_is_written() {
         "{MINIMAL}\n[auth]\nban = \"200y\"\n\n[[rule]]\nname = \"r\"\naction = \"drop\"\nban = \"1000y\"\n"
     );
     let err = parse(&text).unwrap_err();
-    let found: Vec<_> = err
-        .problems
-        .iter()
-        .filter(|p| p.message.contains("a ban lasts at most 100 years"))
-        .map(|p| p.line)
-        .collect();
-    assert_eq!(found, [11, 16], "{err}");
+    let found = located(&err, "a ban lasts at most 100 years");
+    assert_eq!(found, [(11, 7), (16, 7)], "{err}");
 }
 
 #[test]
@@ -317,13 +316,11 @@ fn a_rate_of_zero_is_refused_where_it_is_written() {
         "{MINIMAL}\n[gate]\nconnection_attempts = \"0/1m\"\n\n[limits.registered]\nroster_requests = \"0/1h\"\n"
     );
     let err = parse(&text).unwrap_err();
-    let found: Vec<_> = err
-        .problems
-        .iter()
-        .filter(|p| p.message.contains("allows nothing at all"))
-        .map(|p| p.line)
+    let lines: Vec<usize> = located(&err, "allows nothing at all")
+        .into_iter()
+        .map(|(line, _)| line)
         .collect();
-    assert_eq!(found, [11, 14], "{err}");
+    assert_eq!(lines, [11, 14], "{err}");
 }
 
 #[test]

@@ -309,6 +309,16 @@ fn auth(authzid: &str) -> String {
     format!("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>{authzid}</auth>")
 }
 
+/// The peer asks for SASL EXTERNAL and the server answers `<success/>`.
+fn external_succeeds(s: &mut S2sInboundSession, now: Instant) {
+    s.on_peer_frame(Token::Element, auth("=").as_bytes(), now);
+    s.on_server_frame(
+        Token::Element,
+        b"<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>",
+        now,
+    );
+}
+
 #[test]
 fn sasl_external_passes_through_and_authenticates_the_stream_domains() {
     let now = Instant::now();
@@ -445,12 +455,7 @@ fn without_a_minted_certificate_sasl_is_neither_offered_nor_relayed() {
 fn an_error_after_the_servers_declaration_does_not_declare_again() {
     let now = Instant::now();
     let mut s = external_session();
-    s.on_peer_frame(Token::Element, auth("=").as_bytes(), now);
-    s.on_server_frame(
-        Token::Element,
-        b"<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>",
-        now,
-    );
+    external_succeeds(&mut s, now);
     let error = StreamError::new(StreamCondition::SystemShutdown);
     assert!(String::from_utf8(s.peer_error_bytes(&error))
         .unwrap()
@@ -468,12 +473,7 @@ fn an_error_after_sasl_external_success_comes_in_a_new_stream() {
     let bare = "<stream:error><system-shutdown xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error></stream:stream>";
     let text = |s: &S2sInboundSession| String::from_utf8(s.peer_error_bytes(&error)).unwrap();
     assert_eq!(text(&s), bare, "inside the first stream");
-    s.on_peer_frame(Token::Element, auth("=").as_bytes(), now);
-    s.on_server_frame(
-        Token::Element,
-        b"<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>",
-        now,
-    );
+    external_succeeds(&mut s, now);
     let after_success = text(&s);
     assert!(
         after_success.starts_with("<?xml version='1.0'?><stream:stream xmlns='jabber:server' "),
@@ -493,12 +493,7 @@ fn an_error_after_sasl_external_success_comes_in_a_new_stream() {
 fn restarted_header_must_name_the_same_domains() {
     let now = Instant::now();
     let mut s = external_session();
-    s.on_peer_frame(Token::Element, auth("=").as_bytes(), now);
-    s.on_server_frame(
-        Token::Element,
-        b"<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'/>",
-        now,
-    );
+    external_succeeds(&mut s, now);
     closes_with(
         s.on_peer_frame(
             Token::StreamOpen,
