@@ -22,6 +22,9 @@ pub enum Direction {
     ToClient,
 }
 
+/// The namespace of a first-level child that declares none (RFC 6120 §4.8.3).
+const DEFAULT_NS: &str = "jabber:client";
+
 /// A first-level child of a stanza.
 #[derive(Debug, Clone)]
 pub struct Payload<'a> {
@@ -240,7 +243,7 @@ impl<'a> Stanza<'a> {
                 None => c
                     .start
                     .attribute(b"xmlns")
-                    .unwrap_or(Cow::Borrowed("jabber:client")),
+                    .unwrap_or(Cow::Borrowed(DEFAULT_NS)),
             };
             Payload {
                 local: c.start.local_name(),
@@ -255,7 +258,20 @@ impl<'a> Stanza<'a> {
         })
     }
 
+    /// Whether a first-level child is `local` in `ns`.
+    ///
+    /// A namespace other than the default one (which a child without `xmlns`
+    /// inherits) must be declared somewhere in the stanza for a child to be in it:
+    /// when the framer noted every declaration and none is `ns`, the children are
+    /// not walked.
     pub fn has_payload(&self, local: &[u8], ns: &str) -> bool {
+        if ns != DEFAULT_NS {
+            if let Some(declared) = self.declared_namespaces() {
+                if !declared.contains(&ns.as_bytes()) {
+                    return false;
+                }
+            }
+        }
         self.payloads().any(|(l, n)| l == local && n == ns)
     }
 }
@@ -271,7 +287,11 @@ pub fn bare_jid(jid: &str) -> String {
 /// [`bare_jid`] without a copy when the bare JID has no ASCII capital in it (the
 /// usual spelling).
 pub fn bare_jid_ref(jid: &str) -> Cow<'_, str> {
-    let bare = jid.split_once('/').map_or(jid, |(b, _)| b);
+    // A byte search: `/` is ASCII, so the cut is at a character boundary.
+    let bare = match memchr::memchr(b'/', jid.as_bytes()) {
+        Some(at) => &jid[..at],
+        None => jid,
+    };
     if bare.bytes().any(|b| b.is_ascii_uppercase()) {
         Cow::Owned(bare.to_ascii_lowercase())
     } else {
@@ -316,6 +336,69 @@ mod tests {
                 (b"x".to_vec(), "urn:b".to_string())
             ]
         );
+    }
+
+    /// `has_payload` of `xml` framed in a stream (with the declarations the framer
+    /// noted, if it noted them all) and of `xml` parsed on its own (children walked).
+    fn has_payload_both_ways(xml: &str, local: &[u8], ns: &str) -> (bool, bool, bool) {
+        let stream = format!(
+            "<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>{xml}"
+        );
+        let mut framer = xmppwall_xml::Framer::new(xmppwall_xml::Limits {
+            max_element_bytes: 1 << 16,
+            max_depth: 16,
+            max_elements: 1000,
+            max_attributes: 32,
+            max_name_bytes: 256,
+            max_attribute_value_bytes: 4096,
+        });
+        let bytes = stream.as_bytes();
+        let mut pos = 0;
+        loop {
+            let frame = framer
+                .next(&bytes[pos..])
+                .expect("well-formed")
+                .expect("whole");
+            let element = &bytes[pos..pos + frame.len];
+            if frame.token == xmppwall_xml::Token::Element {
+                let head = Head::framed(element, framer.head()).expect("fits");
+                let framed = Stanza::with_head(head, element).expect("a stanza");
+                let parsed = Stanza::parse(xml.as_bytes()).expect("a stanza");
+                return (
+                    framed.has_payload(local, ns),
+                    parsed.has_payload(local, ns),
+                    framed.declared_namespaces().is_some(),
+                );
+            }
+            pos += frame.len;
+        }
+    }
+
+    #[test]
+    fn has_payload_from_the_framers_declarations_is_that_of_a_walk() {
+        const ROSTER: &str = "jabber:iq:roster";
+        // (stanza, local name, namespace, has it, all declarations noted)
+        let cases = [
+            ("<iq type='get' id='a'><query xmlns='jabber:iq:roster'/></iq>", &b"query"[..], ROSTER, true, true),
+            ("<iq type='get' id='a'><query xmlns='jabber:iq:version'/></iq>", b"query", ROSTER, false, true),
+            ("<iq type='get' id='a' xmlns:r='jabber:iq:roster'><r:query/></iq>", b"query", ROSTER, true, true),
+            ("<iq type='get' id='a'><r:query xmlns:r='jabber:iq:roster'/></iq>", b"query", ROSTER, true, true),
+            // Declared deeper, not on a first-level child: the walk decides.
+            ("<iq type='set' id='a'><x xmlns='urn:x'><query xmlns='jabber:iq:roster'/></x></iq>", b"query", ROSTER, false, true),
+            // Escaped, or more declarations than the framer keeps: not noted.
+            ("<iq type='get' id='a'><query xmlns='jabber:iq:r&#x6f;ster'/></iq>", b"query", ROSTER, true, false),
+            ("<iq type='get' id='a'><a xmlns='urn:a'/><b xmlns='urn:b'/><query xmlns='jabber:iq:roster'/></iq>", b"query", ROSTER, true, false),
+            // The default namespace needs no declaration.
+            ("<message to='b@example.test'><body>x</body></message>", b"body", "jabber:client", true, true),
+            ("<message to='b@example.test'><body>xmlns='jabber:iq:roster'</body></message>", b"query", ROSTER, false, true),
+        ];
+        for (xml, local, ns, has, noted) in cases {
+            assert_eq!(
+                has_payload_both_ways(xml, local, ns),
+                (has, has, noted),
+                "{xml}"
+            );
+        }
     }
 
     #[test]
