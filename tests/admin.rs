@@ -1078,6 +1078,28 @@ fn operator_bans_survive_kill_9_and_restart_and_reports_reputation_and_verdicts_
     });
     assert_eq!(v["by"], json!("rule"), "{v}");
     assert_eq!(v["hook"], json!("to-server"), "{v}");
+
+    // After a kill -9 and a restart, nothing of that is held in memory any more:
+    // what the API shows now is what the store kept.
+    s.wall.kill_and_restart();
+    let reports = s.get(&format!("/v1/reports?subject={offender}"));
+    assert_eq!(
+        reports["reports"][0]["reporter"],
+        json!(ALICE.jid()),
+        "{reports}"
+    );
+    let restored = s.get(&format!("/v1/reputation?subject={offender}"));
+    assert_eq!(
+        restored["reputation"][0]["score"], score["reputation"][0]["score"],
+        "{restored}"
+    );
+    let verdicts = s.get("/v1/verdicts");
+    assert!(
+        verdicts["verdicts"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|x| x["name"] == json!("no-casino"))),
+        "{verdicts}"
+    );
     drop(state);
 }
 

@@ -10,6 +10,7 @@ use support::certs::TestCert;
 use support::client::{tls_client_config, TestClient, TlsVersions};
 use support::ports::free_loopback_addr;
 use support::slixmpp::{Slixmpp, SlixmppLogin, SlixmppTls};
+use support::tap::Tap;
 use support::wall::{Wall, WallConfig};
 use support::xml;
 use support::{Ejabberd, Prosody, ProsodyOptions, ALICE, BOB, DOMAIN};
@@ -501,15 +502,24 @@ fn idle_stream_closes_with_connection_timeout() {
 
 #[test]
 fn whitespace_keepalives_and_stream_management_pass_through() {
-    let s = Setup::start();
+    // A tap between xmppwall and Prosody shows what reaches the server, byte for byte.
+    let prosody = Prosody::start_with(ProsodyOptions::default());
+    let tap = Tap::start(prosody.c2s);
+    let s = Setup::in_front_of(prosody, tap.addr, "", "");
     let (mut c, _) = s.login(ALICE, "sm");
+    let enable = "<enable xmlns='urn:xmpp:sm:3' resume='true'/>";
     c.send_raw(" \n ");
-    c.send_raw("<enable xmlns='urn:xmpp:sm:3' resume='true'/>");
+    c.send_raw(enable);
     let enabled = c.read_element_matching(|e| xml::root_name(e) == "enabled");
     assert!(enabled.contains("urn:xmpp:sm:3"), "{enabled}");
+    c.send_raw("\n");
     c.send_raw("<r xmlns='urn:xmpp:sm:3'/>");
     let ack = c.read_element_matching(|e| xml::root_name(e) == "a");
     assert!(xml::root_attr(&ack, "h").is_some(), "{ack}");
+    // The keep-alives and the XEP-0198 elements went upstream as they were sent,
+    // in their places between the stanzas.
+    let expected = format!("<presence/> \n {enable}\n<r xmlns='urn:xmpp:sm:3'/>");
+    tap.wait_upstream_containing(expected.as_bytes());
 }
 
 #[test]

@@ -785,7 +785,8 @@ fn anonymous_users_get_the_stricter_anonymous_limits() {
 // A flood at the gate from many loopback addresses
 
 /// Connections opened and closed at once from `127.1.x.y`, each address twice, by a few
-/// threads, until `stop` or `max` connections. Returns how many were made.
+/// threads, until `stop` or `max` connections. Returns how many were made (the TCP
+/// handshake completed; xmppwall may refuse the stream at once after it).
 fn flood(addr: SocketAddr, max: usize, stop: Arc<AtomicBool>, threads: usize) -> usize {
     let made = Arc::new(AtomicUsize::new(0));
     let workers = threads;
@@ -805,8 +806,12 @@ fn flood(addr: SocketAddr, max: usize, stop: Arc<AtomicBool>, threads: usize) ->
                     if socket.bind(&SocketAddr::new(source, 0).into()).is_err() {
                         continue;
                     }
-                    let _ = socket.connect_timeout(&addr.into(), Duration::from_secs(2));
-                    made.fetch_add(1, Ordering::Relaxed);
+                    if socket
+                        .connect_timeout(&addr.into(), Duration::from_secs(2))
+                        .is_ok()
+                    {
+                        made.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
             })
         })

@@ -23,6 +23,7 @@ pub mod proxy_protocol;
 pub mod redis;
 pub mod slixmpp;
 pub mod sqlite;
+pub mod tap;
 pub mod wall;
 pub mod xml;
 pub mod xmppwall;

@@ -401,6 +401,15 @@ fn operator_bans_are_replaced_lifted_and_kept_until_they_end() {
             .remove_operator_ban("domain".into(), "old.example".into())
             .await
             .expect("removed"));
+        // Ended a second ago and never lifted: kept in the table, not in force.
+        store
+            .put_operator_ban(ban(
+                "domain",
+                "ended.example",
+                Some(now - Duration::from_secs(1)),
+            ))
+            .await
+            .expect("saved");
     });
     let store = Store::open(&StoreConfig::file(&path)).expect("store reopens");
     let bans = runtime()
