@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use support::certs::TestCert;
-use support::client::{tls_client_config, TestClient, TlsVersions};
+use support::client::{flood_without_reading, tls_client_config, TestClient, TlsVersions};
 use support::ports::free_loopback_addr;
 use support::slixmpp::{Slixmpp, SlixmppLogin, SlixmppTls};
 use support::tap::Tap;
@@ -520,6 +520,82 @@ fn whitespace_keepalives_and_stream_management_pass_through() {
     // in their places between the stanzas.
     let expected = format!("<presence/> \n {enable}\n<r xmlns='urn:xmpp:sm:3'/>");
     tap.wait_upstream_containing(expected.as_bytes());
+}
+
+/// `<compress/>`, which xmppwall answers itself in any state (XEP-0138 cannot be
+/// relayed through TLS termination): a reply per element, with nothing sent upstream.
+const COMPRESS: &str =
+    "<compress xmlns='http://jabber.org/protocol/compress'><method>zlib</method></compress>";
+
+/// The client's stream header, for [`flood_without_reading`].
+const HEADER: &str = "<?xml version='1.0'?><stream:stream to='example.test' version='1.0' \
+                      xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>";
+
+/// xmppwall with `[timeouts] send = "2s"`; 127.0.0.33 is allow-listed (no bandwidth
+/// limit), so a flood fills the socket buffers in a moment.
+fn send_timeout_setup() -> Setup {
+    Setup::start_with(
+        "[timeouts]\nsend = \"2s\"\n\n[gate]\nallow = [\"127.0.0.33\"]\n",
+        ProsodyOptions::default(),
+    )
+}
+
+/// The flood's connection ended because xmppwall's writes to it timed out, and the
+/// log says so.
+fn assert_closed_for_not_reading(s: &Setup, closed: Option<Duration>) {
+    let after = closed.expect("a client that reads nothing is still connected after 60 s");
+    support::process::wait_until(Duration::from_secs(10), "the close to be logged", || {
+        s.wall
+            .xmppwall
+            .log()
+            .contains("the peer read nothing for 2s")
+            .then_some(())
+    });
+    // Not a timing assertion: the bound only shows the close came from the send
+    // deadline and not from the ten-minute idle timeout or the 30 s pre-auth one.
+    assert!(after < Duration::from_secs(60), "{after:?}");
+}
+
+#[test]
+fn a_client_that_reads_nothing_before_login_is_closed_after_the_send_timeout() {
+    let s = send_timeout_setup();
+    let closed = flood_without_reading(
+        "127.0.0.33".parse().expect("address"),
+        s.plain,
+        &[(HEADER, "</stream:features>")],
+        COMPRESS,
+        Duration::from_secs(60),
+    );
+    assert_closed_for_not_reading(&s, closed);
+    // The listener is still serving.
+    s.login_plain_from("127.0.0.34".parse().expect("address"), ALICE, "after");
+}
+
+#[test]
+fn a_logged_in_client_that_reads_nothing_is_closed_after_the_send_timeout() {
+    let s = send_timeout_setup();
+    let credentials =
+        support::client::base64(format!("\0{}\0{}", ALICE.user, ALICE.password).as_bytes());
+    let auth = format!(
+        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{credentials}</auth>"
+    );
+    let bind = "<iq type='set' id='b1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>";
+    // Each reply xmppwall queues for the client waits behind the ones the client
+    // does not read: the queue fills, then the direction from the client stalls.
+    let closed = flood_without_reading(
+        "127.0.0.33".parse().expect("address"),
+        s.plain,
+        &[
+            (HEADER, "</stream:features>"),
+            (&auth, "<success"),
+            (HEADER, "</stream:features>"),
+            (bind, "</iq>"),
+        ],
+        COMPRESS,
+        Duration::from_secs(60),
+    );
+    assert_closed_for_not_reading(&s, closed);
+    s.login_plain_from("127.0.0.34".parse().expect("address"), BOB, "after");
 }
 
 #[test]

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::client::TestClient;
+use support::client::{exchange, flood_until_closed, quiet_connection, TestClient};
 use support::http::request;
 use support::ports::free_loopback_addr;
 use support::process::wait_until;
@@ -365,6 +365,102 @@ fn component_over_its_domain_rate_and_recipient_limit_gets_xep_0205_errors() {
         !log.contains("id='m3'") && !log.contains("id='m5'"),
         "a refused stanza reached the server"
     );
+}
+
+#[test]
+fn a_component_that_reads_nothing_is_closed_after_the_send_timeout() {
+    // Every message past the first is bounced by xmppwall itself, and the component
+    // never reads a bounce.
+    let setup =
+        Setup::start("[timeouts]\nsend = \"2s\"\n\n[limits.peers]\nstanzas_per_domain = \"1/1h\"");
+    let mut tcp = quiet_connection("127.0.0.1".parse().expect("address"), setup.front);
+    let header = exchange(
+        &mut tcp,
+        &format!(
+            "<?xml version='1.0'?><stream:stream xmlns='jabber:component:accept' \
+             xmlns:stream='http://etherx.jabber.org/streams' to='{COMPONENT}'>"
+        ),
+        "id=",
+    );
+    let header = &header[header.find("<stream:stream").expect("a header")..];
+    let id = xml::root_attr(&format!("{header}</stream:stream>"), "id").expect("an id");
+    exchange(
+        &mut tcp,
+        &format!(
+            "<handshake>{}</handshake>",
+            sha1_hex(&format!("{id}{SECRET}"))
+        ),
+        "<handshake",
+    );
+    let message = format!(
+        "<message from='gw-user@{COMPONENT}/x' to='alice@example.test' type='chat'><body>{}</body></message>",
+        "x".repeat(200)
+    );
+    let closed = flood_until_closed(tcp, &message, Duration::from_secs(60));
+    let after = closed.expect("a component that reads nothing is still connected after 60 s");
+    assert!(after < Duration::from_secs(60), "{after:?}");
+    support::process::wait_until(Duration::from_secs(10), "the close to be logged", || {
+        setup
+            .wall
+            .log()
+            .contains("the peer read nothing for 2s")
+            .then_some(())
+    });
+    // Its place is given back: the registry no longer lists it.
+    support::process::wait_until(
+        Duration::from_secs(10),
+        "the stream to leave the registry",
+        || setup.sessions("").is_empty().then_some(()),
+    );
+}
+
+#[test]
+fn a_component_that_half_closes_while_not_reading_is_closed_within_the_grace() {
+    // The send deadline (60 s) is far longer than the grace (1 s): what ends this
+    // stream is the close of the component's side, not a write that timed out.
+    let setup = Setup::start("[timeouts]\nsend = \"60s\"\nshutdown_grace = \"1s\"");
+    let mut tcp = quiet_connection("127.0.0.1".parse().expect("address"), setup.front);
+    let header = exchange(
+        &mut tcp,
+        &format!(
+            "<?xml version='1.0'?><stream:stream xmlns='jabber:component:accept' \
+             xmlns:stream='http://etherx.jabber.org/streams' to='{COMPONENT}'>"
+        ),
+        "id=",
+    );
+    let header = &header[header.find("<stream:stream").expect("a header")..];
+    let id = xml::root_attr(&format!("{header}</stream:stream>"), "id").expect("an id");
+    exchange(
+        &mut tcp,
+        &format!(
+            "<handshake>{}</handshake>",
+            sha1_hex(&format!("{id}{SECRET}"))
+        ),
+        "<handshake",
+    );
+    // The server sends the component far more than the socket buffers hold: the
+    // direction towards it stalls in a write, holding the component's writer.
+    let (mut alice, _) = TestClient::login(setup.prosody.c2s, ALICE, "desk");
+    let body = "y".repeat(2000);
+    for i in 0..4000 {
+        alice.send_raw(format!(
+            "<message to='user@{COMPONENT}' type='chat' id='s{i}'><body>{body}</body></message>"
+        ));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    tcp.shutdown(std::net::Shutdown::Write)
+        .expect("half-closing the component's side");
+    support::process::wait_until(
+        Duration::from_secs(20),
+        "the stream to leave the registry",
+        || setup.sessions("").is_empty().then_some(()),
+    );
+    assert!(
+        setup.wall.log().contains("connection closed"),
+        "{}",
+        setup.wall.log()
+    );
+    drop(tcp);
 }
 
 /// One series' value in a Prometheus scrape.

@@ -474,3 +474,90 @@ pub fn stream_from(source: IpAddr, addr: SocketAddr) -> Option<TcpStream> {
     );
     None
 }
+
+/// A TCP connection from `source` to `addr` with a small receive buffer (set before
+/// connecting, so the window it advertises stays small): a peer that will soon stop
+/// reading.
+pub fn quiet_connection(source: IpAddr, addr: SocketAddr) -> TcpStream {
+    let socket =
+        Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).expect("a TCP socket");
+    socket
+        .set_recv_buffer_size(4096)
+        .expect("setting the receive buffer");
+    socket
+        .bind(&SocketAddr::new(source, 0).into())
+        .unwrap_or_else(|e| panic!("binding to {source}: {e}"));
+    socket
+        .connect_timeout(&addr.into(), IO_TIMEOUT)
+        .unwrap_or_else(|e| panic!("connecting from {source}: {e}"));
+    let tcp = TcpStream::from(socket);
+    tcp.set_read_timeout(Some(IO_TIMEOUT))
+        .expect("setting the read timeout");
+    tcp
+}
+
+/// Writes `send` on `tcp`, then reads until what came contains `wait_for`; returns
+/// what came.
+pub fn exchange(tcp: &mut TcpStream, send: &str, wait_for: &str) -> String {
+    tcp.write_all(send.as_bytes()).expect("writing");
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains(wait_for) {
+        match tcp.read(&mut chunk) {
+            Ok(0) | Err(_) => panic!(
+                "waiting for {wait_for:?}: the connection ended or stalled after {:?}",
+                String::from_utf8_lossy(&got)
+            ),
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// Writes `element` on `tcp` over and over and never reads, for at most `bound`.
+/// Returns how long after the flood began the other side closed the connection (a
+/// write failed with a reset or a broken pipe), or `None` if it was still open at
+/// `bound`.
+pub fn flood_until_closed(mut tcp: TcpStream, element: &str, bound: Duration) -> Option<Duration> {
+    tcp.set_write_timeout(Some(Duration::from_millis(200)))
+        .expect("setting the write timeout");
+    let batch = element.repeat(64);
+    let started = Instant::now();
+    while started.elapsed() < bound {
+        match tcp.write(batch.as_bytes()) {
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+                ) =>
+            {
+                return Some(started.elapsed())
+            }
+            Err(e) => panic!("flooding: {e}"),
+        }
+    }
+    None
+}
+
+/// A peer that stops reading: a [`quiet_connection`] that goes through `opening`
+/// (each part sent, then read until its marker, as in a login), then floods
+/// `element` without reading ([`flood_until_closed`]).
+pub fn flood_without_reading(
+    source: IpAddr,
+    addr: SocketAddr,
+    opening: &[(&str, &str)],
+    element: &str,
+    bound: Duration,
+) -> Option<Duration> {
+    let mut tcp = quiet_connection(source, addr);
+    for (send, wait_for) in opening {
+        exchange(&mut tcp, send, wait_for);
+    }
+    flood_until_closed(tcp, element, bound)
+}

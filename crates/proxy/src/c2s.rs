@@ -22,7 +22,7 @@ use xmppwall_xml::view::StartTag;
 use xmppwall_xml::Token;
 
 use crate::config::{Config, Listener, ListenerTls};
-use crate::io::{read_into, BoxIo, ByteCounts, Counted, Rewind};
+use crate::io::{read_before, read_into, BoxIo, ByteCounts, Counted, Rewind, SendDeadline};
 use crate::proxy_header;
 use crate::server::Shared;
 use crate::session::{
@@ -43,7 +43,7 @@ use xmppwall_policy::{ConnectionTicket, LimitKind, Limiter, Throttle};
 use xmppwall_store::{ConnectionRecord, VerdictSource};
 
 /// The client's socket, counting the bytes each way for the audit trail.
-type ClientTcp = Counted<TcpStream>;
+type ClientTcp = Counted<SendDeadline<TcpStream>>;
 
 /// What one connection moved, for its audit record.
 #[derive(Debug, Default)]
@@ -180,7 +180,10 @@ pub async fn serve(
         admission,
         traffic: traffic.clone(),
     };
-    let tcp = Counted::new(tcp, traffic.bytes.clone());
+    let tcp = Counted::new(
+        SendDeadline::new(tcp, conn.config.timeouts.send),
+        traffic.bytes.clone(),
+    );
     let front = listener.front;
     let end = conn.run(tcp, listener.tls).await;
     record(end.reason(), &traffic);
@@ -797,6 +800,7 @@ impl Connection {
         let connect = async {
             let tcp = TcpStream::connect(upstream.address).await?;
             let _ = tcp.set_nodelay(true);
+            let tcp = SendDeadline::new(tcp, self.config.timeouts.send);
             let tls = self.shared.upstream_tls.load_full();
             match tls.as_ref() {
                 None => Ok::<BoxIo, io::Error>(Box::new(tcp)),
@@ -1045,7 +1049,7 @@ impl Connection {
                     .min(Instant::now() + self.config.timeouts.idle)
             };
             let read = tokio::select! {
-                r = tokio::time::timeout_at(deadline, read_into(&mut rd, &mut reader.buf)) => r,
+                r = read_before(deadline, &mut rd, &mut reader.buf) => r,
                 // Written between whole client stanzas: nothing partial is pending.
                 Some(answer) = from_s2c.recv() => {
                     if let Err(e) = wr.write_all(&answer).await {

@@ -329,6 +329,9 @@ impl Default for Limits {
 pub struct Timeouts {
     pub preauth: Duration,
     pub idle: Duration,
+    /// The longest a write to a peer (client, remote server, component, upstream
+    /// server) may wait for it to read before the connection is closed.
+    pub send: Duration,
     pub shutdown_grace: Duration,
 }
 
@@ -337,6 +340,7 @@ impl Default for Timeouts {
         Timeouts {
             preauth: Duration::from_secs(30),
             idle: Duration::from_secs(600),
+            send: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(5),
         }
     }
@@ -744,6 +748,7 @@ impl Checker<'_> {
         let timeouts = Timeouts {
             preauth: self.duration(&rt.preauth, dt.preauth),
             idle: self.duration(&rt.idle, dt.idle),
+            send: self.duration(&rt.send, dt.send),
             shutdown_grace: self.duration(&rt.shutdown_grace, dt.shutdown_grace),
         };
 
@@ -1707,6 +1712,7 @@ struct RawRecord {
 struct RawTimeouts {
     preauth: Option<Spanned<String>>,
     idle: Option<Spanned<String>>,
+    send: Option<Spanned<String>>,
     shutdown_grace: Option<Spanned<String>>,
 }
 

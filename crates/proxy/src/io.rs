@@ -6,6 +6,7 @@
 //! and [`read_into`], which lets an idle connection wait without a read buffer.
 
 use std::cell::RefCell;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -47,6 +48,27 @@ pub async fn read_into<R: AsyncRead + Unpin + ?Sized>(
         })
     })
     .await
+}
+
+/// The deadline of [`read_before`] had passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeadlinePassed;
+
+/// [`read_into`], unless `deadline` passes first. A deadline that has passed is
+/// kept even when bytes are waiting: a peer that always has more to send (held
+/// back by the bandwidth limit, say) must not outlive its pre-authentication
+/// deadline because each read finds data at once.
+pub async fn read_before<R: AsyncRead + Unpin + ?Sized>(
+    deadline: tokio::time::Instant,
+    io: &mut R,
+    buf: &mut BytesMut,
+) -> Result<io::Result<usize>, DeadlinePassed> {
+    if tokio::time::Instant::now() >= deadline {
+        return Err(DeadlinePassed);
+    }
+    tokio::time::timeout_at(deadline, read_into(io, buf))
+        .await
+        .map_err(|_| DeadlinePassed)
 }
 
 /// A client or server byte stream of any kind (TCP, TLS over TCP, ...).
@@ -197,6 +219,136 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
     }
 }
 
+/// A TCP connection to or from a peer, with the send deadline.
+pub type Tcp = SendDeadline<tokio::net::TcpStream>;
+
+/// A stream whose writes fail when the peer reads nothing for `limit`
+/// (`[timeouts] send`).
+///
+/// A peer that stops reading fills its receive window and then the local send
+/// buffer, and every write to it waits from then on. Without a bound, that peer
+/// holds its connection, its place in the per-address count and the other
+/// direction's queue for as long as it likes: the pre-authentication and idle
+/// deadlines are checked when reading, and a kick or a shutdown has to write
+/// first. Here a write (or flush) that has made no progress for `limit` fails
+/// with `TimedOut`, and so does every write after it: the peer is gone.
+///
+/// The timer exists only while a write waits, so an idle connection holds none.
+#[derive(Debug)]
+pub struct SendDeadline<T> {
+    inner: T,
+    limit: std::time::Duration,
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+    timed_out: bool,
+}
+
+impl<T> SendDeadline<T> {
+    pub fn new(inner: T, limit: std::time::Duration) -> Self {
+        SendDeadline {
+            inner,
+            limit,
+            stalled: None,
+            timed_out: false,
+        }
+    }
+
+    pub fn get_ref(&self) -> &T {
+        &self.inner
+    }
+
+    fn timed_out_error(&self) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "the peer read nothing for {}",
+                humantime::format_duration(self.limit)
+            ),
+        )
+    }
+
+    /// `poll` as the inner stream answered it, with the deadline applied: any
+    /// answer ends the wait; a wait that outlasts `limit` is an error.
+    fn deadline<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        poll: Poll<io::Result<R>>,
+    ) -> Poll<io::Result<R>> {
+        match poll {
+            Poll::Ready(result) => {
+                self.stalled = None;
+                Poll::Ready(result)
+            }
+            Poll::Pending => {
+                let limit = self.limit;
+                let stalled = self
+                    .stalled
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                match stalled.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        self.stalled = None;
+                        self.timed_out = true;
+                        Poll::Ready(Err(self.timed_out_error()))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for SendDeadline<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for SendDeadline<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if self.timed_out {
+            return Poll::Ready(Err(self.timed_out_error()));
+        }
+        let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.deadline(cx, poll)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        if self.timed_out {
+            return Poll::Ready(Err(self.timed_out_error()));
+        }
+        let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.deadline(cx, poll)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.timed_out {
+            return Poll::Ready(Err(self.timed_out_error()));
+        }
+        let poll = Pin::new(&mut self.inner).poll_flush(cx);
+        self.deadline(cx, poll)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Sends a FIN, or fails: it does not wait for the peer.
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,6 +362,27 @@ mod tests {
         assert_eq!(n, 11);
         assert_eq!(&buf[..], b"<r/><presence/>");
         assert_eq!(read_into(&mut inner, &mut buf).await.unwrap(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_that_has_passed_ends_the_read_though_bytes_are_waiting() {
+        let mut inner: &[u8] = b"<presence/>";
+        let mut buf = BytesMut::new();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+        assert_eq!(
+            read_before(deadline, &mut inner, &mut buf)
+                .await
+                .unwrap()
+                .unwrap(),
+            11
+        );
+        tokio::time::advance(std::time::Duration::from_secs(3)).await;
+        let mut more: &[u8] = b"<presence/>";
+        assert!(matches!(
+            read_before(deadline, &mut more, &mut buf).await,
+            Err(DeadlinePassed)
+        ));
+        assert_eq!(&buf[..], b"<presence/>");
     }
 
     #[tokio::test]
@@ -227,6 +400,55 @@ mod tests {
             (counts.read.load(Relaxed), counts.written.load(Relaxed)),
             (10, 5)
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_the_peer_never_reads_fails_after_the_limit_and_so_do_later_ones() {
+        use tokio::io::AsyncWriteExt;
+        let limit = std::time::Duration::from_secs(30);
+        // A peer with room for 16 bytes that never reads.
+        let (a, _peer) = tokio::io::duplex(16);
+        let mut w = SendDeadline::new(a, limit);
+        let started = tokio::time::Instant::now();
+        let e = w
+            .write_all(&[b' '; 64])
+            .await
+            .expect_err("the peer never reads");
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(e.to_string(), "the peer read nothing for 30s");
+        assert_eq!(started.elapsed(), limit);
+        // The peer is gone: the next write fails at once.
+        let e = w.write_all(b"</stream:stream>").await.expect_err("gone");
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), limit);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_reader_that_keeps_reading_is_not_cut_off() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let limit = std::time::Duration::from_secs(30);
+        let (a, mut peer) = tokio::io::duplex(16);
+        let mut w = SendDeadline::new(a, limit);
+        // The peer takes 16 bytes every 20 s: each wait is shorter than the limit,
+        // though the whole write takes far longer.
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            let mut buf = [0u8; 16];
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(20)).await;
+                match peer.read(&mut buf).await {
+                    Ok(0) | Err(_) => return got,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+        });
+        let started = tokio::time::Instant::now();
+        w.write_all(&[b'x'; 128])
+            .await
+            .expect("a slow reader still reads");
+        assert!(started.elapsed() > limit * 3);
+        drop(w);
+        assert_eq!(reader.await.unwrap().len(), 128);
     }
 
     #[tokio::test]

@@ -23,7 +23,7 @@ use xmppwall_xml::{Framer, Token};
 use crate::c2s::Admission;
 use crate::component::ComponentSession;
 use crate::config::{Config, Front, Listener, ListenerTls};
-use crate::io::{read_into, BoxIo, Rewind};
+use crate::io::{read_before, read_into, BoxIo, Rewind, SendDeadline, Tcp};
 use crate::peer::{
     self, PeerAction, PeerContext, PeerHeader, PeerSession, COMPONENT_NS, SERVER_NS,
 };
@@ -120,6 +120,7 @@ pub async fn serve(
         listener,
         admission,
     };
+    let tcp = SendDeadline::new(tcp, conn.config.timeouts.send);
     let end = conn.run(tcp).await;
     shared.stats.closed(front, end.outcome());
     // What the relay counted (nothing when the stream ended before it): bytes
@@ -170,7 +171,7 @@ pub(crate) struct PeerConnection {
 }
 
 impl PeerConnection {
-    async fn run(self, tcp: TcpStream) -> End {
+    async fn run(self, tcp: Tcp) -> End {
         match self.listener.front {
             Front::Component => self.component(tcp).await,
             Front::S2s => self.s2s_inbound(tcp).await,
@@ -198,7 +199,7 @@ impl PeerConnection {
     }
 
     /// The component front (XEP-0114): header, server, relay.
-    async fn component(mut self, tcp: TcpStream) -> End {
+    async fn component(mut self, tcp: Tcp) -> End {
         let mut io: BoxIo = match self.listener.tls {
             ListenerTls::Direct => match self
                 .accept_tls(Rewind::new(BytesMut::new(), tcp), None)
@@ -268,7 +269,7 @@ impl PeerConnection {
     /// The inbound server-to-server front: STARTTLS answered by xmppwall (or direct
     /// TLS, XEP-0368), the peer's certificate asked for, the post-TLS header checked,
     /// then the server connection and the relay (see [`crate::s2s`]).
-    async fn s2s_inbound(mut self, tcp: TcpStream) -> End {
+    async fn s2s_inbound(mut self, tcp: Tcp) -> End {
         let budgets = self.config.limits.framer_budgets();
         let (mut io, chain): (BoxIo, _) = match self.listener.tls {
             ListenerTls::None => (Box::new(tcp), Vec::new()),
@@ -416,7 +417,7 @@ impl PeerConnection {
     /// TLS with it (direct or STARTTLS), and
     /// hands the server the remote's post-TLS header and features; then the relay
     /// (see [`crate::egress`]).
-    async fn s2s_egress(mut self, tcp: TcpStream) -> End {
+    async fn s2s_egress(mut self, tcp: Tcp) -> End {
         let budgets = self.config.limits.framer_budgets();
         let mut server: BoxIo = Box::new(tcp);
         let mut server_reader = FrameReader::new(budgets.after);
@@ -718,7 +719,7 @@ impl PeerConnection {
 
     /// TLS as the client towards `remote`: SNI and the certificate check for the
     /// remote domain, ALPN `xmpp-server` (XEP-0368).
-    async fn remote_tls(&self, remote: &str, io: Rewind<TcpStream>) -> Result<BoxIo, String> {
+    async fn remote_tls(&self, remote: &str, io: Rewind<Tcp>) -> Result<BoxIo, String> {
         let name = rustls::pki_types::ServerName::try_from(remote.to_owned())
             .map_err(|e| format!("{remote} is not a valid server name: {e}"))?;
         let tls_config = self.shared.s2s_tls.load().egress.clone();
@@ -793,7 +794,7 @@ impl PeerConnection {
         &self,
         target: &crate::socks5::Target,
         s2s: &crate::config::S2s,
-    ) -> Result<TcpStream, String> {
+    ) -> Result<Tcp, String> {
         use crate::socks5::Target;
         let timeout = self.config.upstream.connect_timeout;
         let tcp = match (s2s.socks5, target) {
@@ -840,7 +841,7 @@ impl PeerConnection {
             }
         };
         let _ = tcp.set_nodelay(true);
-        Ok(tcp)
+        Ok(SendDeadline::new(tcp, self.config.timeouts.send))
     }
 
     /// The checks of a remote server's stream header: a hosted `to` (RFC 6120
@@ -882,7 +883,7 @@ impl PeerConnection {
     /// its own certificate asked for.
     async fn accept_s2s_tls(
         &self,
-        tcp: Rewind<TcpStream>,
+        tcp: Rewind<Tcp>,
         fallback_name: Option<&str>,
     ) -> Result<(BoxIo, Vec<rustls::pki_types::CertificateDer<'static>>), End> {
         self.accept_tls_with(tcp, fallback_name, true).await
@@ -929,7 +930,7 @@ impl PeerConnection {
     /// xmppwall's own answer offering only STARTTLS, then the TLS handshake.
     async fn s2s_starttls(
         &mut self,
-        mut plain: TcpStream,
+        mut plain: Tcp,
         mut reader: FrameReader,
     ) -> Result<(BoxIo, Vec<rustls::pki_types::CertificateDer<'static>>), End> {
         let (header, len) = self
@@ -1052,7 +1053,7 @@ impl PeerConnection {
     /// certificate).
     pub(crate) async fn accept_tls(
         &self,
-        tcp: Rewind<TcpStream>,
+        tcp: Rewind<Tcp>,
         fallback_name: Option<&str>,
     ) -> Result<BoxIo, End> {
         self.accept_tls_with(tcp, fallback_name, false)
@@ -1064,7 +1065,7 @@ impl PeerConnection {
     /// `s2s` is set; also returns the peer's certificate chain, if it sent one.
     pub(crate) async fn accept_tls_with(
         &self,
-        tcp: Rewind<TcpStream>,
+        tcp: Rewind<Tcp>,
         fallback_name: Option<&str>,
         s2s: bool,
     ) -> Result<(BoxIo, Vec<rustls::pki_types::CertificateDer<'static>>), End> {
@@ -1118,7 +1119,7 @@ impl PeerConnection {
         match tokio::time::timeout(self.config.upstream.connect_timeout, connect).await {
             Ok(Ok(tcp)) => {
                 let _ = tcp.set_nodelay(true);
-                Ok(Box::new(tcp))
+                Ok(Box::new(SendDeadline::new(tcp, self.config.timeouts.send)))
             }
             Ok(Err(e)) => {
                 Stats::add(&self.shared.stats.upstream_connect_failures, 1);
@@ -1170,7 +1171,8 @@ impl PeerConnection {
             &writers,
             &registration.session,
         );
-        tokio::pin!(inbound, outbound);
+        let mut inbound = Box::pin(inbound);
+        let mut outbound = Box::pin(outbound);
         let grace = self.config.timeouts.shutdown_grace;
         let end = tokio::select! {
             end = &mut inbound => {
@@ -1182,8 +1184,14 @@ impl PeerConnection {
                 end
             }
         };
-        let _ = writers.peer.lock().await.shutdown().await;
-        let _ = writers.server.lock().await.shutdown().await;
+        // A direction still running after the grace may hold a writer's lock in a
+        // write that waits for its peer: dropped here, it lets the lock go.
+        drop((inbound, outbound));
+        let _ = tokio::time::timeout(grace, async {
+            let _ = writers.peer.lock().await.shutdown().await;
+            let _ = writers.server.lock().await.shutdown().await;
+        })
+        .await;
         end
     }
 
@@ -1287,7 +1295,7 @@ impl PeerConnection {
                 self.preauth_deadline
             };
             let read = tokio::select! {
-                r = tokio::time::timeout_at(deadline, read_into(&mut rd, &mut buf)) => r,
+                r = read_before(deadline, &mut rd, &mut buf) => r,
                 // An operator's kick (admin API): the peer gets the chosen stream
                 // error and the end of the stream (RFC 6120 §4.9.1.1), the server
                 // the end of its stream. Between whole frames: nothing partial is
@@ -1458,12 +1466,14 @@ impl PeerConnection {
         let condition = error.condition;
         debug!(condition = condition.name(), "refusing stream");
         let bytes = lock(session).peer_error_bytes(&error);
+        // The other direction may hold a writer's lock in a write its peer does not
+        // read; the send deadline bounds that write, and so this wait.
         {
             let mut peer = w.peer.lock().await;
             let _ = refuse(&self.shared, &mut *peer, bytes, condition).await;
         }
-        let mut server = w.server.lock().await;
         let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            let mut server = w.server.lock().await;
             let _ = server.write_all(b"</stream:stream>").await;
             let _ = server.shutdown().await;
         })

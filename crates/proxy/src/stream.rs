@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use xmppwall_xml::{Error as FramerError, Framer, Limit, Token};
 
-use crate::io::read_into;
+use crate::io::read_before;
 use crate::stream_error::{StreamCondition, StreamError};
 
 /// Reads frames from one side before the relay starts.
@@ -86,7 +86,7 @@ impl FrameReader {
         shutdown: &mut watch::Receiver<bool>,
     ) -> Option<ReadOutcome> {
         let read = tokio::select! {
-            r = tokio::time::timeout_at(deadline, read_into(io, &mut self.buf)) => r,
+            r = read_before(deadline, io, &mut self.buf) => r,
             _ = shutdown.changed() => return Some(ReadOutcome::Shutdown),
         };
         match read {

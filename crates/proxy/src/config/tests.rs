@@ -27,18 +27,22 @@ fn minimal_plaintext_config_gets_documented_defaults() {
     assert_eq!(c.limits.stanza_bytes_close, 1_048_576);
     assert_eq!(c.timeouts.preauth, Duration::from_secs(30));
     assert_eq!(c.timeouts.idle, Duration::from_secs(600));
+    assert_eq!(c.timeouts.send, Duration::from_secs(30));
     assert!(c.domains.is_empty());
 }
 
 #[test]
 fn durations_and_proxy_protocol_are_read() {
-    let text = format!("{MINIMAL}\n[timeouts]\npreauth = \"2s\"\nidle = \"1m 30s\"\n",).replace(
-        "address = \"127.0.0.1:15222\"",
-        "address = \"127.0.0.1:15222\"\nproxy_protocol = \"v2\"",
-    );
+    let text =
+        format!("{MINIMAL}\n[timeouts]\npreauth = \"2s\"\nidle = \"1m 30s\"\nsend = \"15s\"\n",)
+            .replace(
+                "address = \"127.0.0.1:15222\"",
+                "address = \"127.0.0.1:15222\"\nproxy_protocol = \"v2\"",
+            );
     let c = parse(&text).unwrap();
     assert_eq!(c.timeouts.preauth, Duration::from_secs(2));
     assert_eq!(c.timeouts.idle, Duration::from_secs(90));
+    assert_eq!(c.timeouts.send, Duration::from_secs(15));
     assert_eq!(c.upstream.proxy_protocol, ProxyProtocol::V2);
 }
 
