@@ -599,6 +599,38 @@ fn a_logged_in_client_that_reads_nothing_is_closed_after_the_send_timeout() {
 }
 
 #[test]
+fn a_client_held_back_by_the_bandwidth_limit_still_meets_the_preauth_deadline() {
+    // Keep-alives before login, without end: at the default 3000 B/s the reads pause,
+    // and the socket always has bytes waiting. The pre-auth deadline (3 s) must end
+    // the stream, long before the bandwidth limit's own close (after 120 s).
+    let s = Setup::start_with("[timeouts]\npreauth = \"3s\"\n", ProsodyOptions::default());
+    let mut tcp =
+        support::client::quiet_connection("127.0.0.35".parse().expect("address"), s.plain);
+    support::client::exchange(&mut tcp, HEADER, "</stream:features>");
+    let mut writer = tcp.try_clone().expect("a second handle");
+    let flood = std::thread::spawn(move || {
+        let spaces = vec![b' '; 64 * 1024];
+        let started = std::time::Instant::now();
+        while started.elapsed() < Duration::from_secs(30)
+            && std::io::Write::write_all(&mut writer, &spaces).is_ok()
+        {}
+    });
+    let mut rest = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut tcp, &mut rest);
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(
+        rest.ends_with(&stream_error(
+            "connection-timeout",
+            Some("authentication did not complete in time"),
+            None
+        )),
+        "{rest}"
+    );
+    drop(tcp);
+    flood.join().expect("the flood thread");
+}
+
+#[test]
 fn sigterm_sends_system_shutdown_to_open_streams() {
     let mut s = Setup::start();
     let (mut c, _) = s.login(ALICE, "bye");

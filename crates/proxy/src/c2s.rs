@@ -1031,8 +1031,16 @@ impl Connection {
             }
             release_consumed(&mut reader.buf, pos);
             if !throttle_pause.is_zero() {
+                // A pause never outlasts the pre-authentication deadline: the read
+                // after it finds the deadline passed.
+                let pause = std::mem::take(&mut throttle_pause);
+                let until = if lock(session).is_authenticated() {
+                    Instant::now() + pause
+                } else {
+                    self.preauth_deadline.min(Instant::now() + pause)
+                };
                 tokio::select! {
-                    _ = tokio::time::sleep(std::mem::take(&mut throttle_pause)) => {}
+                    _ = tokio::time::sleep_until(until) => {}
                     error = kicked_error(&mut kicked) => return Box::pin(close_both(&mut wr, &to_client, error)).await,
                     _ = shutdown.changed() => {
                         let _ = wr.write_all(b"</stream:stream>").await;
