@@ -161,7 +161,15 @@ struct Counters {
     durable_submitted: AtomicU64,
     durable_committed: AtomicU64,
     commit_failures: AtomicU64,
+    /// Bans from [`Store::submit_ban`] that found the queue full: the writer takes
+    /// them with its next batch (it has a full queue to work through, so it comes).
+    overflow: std::sync::Mutex<Vec<Ban>>,
+    overflow_dropped: AtomicU64,
 }
+
+/// At most this many submitted bans wait beside a full queue; past it a ban is
+/// logged, counted ([`Store::bans_not_saved`]) and kept in memory only.
+pub const BAN_OVERFLOW: usize = 65_536;
 
 struct Inner {
     tx: SyncSender<Command>,
@@ -239,16 +247,41 @@ impl Store {
     }
 
     /// Hands a ban to the writer without waiting (for code that cannot await, such as
-    /// the limiter's ban hook). Never dropped: a full queue blocks the caller until
-    /// there is room. [`Store::flush`] waits until it is committed.
+    /// the limiter's ban hook, which runs on the async workers and may hold a
+    /// session's lock: it must never block). A full queue puts the ban beside it,
+    /// where the writer takes it with its next batch; only past [`BAN_OVERFLOW`] such
+    /// bans, with the writer stalled, is one not saved (logged and counted; it stays
+    /// in force in memory). [`Store::flush`] waits until the saved ones are committed.
     pub fn submit_ban(&self, ban: Ban) {
-        self.inner
-            .counters
-            .durable_submitted
-            .fetch_add(1, Ordering::SeqCst);
-        if self.inner.tx.send(Command::Ban(ban, None)).is_err() {
-            tracing::error!("the store's writer has stopped; a ban was not saved");
+        let c = &self.inner.counters;
+        c.durable_submitted.fetch_add(1, Ordering::SeqCst);
+        match self.inner.tx.try_send(Command::Ban(ban, None)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(Command::Ban(ban, None))) => {
+                let mut overflow = c.overflow.lock().unwrap_or_else(|p| p.into_inner());
+                if overflow.len() < BAN_OVERFLOW {
+                    overflow.push(ban);
+                } else {
+                    drop(overflow);
+                    c.durable_submitted.fetch_sub(1, Ordering::SeqCst);
+                    c.overflow_dropped.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(
+                        network = %ban.network,
+                        "the store is not keeping up; a ban was not saved (it is in force until restart)"
+                    );
+                }
+            }
+            Err(_) => {
+                c.durable_submitted.fetch_sub(1, Ordering::SeqCst);
+                tracing::error!("the store's writer has stopped; a ban was not saved");
+            }
         }
+    }
+
+    /// Bans [`Store::submit_ban`] could not save because the writer was stalled with
+    /// [`BAN_OVERFLOW`] more waiting.
+    pub fn bans_not_saved(&self) -> u64 {
+        self.inner.counters.overflow_dropped.load(Ordering::Relaxed)
     }
 
     /// Waits until every ban handed to [`Store::submit_ban`] so far is committed.

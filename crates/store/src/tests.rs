@@ -139,6 +139,48 @@ fn submitted_ban_is_committed_once_flush_returns() {
 }
 
 #[test]
+fn a_ban_submitted_while_the_writer_is_stalled_and_the_queue_full_returns_at_once_and_is_saved() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("xmppwall.db");
+    let store = Store::open(&StoreConfig::file(&path)).expect("store opens");
+    // Another process holds the write lock: the writer waits on it (busy timeout).
+    let other = rusqlite::Connection::open(&path).expect("a second connection");
+    other
+        .execute_batch("BEGIN EXCLUSIVE")
+        .expect("the write lock");
+    let now = SystemTime::now();
+    // The writer takes one batch and stalls in it; the rest fill the queue.
+    for _ in 0..(writer::BATCH + AUDIT_QUEUE + 1) {
+        store.record_connection(connection(now));
+    }
+    assert!(store.audit_dropped() > 0, "the queue never filled");
+    // This call runs on an async worker in the proxy: it must not wait for room.
+    store.submit_ban(Ban::new(
+        net("198.51.100.77/32"),
+        now,
+        now + DAY,
+        "auth_failures",
+        "too many failed authentications",
+    ));
+    other.execute_batch("ROLLBACK").expect("the lock released");
+    runtime().block_on(store.flush()).expect("flushed");
+    let active = store.active_bans_blocking(now).expect("bans read");
+    assert!(
+        active.iter().any(|b| b.network == net("198.51.100.77/32")),
+        "{active:?}"
+    );
+    assert_eq!(store.bans_not_saved(), 0);
+    // Had the call waited for room, it would have waited out the writer's busy
+    // timeout (the lock is released only after it returns), and the records of the
+    // stalled batch would have been lost.
+    let offered = (writer::BATCH + AUDIT_QUEUE + 1) as u64;
+    let saved: i64 = other
+        .query_row("SELECT COUNT(*) FROM connections", [], |r| r.get(0))
+        .expect("count");
+    assert_eq!(saved as u64, offered - store.audit_dropped());
+}
+
+#[test]
 fn unban_lifts_only_the_named_network() {
     let now = SystemTime::now();
     runtime().block_on(async {

@@ -19,7 +19,7 @@ use crate::records::{
 use crate::{Answer, Counters, IpNet, Retention, StoreError};
 
 /// Commands applied in one transaction at most.
-const BATCH: usize = 1024;
+pub(crate) const BATCH: usize = 1024;
 
 pub(crate) type Reply = tokio::sync::oneshot::Sender<Result<Answer, StoreError>>;
 
@@ -116,6 +116,15 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            // Bans that found the queue full wait beside it.
+            let overflow = std::mem::take(
+                &mut *self
+                    .counters
+                    .overflow
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()),
+            );
+            batch.extend(overflow.into_iter().map(|ban| Command::Ban(ban, None)));
             if !self.apply(batch) {
                 return;
             }
