@@ -12,7 +12,7 @@
 //!
 //! | record | when it is on disk |
 //! |---|---|
-//! | ban, unban ([`Store::ban`], [`Store::unban`], [`Store::submit_ban`]) | committed (fsynced, `synchronous=FULL`) before the call's future resolves, or before [`Store::flush`] resolves after a [`Store::submit_ban`] |
+//! | ban, unban ([`Store::ban`], [`Store::unban`], [`Store::submit_ban`]) | committed (fsynced, `synchronous=FULL`) before the call's future resolves, or before [`Store::flush`] resolves after a [`Store::submit_ban`] (unless [`BAN_OVERFLOW`] bans were already waiting for a stalled writer: then logged and counted, [`Store::bans_not_saved`]) |
 //! | operator's ban ([`Store::put_operator_ban`], [`Store::remove_operator_ban`]) | committed before the call returns |
 //! | report ([`Store::add_report`]) | committed before the call returns |
 //! | reputation ([`Store::adjust_reputation`]) | committed before the call returns |
