@@ -257,9 +257,15 @@ impl Connection {
     ) -> End {
         debug!(condition = condition.name(), "refusing stream");
         Stats::add(&self.shared.stats.streams_closed_by_error, 1);
-        // A ban made on this stream is on disk before the client hears of it.
-        if let Err(e) = self.shared.store.flush().await {
-            warn!(error = %e, "a ban could not be saved");
+        // A ban made on this stream is on disk before the client hears of it, unless
+        // the disk does not answer: then the refusal goes out all the same (the ban
+        // is in force in memory, and the writer saves it when it can).
+        match tokio::time::timeout(STORE_FLUSH_WAIT, self.shared.store.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "a ban could not be saved"),
+            Err(_) => {
+                warn!("the store did not commit a ban in time; refusing the stream without waiting")
+            }
         }
         let _ = tokio::time::timeout(Duration::from_secs(5), async {
             let _ = io.write_all(&bytes).await;
@@ -1391,6 +1397,9 @@ async fn close_both(
     let _ = server.shutdown().await;
     End::Refused(condition)
 }
+
+/// The longest a refusal waits for the store to commit the bans made before it.
+const STORE_FLUSH_WAIT: Duration = Duration::from_secs(5);
 
 /// The session lock is only ever held for a few instructions and never across an
 /// await; a panic while holding it cannot leave it half-updated in a way that
