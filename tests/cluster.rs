@@ -136,6 +136,32 @@ fn a_ban_made_on_one_instance_refuses_the_address_on_the_other() {
 }
 
 #[test]
+fn connections_that_end_while_redis_restarts_with_its_data_are_not_counted_after_it() {
+    let mut p = Pair::start(TWO_CONNECTIONS);
+    let a1 = stream_from(loopback(57), p.a.plain).expect("first connection, on A");
+    let a2 = stream_from(loopback(57), p.a.plain).expect("second connection, on A");
+    // Once A's count reached Redis, B knows the address is at its cap.
+    wait_until(IO_TIMEOUT, "B to see A's two connections", || {
+        stream_from(loopback(57), p.b.plain).is_none().then_some(())
+    });
+    // Redis restarts with its data (A's count of two in it); meanwhile A's two
+    // connections end.
+    p.redis.shutdown_saving();
+    p.wait_for_log(UNREACHABLE, 1);
+    drop((a1, a2));
+    std::thread::sleep(Duration::from_secs(2));
+    p.redis.start_again();
+    p.wait_for_log(REACHABLE, 2);
+    // A holds none now: B admits two.
+    let b1 = wait_until(IO_TIMEOUT, "a place for 127.0.0.57 on B", || {
+        stream_from(loopback(57), p.b.plain)
+    });
+    let b2 = stream_from(loopback(57), p.b.plain)
+        .expect("a second place: A's old count is gone from Redis");
+    drop((b1, b2));
+}
+
+#[test]
 fn a_per_address_connection_cap_holds_across_both_instances() {
     let p = Pair::start(TWO_CONNECTIONS);
     let on_a = stream_from(loopback(53), p.a.plain).expect("first connection, on A");

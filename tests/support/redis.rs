@@ -1,6 +1,7 @@
 //! A Redis server for a test: Debian's `redis-server` on a free loopback port, in a
-//! temporary directory, without persistence; stopped and started again on the same
-//! port when a test needs Redis to go away.
+//! temporary directory, without persistence of its own; stopped (losing its data, or
+//! saving it as `SHUTDOWN SAVE` does) and started again on the same port when a test
+//! needs Redis to go away.
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
@@ -55,7 +56,30 @@ impl Redis {
         });
     }
 
-    /// Starts Redis on the same port.
+    /// Stops Redis as an operator's restart does: `SHUTDOWN SAVE` writes its data to
+    /// disk first, and [`Self::start_again`] loads it back.
+    pub fn shutdown_saving(&mut self) {
+        use std::io::Write;
+        let mut tcp = TcpStream::connect_timeout(&self.addr, Duration::from_secs(2))
+            .expect("connecting to Redis");
+        tcp.write_all(b"*2\r\n$8\r\nSHUTDOWN\r\n$4\r\nSAVE\r\n")
+            .expect("sending SHUTDOWN SAVE");
+        let addr = self.addr;
+        super::process::wait_until(Duration::from_secs(10), "Redis to shut down", || {
+            TcpStream::connect_timeout(&addr, Duration::from_millis(200))
+                .is_err()
+                .then_some(())
+        });
+        assert!(
+            self.dir.path().join("dump.rdb").exists(),
+            "Redis saved nothing"
+        );
+        if let Some(mut p) = self.process.take() {
+            p.kill();
+        }
+    }
+
+    /// Starts Redis on the same port (with the data [`Self::shutdown_saving`] left).
     pub fn start_again(&mut self) {
         assert!(self.process.is_none(), "Redis is running already");
         let mut command = Command::new("redis-server");

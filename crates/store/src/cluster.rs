@@ -800,12 +800,15 @@ impl Inner {
         let prefix = &self.config.prefix;
         let changes: Vec<(String, u32)> = {
             let mut counts = self.counts();
-            let dirty: Vec<String> = if all {
-                counts.dirty.clear();
-                counts.open.keys().cloned().collect()
-            } else {
-                counts.dirty.drain().collect()
-            };
+            // After a reconnection, every count this instance holds, and every one
+            // that changed while Redis was away: one that fell to zero is no longer
+            // in `open`, and Redis, if it kept its data, still holds the old value.
+            let mut dirty: Vec<String> = counts.dirty.drain().collect();
+            if all {
+                dirty.extend(counts.open.keys().cloned());
+                dirty.sort_unstable();
+                dirty.dedup();
+            }
             dirty
                 .into_iter()
                 .map(|n| {
@@ -1158,6 +1161,11 @@ fn parse_ban(network: &str, value: &str) -> Option<ClusterEvent> {
     })
 }
 
+/// The longest one Redis command may wait for its answer.
+const RESPONSE_WAIT: Duration = Duration::from_secs(10);
+/// The longest the catch-up after a (re)connection may take, all commands together.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(60);
+
 /// Keeps a connection and a subscription to Redis; reconnects after a failure.
 async fn supervise(inner: Arc<Inner>) {
     use futures_util::StreamExt;
@@ -1173,7 +1181,12 @@ async fn supervise(inner: Arc<Inner>) {
             Ok::<_, redis::RedisError>((c, pubsub))
         };
         let (mut c, pubsub) = match tokio::time::timeout(Duration::from_secs(2), connected).await {
-            Ok(Ok(pair)) => pair,
+            Ok(Ok((mut c, pubsub))) => {
+                // Every command on it (and on its clones) fails rather than waits
+                // for a Redis that stopped answering.
+                c.set_response_timeout(RESPONSE_WAIT);
+                (c, pubsub)
+            }
             Ok(Err(e)) => {
                 if first {
                     warn!(redis = %inner.config.url, error = %e, "cannot reach Redis; enforcing with this instance's state only until it answers");
@@ -1199,10 +1212,15 @@ async fn supervise(inner: Arc<Inner>) {
             inner.sync_rates(&mut c).await?;
             Ok::<_, redis::RedisError>(n)
         };
-        let loaded = match catch_up.await {
-            Ok(n) => n,
-            Err(e) => {
+        let loaded = match tokio::time::timeout(CATCH_UP_WAIT, catch_up).await {
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => {
                 inner.went_down(&e.to_string());
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                continue;
+            }
+            Err(_) => {
+                inner.went_down("Redis did not answer the catch-up in time");
                 tokio::time::sleep(Duration::from_millis(250)).await;
                 continue;
             }
