@@ -202,6 +202,26 @@ fn third_connection_from_one_address_is_closed_before_any_stream() {
 }
 
 #[test]
+fn a_reload_keeps_the_address_grouping_the_gate_counts_and_bans_by() {
+    let mut s =
+        Setup::start("[gate]\nmax_connections_per_address = 1\nconnection_attempts = \"off\"\n");
+    let first = stream_from(loopback(60), s.addr).expect("the first connection");
+    // A reload that groups IPv4 by /24: the open connection is counted under its
+    // /32, and a /24 key would not see it.
+    s.wall.reload(
+        "[gate]\nmax_connections_per_address = 1\nconnection_attempts = \"off\"\nipv4_prefix = 24\n",
+        "ipv4_prefix and ipv6_prefix changes take effect only after a restart",
+    );
+    assert!(
+        stream_from(loopback(60), s.addr).is_none(),
+        "a second connection from 127.0.0.60 got past the cap of one"
+    );
+    // And 127.0.0.61, in the same /24, is still a group of its own.
+    let other = stream_from(loopback(61), s.addr).expect("127.0.0.61 is another group");
+    drop((first, other));
+}
+
+#[test]
 fn connection_attempts_beyond_the_period_are_closed_before_any_stream() {
     let s = Setup::start("[gate]\nconnection_attempts = \"3/1h\"\n");
     for _ in 0..3 {

@@ -626,6 +626,20 @@ impl Shared {
         let path = self.config.load().source.clone();
         let mut config = Config::load(&path).map_err(ReloadError::Invalid)?;
         let running = self.config.load();
+        // The gate's address table and the bans in it are keyed by address group: a
+        // new grouping would leave every entry under a key nothing looks up any more
+        // (bans lifted, counts restarted). It takes a restart.
+        let (gate, bound_gate) = (&mut config.policy_limits.gate, &running.policy_limits.gate);
+        if (gate.ipv4_prefix, gate.ipv6_prefix) != (bound_gate.ipv4_prefix, bound_gate.ipv6_prefix)
+        {
+            warn!(
+                ipv4_prefix = bound_gate.ipv4_prefix,
+                ipv6_prefix = bound_gate.ipv6_prefix,
+                "[gate] ipv4_prefix and ipv6_prefix changes take effect only after a restart"
+            );
+            gate.ipv4_prefix = bound_gate.ipv4_prefix;
+            gate.ipv6_prefix = bound_gate.ipv6_prefix;
+        }
         if let (Some(new), Some(bound)) = (config.admin.as_mut(), running.admin.as_ref()) {
             // The API goes on serving the address it is bound to (a new one takes a
             // restart), and that address decides whether a token is needed.
