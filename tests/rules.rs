@@ -219,6 +219,61 @@ payload = ["jabber:x:oob"]
     assert!(!got.contains("jabber:x:oob"), "{got}");
 }
 
+/// At most two messages per hour from one sender, the excess bounced.
+const TWO_PER_SENDER: &str = r#"
+[[rule]]
+name = "chatty"
+action = "bounce"
+bounce = { type = "wait", condition = "resource-constraint", text = "too many messages" }
+rate_limit = { key = "from", limit = "2/1h" }
+[rule.match]
+kind = ["message"]
+"#;
+
+#[test]
+fn a_reload_keeps_what_a_rules_rate_limit_counted() {
+    let mut s = Setup::start(TWO_PER_SENDER);
+    let (mut alice, _) = s.login(ALICE, "a");
+    let (mut bob, bob_jid) = s.login(BOB, "b");
+    let chat = |id: &str| {
+        message(&bob_jid, id, &format!("<body>{id}</body>"))
+            .replace("<message ", "<message type='chat' ")
+    };
+    let bounced = |alice: &mut TestClient, id: &str| {
+        let reply = alice.read_element_matching(|e| xml::root_attr(e, "id").as_deref() == Some(id));
+        assert_eq!(
+            xml::root_attr(&reply, "type").as_deref(),
+            Some("error"),
+            "{reply}"
+        );
+        assert!(reply.contains("too many messages"), "{reply}");
+    };
+    for id in ["m1", "m2"] {
+        alice.send_raw(chat(id));
+        assert_eq!(
+            xml::root_attr(&next_message(&mut bob), "id").as_deref(),
+            Some(id)
+        );
+    }
+    alice.send_raw(chat("m3"));
+    bounced(&mut alice, "m3");
+    // The same rule, reloaded (a SIGHUP for a renewed certificate, say): the
+    // hour's allowance is still spent.
+    s.wall.reload(TWO_PER_SENDER, "configuration reloaded");
+    alice.send_raw(chat("m4"));
+    bounced(&mut alice, "m4");
+    // A rule with another rate is another limit: it starts afresh.
+    s.wall.reload(
+        &TWO_PER_SENDER.replace("2/1h", "3/1h"),
+        "configuration reloaded",
+    );
+    alice.send_raw(chat("m5"));
+    assert_eq!(
+        xml::root_attr(&next_message(&mut bob), "id").as_deref(),
+        Some("m5")
+    );
+}
+
 #[test]
 fn sighup_swaps_rules_without_dropping_streams_and_a_bad_file_keeps_the_old_ones() {
     let mut s = Setup::start("");

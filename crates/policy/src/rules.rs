@@ -133,7 +133,9 @@ pub struct RuleRate {
     pub limit: PerPeriod,
     max_keys: usize,
     shared: AtomicBool,
-    table: Mutex<RateTable>,
+    /// Shared with the same rule of the policy a reload replaced, when it limits the
+    /// same way ([`Policy::carry_over`]).
+    table: Arc<Mutex<RateTable>>,
 }
 
 #[derive(Debug)]
@@ -150,11 +152,17 @@ impl RuleRate {
             limit,
             max_keys,
             shared: AtomicBool::new(false),
-            table: Mutex::new(RateTable {
+            table: Arc::new(Mutex::new(RateTable {
                 buckets: BoundedTable::new("rule-rate", max_keys),
                 used: HashMap::new(),
-            }),
+            })),
         }
+    }
+
+    /// Whether `other` limits exactly as this one does (key, rate, table size), so
+    /// that its buckets mean the same here.
+    fn limits_like(&self, other: &RuleRate) -> bool {
+        self.key == other.key && self.limit == other.limit && self.max_keys == other.max_keys
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, RateTable> {
@@ -497,6 +505,35 @@ impl Policy {
                     .map(|rate| (format!("{}/{}", c.name, r.name), rate))
             })
         })
+    }
+
+    /// Takes over from `old`, the policy a reload replaces, what each rule that is
+    /// still here (same chain, same name) has counted: its hits, and, when it limits
+    /// exactly as before, its rate buckets, which both policies then share while
+    /// connections still hold the old one. A reload must not hand every sender a
+    /// fresh allowance, nor restart the hit counters.
+    pub fn carry_over(&mut self, old: &Policy) {
+        for chain in &mut self.chains {
+            let Some(old_chain) = old.chains.iter().find(|c| c.name == chain.name) else {
+                continue;
+            };
+            for rule in &mut chain.rules {
+                let Some(old_rule) = old_chain.rules.iter().find(|r| r.name == rule.name) else {
+                    continue;
+                };
+                rule.hits
+                    .store(old_rule.hits.load(Ordering::Relaxed), Ordering::Relaxed);
+                rule.shadow_hits.store(
+                    old_rule.shadow_hits.load(Ordering::Relaxed),
+                    Ordering::Relaxed,
+                );
+                if let (Some(rate), Some(old_rate)) = (rule.rate.as_mut(), old_rule.rate.as_ref()) {
+                    if rate.limits_like(old_rate) {
+                        rate.table = old_rate.table.clone();
+                    }
+                }
+            }
+        }
     }
 
     /// Every rule's (chain, name, hits, shadow hits), for metrics.

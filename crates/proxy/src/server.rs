@@ -578,7 +578,7 @@ impl Shared {
     /// Applies a new configuration to new connections and reloads certificates.
     /// Listener addresses are fixed at start; a change to them is reported and
     /// needs a restart.
-    pub fn reload(&self, config: Config) -> Result<(), TlsError> {
+    pub fn reload(&self, mut config: Config) -> Result<(), TlsError> {
         let upstream = upstream_tls(&config)?;
         let s2s_tls = tls::s2s_tls(&config.s2s)?;
         self.certs.reload(&config.tls)?;
@@ -601,6 +601,11 @@ impl Shared {
             .with_config(config.policy_limits.clone())
             .with_antispam(config.antispam.clone());
         self.limiter.store(Arc::new(limiter));
+        // Rules still here keep their rate buckets and hit counts.
+        match Arc::get_mut(&mut config.policy) {
+            Some(policy) => policy.carry_over(&self.policy.load()),
+            None => warn!("the new rules' rate limits start afresh"),
+        }
         self.policy.store(config.policy.clone());
         self.share_rule_rates();
         self.config.store(Arc::new(config));

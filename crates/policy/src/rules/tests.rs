@@ -815,3 +815,49 @@ cidrs = ["10.0.0.0/9", "10.128.0.0/9", "2001:db8::1"]
     assert_eq!(get("nets").len(), 2);
     assert!(p.lists.iter().all(|l| l.file.is_none()));
 }
+
+#[test]
+fn carry_over_keeps_the_hits_of_rules_still_there_and_the_buckets_of_unchanged_rates() {
+    const TEXT: &str = r#"
+[[rule]]
+name = "few"
+action = "drop"
+rate_limit = { key = "to", limit = "1/1h" }
+[rule.match]
+kind = ["message"]
+
+[[rule]]
+name = "subject"
+action = "drop"
+[rule.match]
+has = ["subject"]
+"#;
+    let xml = "<message to='b@example.org'><subject>x</subject></message>";
+    let old = policy(TEXT);
+    // "few" admits its one, then matches; "subject" matches each time "few" did not.
+    assert_eq!(to_server(&old, xml).verdict(), &Action::Drop);
+    assert_eq!(to_server(&old, xml).verdict(), &Action::Drop);
+    let hits = |p: &Policy| -> Vec<(String, u64)> {
+        p.rule_hits()
+            .into_iter()
+            .map(|(_, name, hits, _)| (name.to_owned(), hits))
+            .collect()
+    };
+    let counted = hits(&old);
+    assert_eq!(counted, [("few".to_owned(), 1), ("subject".to_owned(), 1)]);
+
+    // The same text again: the hour's allowance stays spent, the hits stay.
+    let mut same = policy(TEXT);
+    same.carry_over(&old);
+    assert_eq!(hits(&same), counted);
+    let before = hits(&same)[0].1;
+    to_server(&same, xml);
+    assert_eq!(hits(&same)[0].1, before + 1, "the bucket started afresh");
+
+    // Another rate is another limit: its bucket is new (its hits stay).
+    let mut other = policy(&TEXT.replace("1/1h", "2/1h"));
+    other.carry_over(&old);
+    let before = hits(&other)[0].1;
+    to_server(&other, xml);
+    assert_eq!(hits(&other)[0].1, before, "a new bucket admits");
+}
