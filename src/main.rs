@@ -239,14 +239,14 @@ fn run(path: PathBuf) -> anyhow::Result<()> {
             loop {
                 tokio::select! {
                     _ = hangup.recv() => {
-                        reload(&reloader);
+                        reload(&reloader).await;
                         list_times = list_file_times(&reloader);
                     }
                     _ = list_check.tick() => {
                         let now = list_file_times(&reloader);
                         if now != list_times {
                             info!("a list file changed; reloading");
-                            reload(&reloader);
+                            reload(&reloader).await;
                             list_times = list_file_times(&reloader);
                         }
                     }
@@ -304,8 +304,17 @@ fn log_stats(shared: &server::Shared) {
 
 /// SIGHUP: read the configuration and certificates again; keep the running ones if
 /// anything is wrong. The admin API's reload takes the same path.
-fn reload(shared: &server::Shared) {
-    match shared.reload_from_file() {
+async fn reload(shared: &std::sync::Arc<server::Shared>) {
+    // Reading and compiling the files is blocking work: off the async workers.
+    let reloading = shared.clone();
+    let result = match tokio::task::spawn_blocking(move || reloading.reload_from_file()).await {
+        Ok(result) => result,
+        Err(e) => {
+            error!(error = %e, "the reload failed; the running configuration stays");
+            return;
+        }
+    };
+    match result {
         Ok(path) => info!(config = %path.display(), "configuration reloaded"),
         Err(server::ReloadError::Invalid(e)) => {
             for problem in &e.problems {

@@ -661,7 +661,18 @@ async fn remove_ban(State(state): State<AppState>, Query(q): Query<BanQuery>) ->
 }
 
 async fn reload(State(state): State<AppState>) -> Response {
-    match state.shared.reload_from_file() {
+    // Reading and compiling the files is blocking work: off the async workers.
+    let shared = state.shared.clone();
+    let result = match tokio::task::spawn_blocking(move || shared.reload_from_file()).await {
+        Ok(result) => result,
+        Err(e) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the reload failed: {e}"),
+            )
+        }
+    };
+    match result {
         Ok(path) => {
             info!(config = %path.display(), "configuration reloaded (admin API)");
             Json(json!({ "reloaded": path.display().to_string() })).into_response()

@@ -65,6 +65,8 @@ pub struct Shared {
     pub nftables: Arc<std::sync::OnceLock<crate::nftables::Nftables>>,
     /// The server's stream features per domain, answered before connecting.
     pub feature_templates: crate::c2s::FeatureTemplates,
+    /// One reload at a time (SIGHUP, a list file's change, the admin API).
+    reloading: std::sync::Mutex<()>,
     shutdown: watch::Sender<bool>,
     next_id: AtomicU64,
 }
@@ -123,6 +125,7 @@ impl Shared {
             bans: Arc::new(Bans::default()),
             recorder: std::sync::OnceLock::new(),
             feature_templates: crate::c2s::FeatureTemplates::default(),
+            reloading: std::sync::Mutex::new(()),
             shutdown: watch::channel(false).0,
             next_id: AtomicU64::new(1),
         }))
@@ -591,6 +594,15 @@ impl Shared {
         {
             warn!("[store] changes take effect only after a restart");
         }
+        if old.log != config.log {
+            warn!("[log] changes take effect only after a restart (RUST_LOG too)");
+        }
+        if old.record != config.record {
+            warn!(
+                running = ?old.record,
+                "[record] changes take effect only after a restart: the running recording goes on as it was"
+            );
+        }
         self.upstream_tls.store(Arc::new(upstream));
         if old.upstream != config.upstream {
             self.feature_templates.clear();
@@ -627,7 +639,11 @@ impl Shared {
     /// Reads the configuration file the running one came from (with its rules,
     /// lists and certificates) and swaps it in; on any problem nothing changes.
     /// SIGHUP and the admin API's reload both come here.
+    ///
+    /// It reads files and compiles rules and certificates: call it off the async
+    /// workers (`spawn_blocking`). Reloads run one at a time.
     pub fn reload_from_file(&self) -> Result<std::path::PathBuf, ReloadError> {
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
         let path = self.config.load().source.clone();
         let mut config = Config::load(&path).map_err(ReloadError::Invalid)?;
         let running = self.config.load();
