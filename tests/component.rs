@@ -112,11 +112,26 @@ secret = "{SECRET}"
     /// A raw component stream through xmppwall: header sent, the server's header read.
     fn raw_component(&self, domain: &str) -> TestClient {
         let mut c = TestClient::connect(self.front);
-        c.send_raw(format!(
-            "<?xml version='1.0'?><stream:stream xmlns='jabber:component:accept' \
-             xmlns:stream='http://etherx.jabber.org/streams' to='{domain}'>"
-        ));
+        c.send_raw(component_header(domain));
         c
+    }
+
+    /// A component that completed the handshake on a [`quiet_connection`]: a peer
+    /// about to stop reading.
+    fn quiet_authenticated_component(&self) -> std::net::TcpStream {
+        let mut tcp = quiet_connection("127.0.0.1".parse().expect("address"), self.front);
+        let header = exchange(&mut tcp, &component_header(COMPONENT), "id=");
+        let header = &header[header.find("<stream:stream").expect("a header")..];
+        let id = xml::root_attr(&format!("{header}</stream:stream>"), "id").expect("an id");
+        exchange(
+            &mut tcp,
+            &format!(
+                "<handshake>{}</handshake>",
+                sha1_hex(&format!("{id}{SECRET}"))
+            ),
+            "<handshake",
+        );
+        tcp
     }
 
     /// A raw component that completed the handshake.
@@ -132,6 +147,14 @@ secret = "{SECRET}"
         assert_eq!(xml::root_name(&answer), "handshake", "{answer}");
         c
     }
+}
+
+/// A component's stream header for `domain` (XEP-0114).
+fn component_header(domain: &str) -> String {
+    format!(
+        "<?xml version='1.0'?><stream:stream xmlns='jabber:component:accept' \
+         xmlns:stream='http://etherx.jabber.org/streams' to='{domain}'>"
+    )
 }
 
 /// SHA-1 in hex, by `sha1sum`: an implementation independent of xmppwall's.
@@ -373,25 +396,7 @@ fn a_component_that_reads_nothing_is_closed_after_the_send_timeout() {
     // never reads a bounce.
     let setup =
         Setup::start("[timeouts]\nsend = \"2s\"\n\n[limits.peers]\nstanzas_per_domain = \"1/1h\"");
-    let mut tcp = quiet_connection("127.0.0.1".parse().expect("address"), setup.front);
-    let header = exchange(
-        &mut tcp,
-        &format!(
-            "<?xml version='1.0'?><stream:stream xmlns='jabber:component:accept' \
-             xmlns:stream='http://etherx.jabber.org/streams' to='{COMPONENT}'>"
-        ),
-        "id=",
-    );
-    let header = &header[header.find("<stream:stream").expect("a header")..];
-    let id = xml::root_attr(&format!("{header}</stream:stream>"), "id").expect("an id");
-    exchange(
-        &mut tcp,
-        &format!(
-            "<handshake>{}</handshake>",
-            sha1_hex(&format!("{id}{SECRET}"))
-        ),
-        "<handshake",
-    );
+    let tcp = setup.quiet_authenticated_component();
     let message = format!(
         "<message from='gw-user@{COMPONENT}/x' to='alice@example.test' type='chat'><body>{}</body></message>",
         "x".repeat(200)
@@ -419,25 +424,7 @@ fn a_component_that_half_closes_while_not_reading_is_closed_within_the_grace() {
     // The send deadline (60 s) is far longer than the grace (1 s): what ends this
     // stream is the close of the component's side, not a write that timed out.
     let setup = Setup::start("[timeouts]\nsend = \"60s\"\nshutdown_grace = \"1s\"");
-    let mut tcp = quiet_connection("127.0.0.1".parse().expect("address"), setup.front);
-    let header = exchange(
-        &mut tcp,
-        &format!(
-            "<?xml version='1.0'?><stream:stream xmlns='jabber:component:accept' \
-             xmlns:stream='http://etherx.jabber.org/streams' to='{COMPONENT}'>"
-        ),
-        "id=",
-    );
-    let header = &header[header.find("<stream:stream").expect("a header")..];
-    let id = xml::root_attr(&format!("{header}</stream:stream>"), "id").expect("an id");
-    exchange(
-        &mut tcp,
-        &format!(
-            "<handshake>{}</handshake>",
-            sha1_hex(&format!("{id}{SECRET}"))
-        ),
-        "<handshake",
-    );
+    let tcp = setup.quiet_authenticated_component();
     // The server sends the component far more than the socket buffers hold: the
     // direction towards it stalls in a write, holding the component's writer.
     let (mut alice, _) = TestClient::login(setup.prosody.c2s, ALICE, "desk");

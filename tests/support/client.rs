@@ -96,15 +96,7 @@ impl TestClient {
     /// works on Linux), so a test can tell its connection's address from the proxy's own
     /// 127.0.0.1 in what the server records.
     pub fn connect_from(source: IpAddr, addr: SocketAddr) -> TestClient {
-        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
-            .expect("creating a TCP socket");
-        socket
-            .bind(&SocketAddr::new(source, 0).into())
-            .unwrap_or_else(|e| panic!("binding the client socket to {source}: {e}"));
-        socket
-            .connect_timeout(&addr.into(), IO_TIMEOUT)
-            .unwrap_or_else(|e| panic!("connecting from {source} to {addr}: {e}"));
-        let tcp = TcpStream::from(socket);
+        let tcp = connect_socket(source, addr, None);
         configure_tcp(&tcp);
         TestClient::from_tcp(tcp)
     }
@@ -429,15 +421,7 @@ const HEADER: &str = "<?xml version='1.0'?><stream:stream to='example.test' vers
 /// the server's stream features arrived through xmppwall; `None` when xmppwall closed
 /// the connection without sending a single byte (a refusal at the gate).
 pub fn stream_from(source: IpAddr, addr: SocketAddr) -> Option<TcpStream> {
-    let socket =
-        Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).expect("a TCP socket");
-    socket
-        .bind(&SocketAddr::new(source, 0).into())
-        .unwrap_or_else(|e| panic!("binding to {source}: {e}"));
-    socket
-        .connect_timeout(&addr.into(), IO_TIMEOUT)
-        .unwrap_or_else(|e| panic!("connecting from {source}: {e}"));
-    let mut tcp = TcpStream::from(socket);
+    let mut tcp = connect_socket(source, addr, None);
     tcp.set_read_timeout(Some(IO_TIMEOUT))
         .expect("setting the read timeout");
     // A refused connection may already be reset: the write is allowed to fail.
@@ -479,21 +463,30 @@ pub fn stream_from(source: IpAddr, addr: SocketAddr) -> Option<TcpStream> {
 /// connecting, so the window it advertises stays small): a peer that will soon stop
 /// reading.
 pub fn quiet_connection(source: IpAddr, addr: SocketAddr) -> TcpStream {
-    let socket =
-        Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).expect("a TCP socket");
-    socket
-        .set_recv_buffer_size(4096)
-        .expect("setting the receive buffer");
-    socket
-        .bind(&SocketAddr::new(source, 0).into())
-        .unwrap_or_else(|e| panic!("binding to {source}: {e}"));
-    socket
-        .connect_timeout(&addr.into(), IO_TIMEOUT)
-        .unwrap_or_else(|e| panic!("connecting from {source}: {e}"));
-    let tcp = TcpStream::from(socket);
+    let tcp = connect_socket(source, addr, Some(4096));
     tcp.set_read_timeout(Some(IO_TIMEOUT))
         .expect("setting the read timeout");
     tcp
+}
+
+/// A TCP connection from `source` (any of 127.0.0.0/8) to `addr`, with a receive
+/// buffer of `recv_buffer` bytes when given (set before connecting, so the window
+/// it advertises stays that small).
+fn connect_socket(source: IpAddr, addr: SocketAddr, recv_buffer: Option<usize>) -> TcpStream {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+        .expect("creating a TCP socket");
+    if let Some(bytes) = recv_buffer {
+        socket
+            .set_recv_buffer_size(bytes)
+            .expect("setting the receive buffer");
+    }
+    socket
+        .bind(&SocketAddr::new(source, 0).into())
+        .unwrap_or_else(|e| panic!("binding the client socket to {source}: {e}"));
+    socket
+        .connect_timeout(&addr.into(), IO_TIMEOUT)
+        .unwrap_or_else(|e| panic!("connecting from {source} to {addr}: {e}"));
+    TcpStream::from(socket)
 }
 
 /// Writes `send` on `tcp`, then reads until what came contains `wait_for`; returns

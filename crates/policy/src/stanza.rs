@@ -305,6 +305,37 @@ pub fn domain_of(jid: &str) -> &str {
     bare.rsplit_once('@').map_or(bare, |(_, d)| d)
 }
 
+/// Calls `f` with the stanza `xml` as the proxy sees it: framed in a stream, with
+/// the head (and namespace declarations) the framer noted. For tests.
+#[cfg(test)]
+pub(crate) fn with_framed<R>(xml: &str, f: impl FnOnce(&Stanza<'_>) -> R) -> R {
+    let stream = format!(
+        "<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>{xml}"
+    );
+    let mut framer = xmppwall_xml::Framer::new(xmppwall_xml::Limits {
+        max_element_bytes: 1 << 16,
+        max_depth: 16,
+        max_elements: 1000,
+        max_attributes: 32,
+        max_name_bytes: 256,
+        max_attribute_value_bytes: 4096,
+    });
+    let bytes = stream.as_bytes();
+    let mut pos = 0;
+    loop {
+        let frame = framer
+            .next(&bytes[pos..])
+            .expect("well-formed")
+            .expect("a whole stanza");
+        let element = &bytes[pos..pos + frame.len];
+        if frame.token == xmppwall_xml::Token::Element {
+            let head = Head::framed(element, framer.head()).expect("fits");
+            return f(&Stanza::with_head(head, element).expect("a stanza"));
+        }
+        pos += frame.len;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -341,37 +372,14 @@ mod tests {
     /// `has_payload` of `xml` framed in a stream (with the declarations the framer
     /// noted, if it noted them all) and of `xml` parsed on its own (children walked).
     fn has_payload_both_ways(xml: &str, local: &[u8], ns: &str) -> (bool, bool, bool) {
-        let stream = format!(
-            "<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>{xml}"
-        );
-        let mut framer = xmppwall_xml::Framer::new(xmppwall_xml::Limits {
-            max_element_bytes: 1 << 16,
-            max_depth: 16,
-            max_elements: 1000,
-            max_attributes: 32,
-            max_name_bytes: 256,
-            max_attribute_value_bytes: 4096,
-        });
-        let bytes = stream.as_bytes();
-        let mut pos = 0;
-        loop {
-            let frame = framer
-                .next(&bytes[pos..])
-                .expect("well-formed")
-                .expect("whole");
-            let element = &bytes[pos..pos + frame.len];
-            if frame.token == xmppwall_xml::Token::Element {
-                let head = Head::framed(element, framer.head()).expect("fits");
-                let framed = Stanza::with_head(head, element).expect("a stanza");
-                let parsed = Stanza::parse(xml.as_bytes()).expect("a stanza");
-                return (
-                    framed.has_payload(local, ns),
-                    parsed.has_payload(local, ns),
-                    framed.declared_namespaces().is_some(),
-                );
-            }
-            pos += frame.len;
-        }
+        with_framed(xml, |framed| {
+            let parsed = Stanza::parse(xml.as_bytes()).expect("a stanza");
+            (
+                framed.has_payload(local, ns),
+                parsed.has_payload(local, ns),
+                framed.declared_namespaces().is_some(),
+            )
+        })
     }
 
     #[test]

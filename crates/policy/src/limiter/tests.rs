@@ -1519,33 +1519,12 @@ fn framed_to_server(
     xml: &str,
     now: Instant,
 ) -> (Verdict, bool) {
-    let stream = format!(
-        "<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>{xml}"
-    );
-    let mut framer = xmppwall_xml::Framer::new(xmppwall_xml::Limits {
-        max_element_bytes: 1 << 16,
-        max_depth: 16,
-        max_elements: 1000,
-        max_attributes: 32,
-        max_name_bytes: 256,
-        max_attribute_value_bytes: 4096,
-    });
-    let bytes = stream.as_bytes();
-    let mut pos = 0;
-    let mut verdict = None;
-    while let Some(frame) = framer.next(&bytes[pos..]).expect("well-formed") {
-        let element = &bytes[pos..pos + frame.len];
-        if frame.token == xmppwall_xml::Token::Element {
-            let head = crate::stanza::Head::framed(element, framer.head()).expect("fits");
-            let stanza = Stanza::with_head(head, element).expect("a stanza");
-            verdict = Some((
-                l.check_to_server(conn, &stanza, now),
-                stanza.declared_namespaces().is_some(),
-            ));
-        }
-        pos += frame.len;
-    }
-    verdict.expect("one stanza")
+    crate::stanza::with_framed(xml, |stanza| {
+        (
+            l.check_to_server(conn, stanza, now),
+            stanza.declared_namespaces().is_some(),
+        )
+    })
 }
 
 #[test]
